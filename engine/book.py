@@ -1,0 +1,429 @@
+"""One symbol's order book and its matching loop, in integer ticks and lots.
+
+Layout follows the classic price-time design: a ``SortedDict`` of price -> :class:`PriceLevel`
+per side (new level O(log n)), a ``deque`` of orders per level (FIFO), the best price cached on the
+book (O(1)), and cancellation by *lazy deletion*: a cancelled order is zeroed in place and skipped
+when it reaches the head of its queue, so cancel-by-id is O(1) instead of ``deque.remove``'s O(n).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from sortedcontainers import SortedDict
+
+from engine.events import LEVEL, ORDER, TRADE
+from engine.schema import (
+    BUY,
+    CANCEL_BOTH,
+    CANCEL_MAKER,
+    CANCEL_TAKER,
+    CANCELLED,
+    FILLED,
+    PARTIALLY_FILLED,
+    SELL,
+    Market,
+    Reason,
+)
+
+if TYPE_CHECKING:
+    from engine.matcher import OrderIndex
+
+
+class Order:
+    """A live order. ``remaining == 0`` while still queued means "dead, skip me"."""
+
+    __slots__ = (
+        "id",
+        "seq",
+        "account",
+        "symbol",
+        "side",
+        "type",
+        "time_in_force",
+        "post_only",
+        "price",
+        "stop_price",
+        "quantity",
+        "quote_quantity",
+        "remaining",
+        "filled",
+        "cum_quote",
+        "client_order_id",
+        "stp",
+        "ts",
+        "status",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        seq: int,
+        account: str,
+        symbol: str,
+        side: str,
+        type: str,
+        time_in_force: str,
+        post_only: bool,
+        price: int | None,
+        stop_price: int | None,
+        quantity: int | None,
+        quote_quantity: int | None,
+        remaining: int,
+        filled: int,
+        cum_quote: int,
+        client_order_id: str | None,
+        stp: str,
+        ts: int,
+        status: str,
+    ) -> None:
+        self.id = id
+        self.seq = seq
+        self.account = account
+        self.symbol = symbol
+        self.side = side
+        self.type = type
+        self.time_in_force = time_in_force
+        self.post_only = post_only
+        self.price = price
+        self.stop_price = stop_price
+        self.quantity = quantity
+        self.quote_quantity = quote_quantity
+        self.remaining = remaining
+        self.filled = filled
+        self.cum_quote = cum_quote
+        self.client_order_id = client_order_id
+        self.stp = stp
+        self.ts = ts
+        self.status = status
+
+    def to_list(self) -> list[object]:
+        return [getattr(self, name) for name in Order.__slots__]
+
+    @classmethod
+    def from_list(cls, fields: list[object]) -> Order:
+        return cls(*fields)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return (
+            f"Order(id={self.id}, {self.side} {self.remaining}@{self.price}, "
+            f"account={self.account!r}, status={self.status})"
+        )
+
+
+class PriceLevel:
+    """The FIFO queue at one price; ``total`` and ``count`` cover live orders only."""
+
+    __slots__ = ("price", "orders", "total", "count")
+
+    def __init__(self, price: int) -> None:
+        self.price = price
+        self.orders: deque[Order] = deque()
+        self.total = 0
+        self.count = 0
+
+    def live_orders(self) -> list[Order]:
+        return [o for o in self.orders if o.remaining]
+
+
+class OrderBook:
+    """Bids and asks of one market plus its last trade price and trade counter."""
+
+    __slots__ = (
+        "market",
+        "symbol",
+        "bids",
+        "asks",
+        "best_bid",
+        "best_ask",
+        "last_price",
+        "trade_seq",
+        "index",
+        "_maker_num",
+        "_maker_den",
+        "_taker_num",
+        "_taker_den",
+        "last_bbo",
+    )
+
+    def __init__(self, market: Market, index: OrderIndex) -> None:
+        self.market = market
+        self.symbol = market.symbol
+        self.bids: SortedDict = SortedDict()
+        self.asks: SortedDict = SortedDict()
+        self.best_bid: int | None = None
+        self.best_ask: int | None = None
+        self.last_price: int | None = None
+        self.trade_seq = 0
+        self.index = index
+        self._maker_num = market.maker_rate.num
+        self._maker_den = market.maker_rate.den
+        self._taker_num = market.taker_rate.num
+        self._taker_den = market.taker_rate.den
+        self.last_bbo: tuple[int | None, int, int | None, int] = (None, 0, None, 0)
+
+    # -- reading -------------------------------------------------------------------------------
+    def bbo(self) -> tuple[int | None, int, int | None, int]:
+        bid, ask = self.best_bid, self.best_ask
+        return (
+            bid,
+            self.bids[bid].total if bid is not None else 0,
+            ask,
+            self.asks[ask].total if ask is not None else 0,
+        )
+
+    def depth(self, n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Top ``n`` levels per side, best first, as (ticks, lots)."""
+        bids = [(p, self.bids[p].total) for p in self.bids.islice(-n, reverse=True)] if n else []
+        asks = [(p, self.asks[p].total) for p in self.asks.islice(0, n)] if n else []
+        return bids, asks
+
+    def would_cross(self, side: str, price: int) -> bool:
+        if side == BUY:
+            return self.best_ask is not None and price >= self.best_ask
+        return self.best_bid is not None and price <= self.best_bid
+
+    def fillable(self, taker: Order, limit: int | None, want: int) -> bool:
+        """FOK pre-check: can ``want`` lots fill now, honouring the limit and STP, untouched?"""
+        stop_at_self = taker.stp != CANCEL_MAKER
+        account = taker.account
+        if taker.side == BUY:
+            levels = self.asks
+            prices = levels.irange(maximum=limit) if limit is not None else levels.irange()
+        else:
+            levels = self.bids
+            prices = (
+                levels.irange(minimum=limit, reverse=True)
+                if limit is not None
+                else levels.irange(reverse=True)
+            )
+        got = 0
+        for price in prices:
+            for maker in levels[price].orders:
+                if not maker.remaining:
+                    continue
+                if maker.account == account:
+                    if stop_at_self:
+                        return False
+                    continue
+                got += maker.remaining
+                if got >= want:
+                    return True
+        return False
+
+    # -- resting -------------------------------------------------------------------------------
+    def rest(self, order: Order, events: list) -> None:
+        """Queue a limit order at the back of its level (O(1) if the level exists)."""
+        price = order.price
+        assert price is not None
+        if order.side == BUY:
+            levels = self.bids
+            level = levels.get(price)
+            if level is None:
+                level = levels[price] = PriceLevel(price)
+                if self.best_bid is None or price > self.best_bid:
+                    self.best_bid = price
+        else:
+            levels = self.asks
+            level = levels.get(price)
+            if level is None:
+                level = levels[price] = PriceLevel(price)
+                if self.best_ask is None or price < self.best_ask:
+                    self.best_ask = price
+        level.orders.append(order)
+        level.total += order.remaining
+        level.count += 1
+        self.index.add(order)
+        events.append((LEVEL, self.symbol, order.side, price, level.total))
+
+    def unrest(self, order: Order, events: list) -> None:
+        """Take a resting order off its level (lazy: it stays queued with remaining 0)."""
+        levels = self.bids if order.side == BUY else self.asks
+        price = order.price
+        level = levels[price]
+        level.total -= order.remaining
+        level.count -= 1
+        order.remaining = 0
+        events.append((LEVEL, self.symbol, order.side, price, level.total))
+        if not level.count:
+            self._drop_level(levels, order.side, price)
+        self.index.remove(order)
+
+    def reduce(self, order: Order, by: int, events: list) -> None:
+        """Shrink a resting order in place: it keeps its queue position."""
+        level = (self.bids if order.side == BUY else self.asks)[order.price]
+        order.remaining -= by
+        level.total -= by
+        events.append((LEVEL, self.symbol, order.side, order.price, level.total))
+
+    def _drop_level(self, levels: SortedDict, side: str, price: int) -> None:
+        del levels[price]
+        if side == BUY:
+            if price == self.best_bid:
+                self.best_bid = levels.peekitem(-1)[0] if levels else None
+        elif price == self.best_ask:
+            self.best_ask = levels.peekitem(0)[0] if levels else None
+
+    # -- matching ------------------------------------------------------------------------------
+    def match(self, taker: Order, limit: int | None, ts: int, events: list) -> str | None:
+        """Take liquidity for ``taker`` best price first, FIFO within a level, at maker prices.
+
+        ``limit`` None means a market order. A quote-budget order (``taker.quote_quantity``)
+        spends ``taker.quote_quantity - taker.cum_quote`` atoms. Returns a reason when the taker
+        must stop for self-trade prevention, else None.
+        """
+        symbol = self.symbol
+        index = self.index
+        buy = taker.side == BUY
+        if buy:
+            levels = self.asks
+            maker_side = SELL
+        else:
+            levels = self.bids
+            maker_side = BUY
+        taker_account = taker.account
+        taker_id = taker.id
+        taker_side = taker.side
+        stp = taker.stp
+        by_quote = taker.quote_quantity is not None
+        budget = taker.quote_quantity - taker.cum_quote if by_quote else 0  # type: ignore[operator]
+        mnum, mden, tnum, tden = self._maker_num, self._maker_den, self._taker_num, self._taker_den
+        last_price = self.last_price
+        stop_reason: str | None = None
+        append = events.append
+
+        while True:
+            if buy:
+                price = self.best_ask
+                if price is None or (limit is not None and price > limit):
+                    break
+            else:
+                price = self.best_bid
+                if price is None or (limit is not None and price < limit):
+                    break
+            level = levels[price]
+            queue = level.orders
+            if by_quote:
+                want = budget // price
+                if not want:
+                    break
+            else:
+                want = taker.remaining
+            level_changed = False
+            while want and queue:
+                maker = queue[0]
+                mrem = maker.remaining
+                if not mrem:
+                    queue.popleft()
+                    continue
+                if maker.account == taker_account:
+                    if stp == CANCEL_TAKER:
+                        stop_reason = Reason.SELF_TRADE_PREVENTION
+                        break
+                    queue.popleft()
+                    level.total -= mrem
+                    level.count -= 1
+                    level_changed = True
+                    maker.remaining = 0
+                    maker.status = CANCELLED
+                    index.remove(maker)
+                    append(
+                        (
+                            ORDER,
+                            symbol,
+                            maker.id,
+                            maker.account,
+                            CANCELLED,
+                            maker.filled,
+                            0,
+                            maker.cum_quote,
+                            Reason.SELF_TRADE_PREVENTION,
+                        )
+                    )
+                    if stp == CANCEL_BOTH:
+                        stop_reason = Reason.SELF_TRADE_PREVENTION
+                        break
+                    continue
+                qty = mrem if mrem < want else want
+                notional = price * qty
+                self.trade_seq += 1
+                maker_fee = (
+                    -((-notional * mnum) // mden) if mnum >= 0 else -((notional * -mnum) // mden)
+                )
+                taker_fee = -((-notional * tnum) // tden)
+                append(
+                    (
+                        TRADE,
+                        symbol,
+                        self.trade_seq,
+                        price,
+                        qty,
+                        taker_side,
+                        maker.id,
+                        taker_id,
+                        maker.account,
+                        taker_account,
+                        maker_fee,
+                        taker_fee,
+                        ts,
+                    )
+                )
+                want -= qty
+                level.total -= qty
+                level_changed = True
+                maker.filled += qty
+                maker.cum_quote += notional
+                taker.filled += qty
+                taker.cum_quote += notional
+                if by_quote:
+                    budget -= notional
+                else:
+                    taker.remaining -= qty
+                if qty == mrem:
+                    maker.remaining = 0
+                    maker.status = FILLED
+                    queue.popleft()
+                    level.count -= 1
+                    index.remove(maker)
+                    append(
+                        (
+                            ORDER,
+                            symbol,
+                            maker.id,
+                            maker.account,
+                            FILLED,
+                            maker.filled,
+                            0,
+                            maker.cum_quote,
+                            None,
+                        )
+                    )
+                else:
+                    maker.remaining = mrem - qty
+                    maker.status = PARTIALLY_FILLED
+                    append(
+                        (
+                            ORDER,
+                            symbol,
+                            maker.id,
+                            maker.account,
+                            PARTIALLY_FILLED,
+                            maker.filled,
+                            maker.remaining,
+                            maker.cum_quote,
+                            None,
+                        )
+                    )
+                last_price = price
+            if level_changed:
+                append((LEVEL, symbol, maker_side, price, level.total))
+            if not level.count:
+                self._drop_level(levels, maker_side, price)
+            if stop_reason is not None:
+                break
+            if want:
+                continue  # the level ran dry (its queue is empty): go on to the next price
+            break  # the taker is satisfied, or its budget cannot buy a lot at this price
+        self.last_price = last_price
+        return stop_reason

@@ -1,0 +1,558 @@
+"""The matching engine of one partition: command dispatch, order types, stops and snapshots.
+
+Pure by construction: no clock, no I/O, no randomness. Every timestamp and id comes from the
+command, so applying the same commands to the same state yields the same events, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import deque
+from typing import Any
+
+from sortedcontainers import SortedDict
+
+from engine.book import Order, OrderBook
+from engine.events import BBO, ORDER, REJECT
+from engine.schema import (
+    BUY,
+    CANCELLED,
+    FILLED,
+    FOK,
+    GTC,
+    IOC,
+    MARKET,
+    NEW,
+    PARTIALLY_FILLED,
+    PRICED_TYPES,
+    REJECTED,
+    SIDES,
+    STOP_LIMIT,
+    STOP_LOSS,
+    STOP_TYPES,
+    STP_MODES,
+    TAKE_PROFIT,
+    TIME_IN_FORCES,
+    TRIGGERED,
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    Command,
+    Market,
+    NewOrder,
+    Reason,
+)
+
+SNAPSHOT_MAGIC = b"FBSNAP"
+SNAPSHOT_VERSION = 1
+
+
+class OrderIndex:
+    """Every open order of the partition by id, by account and by (account, client id)."""
+
+    __slots__ = ("orders", "by_account", "by_client_id")
+
+    def __init__(self) -> None:
+        self.orders: dict[int, Order] = {}
+        self.by_account: dict[str, dict[int, Order]] = {}
+        self.by_client_id: dict[tuple[str, str], Order] = {}
+
+    def add(self, order: Order) -> None:
+        self.orders[order.id] = order
+        mine = self.by_account.get(order.account)
+        if mine is None:
+            mine = self.by_account[order.account] = {}
+        mine[order.id] = order
+        if order.client_order_id is not None:
+            self.by_client_id[(order.account, order.client_order_id)] = order
+
+    def remove(self, order: Order) -> None:
+        del self.orders[order.id]
+        mine = self.by_account[order.account]
+        del mine[order.id]
+        if not mine:
+            del self.by_account[order.account]
+        if order.client_order_id is not None:
+            del self.by_client_id[(order.account, order.client_order_id)]
+
+
+class StopBook:
+    """Untriggered stop orders of one symbol, keyed by trigger price.
+
+    ``rising`` fire when the last price climbs to the stop (buy stop-loss, sell take-profit);
+    ``falling`` fire when it drops to the stop (sell stop-loss, buy take-profit).
+    """
+
+    __slots__ = ("rising", "falling")
+
+    def __init__(self) -> None:
+        self.rising: SortedDict = SortedDict()
+        self.falling: SortedDict = SortedDict()
+
+    @staticmethod
+    def fires_on_rise(order: Order) -> bool:
+        stop_loss = order.type in (STOP_LOSS, STOP_LIMIT)
+        return stop_loss == (order.side == BUY)
+
+    def add(self, order: Order) -> None:
+        side = self.rising if self.fires_on_rise(order) else self.falling
+        queue = side.get(order.stop_price)
+        if queue is None:
+            queue = side[order.stop_price] = deque()
+        queue.append(order)
+
+    def remove(self, order: Order) -> None:
+        side = self.rising if self.fires_on_rise(order) else self.falling
+        queue = side[order.stop_price]
+        queue.remove(order)  # stops are few and rarely cancelled; O(level) is fine here
+        if not queue:
+            del side[order.stop_price]
+
+    def pop_triggered(self, last: int) -> list[Order]:
+        fired: list[Order] = []
+        rising, falling = self.rising, self.falling
+        while rising and rising.peekitem(0)[0] <= last:
+            fired.extend(rising.popitem(0)[1])
+        while falling and falling.peekitem(-1)[0] >= last:
+            fired.extend(falling.popitem(-1)[1])
+        fired.sort(key=_by_seq)
+        return fired
+
+    def orders(self) -> list[Order]:
+        every = [o for q in self.rising.values() for o in q]
+        every += [o for q in self.falling.values() for o in q]
+        every.sort(key=_by_seq)
+        return every
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.rising.values()) + sum(
+            len(q) for q in self.falling.values()
+        )
+
+
+def _by_seq(order: Order) -> int:
+    return order.seq
+
+
+class MatchingEngine:
+    """Applies commands to the books of one partition and returns the resulting events."""
+
+    def __init__(self, markets: dict[str, Market]) -> None:
+        self.markets = markets
+        self.index = OrderIndex()
+        self.books: dict[str, OrderBook] = {s: OrderBook(m, self.index) for s, m in markets.items()}
+        self.stops: dict[str, StopBook] = {s: StopBook() for s in markets}
+        self.seq = 0  # arrival counter: the time in price-time priority, and stop trigger order
+
+    # -- reading -------------------------------------------------------------------------------
+    def book(self, symbol: str) -> OrderBook:
+        return self.books[symbol]
+
+    def last_price(self, symbol: str) -> int | None:
+        return self.books[symbol].last_price
+
+    def order(self, order_id: int) -> Order | None:
+        return self.index.orders.get(order_id)
+
+    # -- commands ------------------------------------------------------------------------------
+    def apply(self, command: Command) -> list[tuple[Any, ...]]:
+        events: list[tuple[Any, ...]] = []
+        kind = type(command)
+        if kind is NewOrder:
+            self._new_order(command, events)  # type: ignore[arg-type]
+        elif kind is CancelOrder:
+            self._cancel(command, events)  # type: ignore[arg-type]
+        elif kind is CancelAll:
+            self._cancel_all(command, events)  # type: ignore[arg-type]
+        elif kind is AmendOrder:
+            self._amend(command, events)  # type: ignore[arg-type]
+        else:
+            raise TypeError(f"not a command: {command!r}")
+        return events
+
+    def _new_order(self, cmd: NewOrder, events: list) -> None:
+        symbol = cmd.symbol
+        book = self.books.get(symbol)
+        reason = self._check_new(cmd, book)
+        if reason is not None:
+            events.append((ORDER, symbol, cmd.id, cmd.account, REJECTED, 0, 0, 0, reason))
+            return
+        assert book is not None
+        self.seq += 1
+        quantity = cmd.quantity
+        order = Order(
+            cmd.id,
+            self.seq,
+            cmd.account,
+            symbol,
+            cmd.side,
+            cmd.type,
+            cmd.time_in_force,
+            cmd.post_only,
+            cmd.price,
+            cmd.stop_price,
+            quantity,
+            cmd.quote_quantity,
+            quantity or 0,
+            0,
+            0,
+            cmd.client_order_id,
+            cmd.stp,
+            cmd.ts,
+            NEW,
+        )
+        if cmd.type in STOP_TYPES:
+            self.stops[symbol].add(order)
+            self.index.add(order)
+            events.append(
+                (ORDER, symbol, order.id, order.account, NEW, 0, order.remaining, 0, None)
+            )
+            return
+        events.append((ORDER, symbol, order.id, order.account, NEW, 0, order.remaining, 0, None))
+        before = book.last_bbo
+        self._execute(book, order, cmd.ts, events)
+        self._after(book, before, cmd.ts, events)
+
+    def _check_new(self, cmd: NewOrder, book: OrderBook | None) -> str | None:
+        """Engine-side rules; field syntax was checked by the schema before the journal."""
+        if book is None:
+            return Reason.UNKNOWN_SYMBOL
+        if (
+            cmd.side not in SIDES
+            or cmd.time_in_force not in TIME_IN_FORCES
+            or cmd.stp not in STP_MODES
+            or (cmd.type in PRICED_TYPES) != (cmd.price is not None)
+            or (cmd.type in STOP_TYPES) != (cmd.stop_price is not None)
+            or (cmd.quote_quantity is not None and cmd.type != MARKET)
+            or (cmd.quantity is None) == (cmd.quote_quantity is None)
+            or (cmd.quantity is not None and cmd.quantity <= 0)
+            or (cmd.quote_quantity is not None and cmd.quote_quantity <= 0)
+            or (cmd.price is not None and cmd.price <= 0)
+            or (cmd.stop_price is not None and cmd.stop_price <= 0)
+            or (cmd.post_only and (cmd.type not in PRICED_TYPES or cmd.time_in_force != GTC))
+        ):
+            return Reason.INVALID_ORDER
+        if cmd.id in self.index.orders:
+            return Reason.DUPLICATE_ORDER_ID
+        coid = cmd.client_order_id
+        if coid is not None and (cmd.account, coid) in self.index.by_client_id:
+            return Reason.DUPLICATE_CLIENT_ORDER_ID
+        if cmd.type in STOP_TYPES:
+            last = book.last_price
+            if last is not None:
+                stop = cmd.stop_price
+                assert stop is not None
+                rises = (cmd.type in (STOP_LOSS, STOP_LIMIT)) == (cmd.side == BUY)
+                if (rises and last >= stop) or (not rises and last <= stop):
+                    return Reason.WOULD_TRIGGER_IMMEDIATELY
+        elif cmd.post_only:
+            assert cmd.price is not None
+            if book.would_cross(cmd.side, cmd.price):
+                return Reason.POST_ONLY_WOULD_TAKE
+        return None
+
+    def _execute(self, book: OrderBook, order: Order, ts: int, events: list) -> None:
+        """Run an accepted (or just triggered) order against the book; rest what may rest."""
+        limit = order.price if order.type in PRICED_TYPES else None
+        tif = order.time_in_force
+        symbol = order.symbol
+        if limit is not None and order.post_only and book.would_cross(order.side, limit):
+            self._close(order, CANCELLED, Reason.POST_ONLY_WOULD_TAKE, events)
+            return
+        if tif == FOK and not book.fillable(order, limit, order.remaining):
+            self._close(order, CANCELLED, Reason.FOK_NOT_FILLABLE, events)
+            return
+        stop_reason = book.match(order, limit, ts, events)
+        if stop_reason is not None:
+            self._close(order, CANCELLED, stop_reason, events)
+            return
+        if order.quote_quantity is not None:
+            # A budget order is done once it cannot buy another lot; if instead the book ran
+            # dry with budget to spare, the rest is cancelled for lack of liquidity.
+            dry = book.best_ask is None if order.side == BUY else book.best_bid is None
+            spare = order.quote_quantity - order.cum_quote
+            if order.filled and not (dry and spare >= (book.last_price or 1)):
+                order.status = FILLED
+                events.append(
+                    (
+                        ORDER,
+                        symbol,
+                        order.id,
+                        order.account,
+                        FILLED,
+                        order.filled,
+                        0,
+                        order.cum_quote,
+                        None,
+                    )
+                )
+            else:
+                self._close(order, CANCELLED, Reason.NO_LIQUIDITY, events)
+            return
+        if not order.remaining:
+            order.status = FILLED
+            events.append(
+                (
+                    ORDER,
+                    symbol,
+                    order.id,
+                    order.account,
+                    FILLED,
+                    order.filled,
+                    0,
+                    order.cum_quote,
+                    None,
+                )
+            )
+            return
+        if limit is None or tif != GTC:
+            reason = Reason.NO_LIQUIDITY if limit is None else Reason.IOC_EXPIRED
+            self._close(order, CANCELLED, reason, events)
+            return
+        if order.filled:
+            order.status = PARTIALLY_FILLED
+            events.append(
+                (
+                    ORDER,
+                    symbol,
+                    order.id,
+                    order.account,
+                    PARTIALLY_FILLED,
+                    order.filled,
+                    order.remaining,
+                    order.cum_quote,
+                    None,
+                )
+            )
+        book.rest(order, events)
+
+    def _close(self, order: Order, status: str, reason: str | None, events: list) -> None:
+        order.status = status
+        order.remaining = 0
+        events.append(
+            (
+                ORDER,
+                order.symbol,
+                order.id,
+                order.account,
+                status,
+                order.filled,
+                0,
+                order.cum_quote,
+                reason,
+            )
+        )
+
+    def _after(
+        self,
+        book: OrderBook,
+        before: tuple[int | None, int, int | None, int],
+        ts: int,
+        events: list,
+    ) -> None:
+        """Fire stops the last price reached (cascading, by arrival), then report the BBO."""
+        stops = self.stops[book.symbol]
+        if book.last_price is not None and (stops.rising or stops.falling):
+            pending: deque[Order] = deque(stops.pop_triggered(book.last_price))
+            while pending:
+                order = pending.popleft()
+                order.status = TRIGGERED
+                self.index.remove(order)
+                events.append(
+                    (
+                        ORDER,
+                        order.symbol,
+                        order.id,
+                        order.account,
+                        TRIGGERED,
+                        order.filled,
+                        order.remaining,
+                        order.cum_quote,
+                        None,
+                    )
+                )
+                if order.type in (STOP_LOSS, TAKE_PROFIT):
+                    order.time_in_force = IOC
+                self._execute(book, order, ts, events)
+                if book.last_price is not None and (stops.rising or stops.falling):
+                    pending.extend(stops.pop_triggered(book.last_price))
+        now = book.bbo()
+        if now != before:
+            book.last_bbo = now
+            events.append((BBO, book.symbol, *now))
+
+    def _cancel(self, cmd: CancelOrder, events: list) -> None:
+        order = self.index.orders.get(cmd.order_id)
+        if order is None or order.account != cmd.account:
+            events.append((REJECT, cmd.id, cmd.account, Reason.UNKNOWN_ORDER))
+            return
+        self._cancel_order(order, events)
+
+    def _cancel_order(self, order: Order, events: list) -> None:
+        book = self.books[order.symbol]
+        before = book.last_bbo
+        if order.type in STOP_TYPES and order.status == NEW:
+            self.stops[order.symbol].remove(order)
+            self.index.remove(order)
+        else:
+            book.unrest(order, events)
+        self._close(order, CANCELLED, Reason.USER_CANCELLED, events)
+        now = book.bbo()
+        if now != before:
+            book.last_bbo = now
+            events.append((BBO, book.symbol, *now))
+
+    def _cancel_all(self, cmd: CancelAll, events: list) -> None:
+        mine = self.index.by_account.get(cmd.account)
+        if not mine:
+            return
+        targets = [o for o in mine.values() if cmd.symbol is None or o.symbol == cmd.symbol]
+        targets.sort(key=_by_seq)
+        for order in targets:
+            self._cancel_order(order, events)
+
+    def _amend(self, cmd: AmendOrder, events: list) -> None:
+        order = self.index.orders.get(cmd.order_id)
+        if order is None or order.account != cmd.account:
+            events.append((REJECT, cmd.id, cmd.account, Reason.UNKNOWN_ORDER))
+            return
+        if order.type in STOP_TYPES and order.status == NEW:  # still waiting for its trigger
+            events.append((REJECT, cmd.id, cmd.account, Reason.NOT_AMENDABLE))
+            return
+        total = order.filled + order.remaining
+        new_total = total if cmd.quantity is None else cmd.quantity
+        new_price = order.price if cmd.price is None else cmd.price
+        assert new_price is not None
+        if (
+            new_total <= order.filled
+            or new_total <= 0
+            or new_price <= 0
+            or (new_total == total and new_price == order.price)
+        ):
+            events.append((REJECT, cmd.id, cmd.account, Reason.INVALID_AMEND))
+            return
+        book = self.books[order.symbol]
+        market = book.market
+        if new_price * (new_total - order.filled) < market.min_notional_atoms:
+            events.append((REJECT, cmd.id, cmd.account, Reason.MIN_NOTIONAL))
+            return
+        if new_total - order.filled > market.max_lots:
+            events.append((REJECT, cmd.id, cmd.account, Reason.INVALID_AMEND))
+            return
+        before = book.last_bbo
+        if new_price == order.price and new_total < total:
+            # Shrinking in place keeps time priority.
+            book.reduce(order, total - new_total, events)
+            order.quantity = new_total
+            events.append(
+                (
+                    ORDER,
+                    order.symbol,
+                    order.id,
+                    order.account,
+                    order.status,
+                    order.filled,
+                    order.remaining,
+                    order.cum_quote,
+                    "amended",
+                )
+            )
+        else:
+            if order.post_only and book.would_cross(order.side, new_price):
+                events.append((REJECT, cmd.id, cmd.account, Reason.POST_ONLY_WOULD_TAKE))
+                return
+            # A new price or more size goes to the back of the queue: a fresh Order object, since
+            # the old one stays in its deque as a dead entry.
+            book.unrest(order, events)
+            self.seq += 1
+            fresh = Order(
+                order.id,
+                self.seq,
+                order.account,
+                order.symbol,
+                order.side,
+                order.type,
+                order.time_in_force,
+                order.post_only,
+                new_price,
+                order.stop_price,
+                new_total,
+                order.quote_quantity,
+                new_total - order.filled,
+                order.filled,
+                order.cum_quote,
+                order.client_order_id,
+                order.stp,
+                cmd.ts,
+                order.status,
+            )
+            events.append(
+                (
+                    ORDER,
+                    fresh.symbol,
+                    fresh.id,
+                    fresh.account,
+                    fresh.status,
+                    fresh.filled,
+                    fresh.remaining,
+                    fresh.cum_quote,
+                    "amended",
+                )
+            )
+            self._execute(book, fresh, cmd.ts, events)
+        self._after(book, before, cmd.ts, events)
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Versioned, deterministic, compressed image of every book, stop and counter."""
+        books = {}
+        for symbol in sorted(self.books):
+            book = self.books[symbol]
+            books[symbol] = {
+                "last_price": book.last_price,
+                "trade_seq": book.trade_seq,
+                "last_bbo": list(book.last_bbo),
+                "bids": [
+                    [o.to_list() for o in level.live_orders()]
+                    for level in reversed(book.bids.values())
+                ],
+                "asks": [
+                    [o.to_list() for o in level.live_orders()] for level in book.asks.values()
+                ],
+                "stops": [o.to_list() for o in self.stops[symbol].orders()],
+            }
+        body = json.dumps(
+            {"version": SNAPSHOT_VERSION, "seq": self.seq, "books": books},
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode()
+        return SNAPSHOT_MAGIC + bytes([SNAPSHOT_VERSION]) + zlib.compress(body, 6)
+
+    @classmethod
+    def restore(cls, markets: dict[str, Market], blob: bytes) -> MatchingEngine:
+        if not blob.startswith(SNAPSHOT_MAGIC):
+            raise ValueError("not a Fairbook snapshot")
+        version = blob[len(SNAPSHOT_MAGIC)]
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {version} is not supported")
+        data = json.loads(zlib.decompress(blob[len(SNAPSHOT_MAGIC) + 1 :]))
+        engine = cls(markets)
+        engine.seq = data["seq"]
+        events: list = []
+        for symbol, state in data["books"].items():
+            if symbol not in engine.books:
+                raise ValueError(f"snapshot has symbol {symbol} that is not configured")
+            book = engine.books[symbol]
+            book.last_price = state["last_price"]
+            book.trade_seq = state["trade_seq"]
+            book.last_bbo = tuple(state["last_bbo"])  # type: ignore[assignment]
+            for side in ("bids", "asks"):
+                for level in state[side]:
+                    for fields in level:
+                        book.rest(Order.from_list(fields), events)
+            for fields in state["stops"]:
+                order = Order.from_list(fields)
+                engine.stops[symbol].add(order)
+                engine.index.add(order)
+        return engine
