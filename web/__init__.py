@@ -1,0 +1,185 @@
+"""The web layer: Flask app factory, shared state and JSON error handling.
+
+Why a factory: tests, gunicorn (``app:app``) and the bench each need their own app bound to their
+own Redis and markets; nothing here is module-global except the code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from flask import Flask, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from engine.schema import Market, SchemaError, load_markets
+
+#: Largest request body accepted (bytes); bigger bodies get a 413 JSON error.
+DEFAULT_MAX_BODY = 64 * 1024
+DEFAULT_REPLY_TIMEOUT = 2.0
+
+
+class ApiError(Exception):
+    """A clean 4xx/5xx answer: raised anywhere in a view, rendered as ``{"error": {...}}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Fairbook:
+    """Per-app state (``app.extensions["fairbook"]``): markets, Redis, one journal per partition."""
+
+    markets: dict[str, Market]
+    redis: redis.Redis
+    reply_timeout: float
+    partitions: list[int]
+    journals: dict[int, Any] = field(default_factory=dict)
+    _keys: dict[int, Any] = field(default_factory=dict)
+    auth_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
+    auth_cache_ttl: float = 5.0
+
+    def keys(self, partition: int) -> Any:
+        """The partition's key names (worker.keys.Keys), built once."""
+        k = self._keys.get(partition)
+        if k is None:
+            from worker.keys import Keys
+
+            k = self._keys[partition] = Keys(partition)
+        return k
+
+    def journal(self, partition: int) -> Any:
+        """The partition's journal, created on first use (cheap: it only holds a script)."""
+        journal = self.journals.get(partition)
+        if journal is None:
+            from worker.journal import Journal
+
+            journal = self.journals[partition] = Journal(self.redis, partition)
+        return journal
+
+
+def state() -> Fairbook:
+    """The current app's :class:`Fairbook` state."""
+    return current_app.extensions["fairbook"]
+
+
+def error_response(status: int, code: str, message: str):
+    """The one error body shape: ``{"error": {"code", "message"}}``."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def _register_error_handlers(app: Flask) -> None:
+    """Every error leaves as JSON: clients never have to parse an HTML error page."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(SchemaError)
+    def _schema_error(exc: SchemaError):
+        return error_response(400, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        response = error_response(status, _HTTP_CODES.get(status, "http_error"), message)
+        if status == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    @app.errorhandler(redis.exceptions.BusyLoadingError)
+    def _redis_down(exc: Exception):
+        app.logger.warning("redis unavailable: %s", exc)
+        return error_response(503, "unavailable", "the order store is unavailable, retry later")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        app.logger.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error")
+
+
+def _config_float(config: dict[str, Any], key: str, default: float) -> float:
+    raw = config.get(key, os.environ.get(key, default))
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise SystemExit(f"fairbook: {key} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise SystemExit(f"fairbook: {key} must be >= 0")
+    return value
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app. ``config`` keys override the environment:
+
+    ``REDIS_URL``, ``FAIRBOOK_SYMBOLS`` (path), ``FAIRBOOK_REPLY_TIMEOUT`` (seconds to wait for
+    the worker before answering 202), ``MAX_CONTENT_LENGTH``, ``FAIRBOOK_MARKETS`` (a ready
+    ``dict[str, Market]``, for tests), ``FAIRBOOK_REDIS`` (a ready client, for tests).
+    """
+    config = dict(config or {})
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_BODY
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # keep the documented field order
+    app.json.compact = True
+    app.config.update({k: v for k, v in config.items() if k.isupper()})
+
+    markets = config.get("FAIRBOOK_MARKETS") or load_markets(config.get("FAIRBOOK_SYMBOLS"))
+    reply_timeout = _config_float(config, "FAIRBOOK_REPLY_TIMEOUT", DEFAULT_REPLY_TIMEOUT)
+    client = config.get("FAIRBOOK_REDIS")
+    if client is None:
+        url = config.get("REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+        # socket_timeout must outlast the BLPOP that waits for the worker's reply.
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=reply_timeout + 10,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+        )
+    from worker.keys import all_partitions
+
+    app.extensions["fairbook"] = Fairbook(
+        markets=markets,
+        redis=client,
+        reply_timeout=reply_timeout,
+        partitions=all_partitions(symbols=markets),
+    )
+
+    _register_error_handlers(app)
+
+    from web import accounts, api
+
+    app.register_blueprint(api.public)
+    app.register_blueprint(api.private)
+    accounts.init_app(app)
+    # WebSocket + static UI: web/ws.py (flask-sock) registers itself here, e.g.
+    #     from web import ws
+    #     ws.init_app(app)
+    return app

@@ -1,0 +1,117 @@
+"""Accounts and API-key authentication.
+
+Keys are random 256-bit tokens shown once; Redis keeps only ``sha256(key)`` in ``fb:accounts``
+so a leaked dump does not leak usable keys. Lookups are cached for a few seconds per process:
+the hot order path then costs no extra round trip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+import redis
+from flask import Flask, g, request
+
+from web import ApiError, state
+
+ACCOUNTS_KEY = "fb:accounts"
+NEXT_ACCOUNT_KEY = "fb:next_account"
+API_KEY_HEADER = "X-API-Key"
+MAX_NAME = 64
+_AUTH_CACHE_MAX = 10_000
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def account_key(account_id: str) -> str:
+    return f"fb:account:{account_id}"
+
+
+def hash_key(api_key: str) -> str:
+    """What Redis stores for a key: its sha256 hex digest."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def create_account(client: redis.Redis, name: str) -> dict[str, str]:
+    """Make an account; return ``{"account_id", "api_key"}`` (the key is not stored anywhere).
+
+    The id comes from INCR; the account hash and the key mapping are written in one MULTI so a
+    crash never leaves a key pointing at a nameless account.
+    """
+    name = name.strip()
+    if not name or len(name) > MAX_NAME:
+        raise ValueError(f"account name must be 1-{MAX_NAME} characters")
+    account_id = str(client.incr(NEXT_ACCOUNT_KEY))
+    api_key = "fb_" + secrets.token_urlsafe(32)
+    pipe = client.pipeline(transaction=True)
+    created = str(int(time.time() * 1000))
+    pipe.hset(account_key(account_id), mapping={"name": name, "created": created})
+    pipe.hset(ACCOUNTS_KEY, hash_key(api_key), account_id)
+    pipe.execute()
+    return {"account_id": account_id, "api_key": api_key}
+
+
+def lookup_account(api_key: str) -> str | None:
+    """The account id for an API key, or None; positive answers are cached briefly."""
+    st = state()
+    digest = hash_key(api_key)
+    now = time.monotonic()
+    hit = st.auth_cache.get(digest)
+    if hit is not None and hit[1] > now:
+        return hit[0]
+    account = st.redis.hget(ACCOUNTS_KEY, digest)
+    if account is None:
+        st.auth_cache.pop(digest, None)
+        return None
+    if isinstance(account, bytes):
+        account = account.decode()
+    if len(st.auth_cache) >= _AUTH_CACHE_MAX:
+        st.auth_cache.clear()
+    st.auth_cache[digest] = (account, now + st.auth_cache_ttl)
+    return account
+
+
+def authenticate() -> str:
+    """Resolve ``X-API-Key`` to an account id (stored in ``g.account``) or raise 401."""
+    api_key = request.headers.get(API_KEY_HEADER)
+    if not api_key:
+        raise ApiError(401, "unauthorized", f"missing {API_KEY_HEADER} header")
+    if len(api_key) > 256:
+        raise ApiError(401, "unauthorized", "invalid API key")
+    account = lookup_account(api_key)
+    if account is None:
+        raise ApiError(401, "unauthorized", "invalid API key")
+    g.account = account
+    return account
+
+
+def require_account(view: F) -> F:
+    """Decorator for private routes: 401 JSON unless a valid ``X-API-Key`` is sent."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        authenticate()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def init_app(app: Flask) -> None:
+    """Register ``flask --app app create-account NAME``."""
+
+    @app.cli.command("create-account")
+    @click.argument("name")
+    def create_account_command(name: str) -> None:
+        """Create an account and print {"account_id", "api_key"} as JSON (key shown once)."""
+        try:
+            result = create_account(state().redis, name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        click.echo(json.dumps(result))

@@ -1,0 +1,482 @@
+"""REST API v1: orders (private, ``X-API-Key``) and market data (public).
+
+Why it is thin: the web never decides anything about an order. It validates with the shared
+schema, appends one command to the partition's journal and waits (bounded) for the worker's
+reply; reads come from what the worker committed to Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from decimal import Decimal
+from typing import Any
+
+from flask import Blueprint, g, jsonify, request
+
+from engine.schema import (
+    ErrorCode,
+    Market,
+    Reason,
+    partition_of_id,
+    validate_amend_request,
+    validate_order_request,
+)
+from web import ApiError, state
+from web.accounts import require_account
+from worker.keys import Keys, partition_for_symbol
+
+public = Blueprint("public", __name__)
+private = Blueprint("private", __name__, url_prefix="/api/v1")
+
+DEFAULT_DEPTH = 50
+MAX_DEPTH = 500
+DEFAULT_TRADES = 100
+MAX_TRADES = 1000
+DEFAULT_ORDERS = 100
+MAX_ORDERS = 1000
+#: /healthz fails when a partition's worker is further behind than this many commands.
+DEFAULT_HEALTH_MAX_LAG = 10_000
+
+_ORDER_ID = re.compile(r"^[0-9]{1,19}$")
+_INT_ORDER_FIELDS = ("order_id", "created_at", "updated_at")
+_NULLABLE_ORDER_FIELDS = (
+    "client_order_id",
+    "reject_reason",
+    "price",
+    "stop_price",
+    "quantity",
+    "quote_quantity",
+)
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def keys(partition: int) -> Keys:
+    """Key names of a partition (the worker's :class:`Keys`, one instance per partition)."""
+    return state().keys(partition)
+
+
+def partition_for(symbol: str) -> int:
+    """The symbol's partition, by the worker's own rule (``FAIRBOOK_PARTITIONS``)."""
+    return partition_for_symbol(symbol)
+
+
+# -- request helpers ----------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, strictly: right content type, UTF-8, no NaN, no duplicate keys.
+
+    JSON numbers are parsed as Decimal (never float) and left for the schema to refuse with a
+    "must be a decimal string" message; nothing here ever rounds money.
+    """
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    if not raw:
+        raise ApiError(400, ErrorCode.MALFORMED_JSON, "the request body is empty")
+    try:
+        body = json.loads(
+            raw.decode("utf-8"),
+            parse_float=Decimal,
+            parse_constant=_reject_constant,
+            object_pairs_hook=_no_duplicate_keys,
+        )
+    except UnicodeDecodeError:
+        raise ApiError(400, ErrorCode.MALFORMED_JSON, "the body is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, ErrorCode.MALFORMED_JSON, f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, ErrorCode.MALFORMED_JSON, "the body must be a JSON object")
+    return body
+
+
+def _int_arg(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ApiError(
+            400, ErrorCode.INVALID_FIELD, f"{name} must be an integer from 1 to {maximum}"
+        )
+    return int(raw)
+
+
+def _market(symbol: str, status: int = 404) -> Market:
+    market = state().markets.get(symbol)
+    if market is None:
+        raise ApiError(status, ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
+    return market
+
+
+def _symbol_arg() -> str | None:
+    symbol = request.args.get("symbol")
+    if symbol is not None:
+        _market(symbol, status=400)
+    return symbol
+
+
+def _parse_order_id(text: str) -> tuple[int, int]:
+    """``(order_id, partition)``; anything that cannot be one of our ids is a 404."""
+    if not _ORDER_ID.match(text) or int(text) >= 2**63:
+        raise ApiError(404, Reason.UNKNOWN_ORDER, "order ids are positive integers")
+    order_id = int(text)
+    partition = partition_of_id(order_id)
+    if partition not in state().partitions:
+        raise ApiError(404, Reason.UNKNOWN_ORDER, f"unknown order {order_id}")
+    return order_id, partition
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def order_from_hash(raw: dict[Any, Any]) -> dict[str, Any]:
+    """The REST order object from the worker's order hash (all strings, fills as JSON)."""
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    for name in _INT_ORDER_FIELDS:
+        value = fields.get(name)
+        if value not in (None, ""):
+            try:
+                fields[name] = int(value)
+            except ValueError:
+                pass
+    for name in _NULLABLE_ORDER_FIELDS:
+        if fields.get(name) in ("", "null", "None"):
+            fields[name] = None
+    if "post_only" in fields:
+        fields["post_only"] = str(fields["post_only"]).lower() in ("1", "true")
+    fills = fields.get("fills")
+    if isinstance(fills, str):
+        try:
+            fields["fills"] = json.loads(fills) if fills else []
+        except ValueError:
+            fields["fills"] = []
+    fields.pop("account", None)
+    return fields
+
+
+def _load_owned_order(order_id: int, partition: int, account: str) -> dict[str, Any] | None:
+    """The raw order hash if it exists and belongs to ``account``; another's is None too."""
+    raw = state().redis.hgetall(keys(partition).order(order_id))
+    if not raw:
+        return None
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    if fields.get("account") != account:
+        return None
+    return fields
+
+
+def _unknown_order(order_id: int) -> ApiError:
+    return ApiError(404, Reason.UNKNOWN_ORDER, f"unknown order {order_id}")
+
+
+def _error_from_reply(reply: dict[str, Any]) -> ApiError:
+    """Map a worker ``{"ok": false, "error": {...}}`` to an HTTP error (unknown order = 404)."""
+    error = reply.get("error") or {}
+    code = str(error.get("code") or Reason.INVALID_ORDER)
+    message = str(error.get("message") or code)
+    return ApiError(404 if code == Reason.UNKNOWN_ORDER else 400, code, message)
+
+
+def _submit(partition: int, wire: dict[str, Any], timeout: float) -> tuple[int, dict | None]:
+    """Append one command to the partition's journal; wait up to ``timeout`` for the reply."""
+    journal = state().journal(partition)
+    command_id = journal.append(wire)
+    reply = journal.wait_reply(command_id, timeout) if timeout > 0 else None
+    return command_id, reply
+
+
+def _accepted(order_id: int, **extra: Any):
+    body = {"order_id": order_id, "status": "accepted", **extra}
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = f"/api/v1/orders/{order_id}"
+    return response
+
+
+# -- private: orders ----------------------------------------------------------------------------
+
+
+@private.post("/orders")
+@require_account
+def place_order():
+    """Validate, journal, wait: 201 with the order (maybe ``rejected``) or 202 when slow."""
+    body = json_body()
+    st = state()
+    wire, _ = validate_order_request(body, st.markets)
+    wire["account"] = g.account
+    order_id, reply = _submit(partition_for(wire["symbol"]), wire, st.reply_timeout)
+    if reply is None:
+        return _accepted(
+            order_id, symbol=wire["symbol"], client_order_id=wire["client_order_id"]
+        )
+    if not reply.get("ok"):
+        raise _error_from_reply(reply)
+    response = jsonify(reply["order"])
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/orders/{order_id}"
+    return response
+
+
+@private.delete("/orders/<order_id>")
+@require_account
+def cancel_order(order_id: str):
+    """Cancel one order; the engine is the judge of ownership, Redis gives a fast 404."""
+    oid, partition = _parse_order_id(order_id)
+    st = state()
+    owner = st.redis.hget(keys(partition).order(oid), "account")
+    if owner is not None and _text(owner) != g.account:
+        raise _unknown_order(oid)
+    wire = {"op": "cancel", "account": g.account, "order_id": oid}
+    command_id, reply = _submit(partition, wire, st.reply_timeout)
+    if reply is None:
+        return _accepted(oid, command_id=command_id)
+    if not reply.get("ok"):
+        raise _error_from_reply(reply)
+    return jsonify(reply["order"])
+
+
+@private.delete("/orders")
+@require_account
+def cancel_all():
+    """Cancel every open order of the caller (one symbol, or all partitions)."""
+    symbol = _symbol_arg()
+    st = state()
+    partitions = [partition_for(symbol)] if symbol else list(st.partitions)
+    pending = []
+    for partition in partitions:  # append everywhere first: the partitions work in parallel
+        wire = {"op": "cancel_all", "account": g.account, "symbol": symbol}
+        pending.append((partition, st.journal(partition).append(wire)))
+    deadline = time.monotonic() + st.reply_timeout
+    cancelled: list[Any] = []
+    unanswered: list[int] = []
+    for partition, command_id in pending:
+        remaining = max(0.0, deadline - time.monotonic())
+        reply = st.journal(partition).wait_reply(command_id, remaining) if remaining else None
+        if reply is None:
+            unanswered.append(command_id)
+        elif not reply.get("ok"):
+            raise _error_from_reply(reply)
+        else:
+            cancelled.extend(reply.get("cancelled") or [])
+    if unanswered:
+        response = jsonify(
+            {"cancelled": cancelled, "status": "accepted", "pending_command_ids": unanswered}
+        )
+        response.status_code = 202
+        return response
+    return jsonify({"cancelled": cancelled})
+
+
+@private.patch("/orders/<order_id>")
+@require_account
+def amend_order(order_id: str):
+    """Amend quantity (new total) and/or price of an own open order."""
+    oid, partition = _parse_order_id(order_id)
+    st = state()
+    fields = _load_owned_order(oid, partition, g.account)
+    if fields is None:
+        raise _unknown_order(oid)
+    market = st.markets.get(fields.get("symbol", ""))
+    if market is None:  # a symbol dropped from the symbols file since the order was placed
+        raise ApiError(400, Reason.NOT_AMENDABLE, "the order's symbol is no longer listed")
+    body = json_body()
+    changes = validate_amend_request(body, market)
+    wire = {
+        "op": "amend",
+        "account": g.account,
+        "order_id": oid,
+        "symbol": market.symbol,
+        "quantity": changes["quantity"],
+        "price": changes["price"],
+    }
+    command_id, reply = _submit(partition, wire, st.reply_timeout)
+    if reply is None:
+        return _accepted(oid, command_id=command_id)
+    if not reply.get("ok"):
+        raise _error_from_reply(reply)
+    return jsonify(reply["order"])
+
+
+@private.get("/orders/<order_id>")
+@require_account
+def get_order(order_id: str):
+    """One own order as the worker last committed it."""
+    oid, partition = _parse_order_id(order_id)
+    fields = _load_owned_order(oid, partition, g.account)
+    if fields is None:
+        raise _unknown_order(oid)
+    return jsonify(order_from_hash(fields))
+
+
+@private.get("/orders")
+@require_account
+def list_orders():
+    """Own orders, newest first, from the open or closed sets (``status=open|closed|all``)."""
+    symbol = _symbol_arg()
+    status = request.args.get("status", "open")
+    if status not in ("open", "closed", "all"):
+        raise ApiError(400, ErrorCode.INVALID_FIELD, "status must be open, closed or all")
+    limit = _int_arg("limit", DEFAULT_ORDERS, MAX_ORDERS)
+    st = state()
+    partitions = [partition_for(symbol)] if symbol else list(st.partitions)
+    kinds = ("open", "closed") if status == "all" else (status,)
+    orders: list[dict[str, Any]] = []
+    for partition in partitions:
+        for kind in kinds:
+            k = keys(partition)
+            key = k.open(g.account) if kind == "open" else k.closed(g.account)
+            orders.extend(_scan_orders(key, partition, symbol, limit))
+    orders.sort(key=lambda o: (o.get("created_at") or 0, o.get("order_id") or 0), reverse=True)
+    return jsonify(orders[:limit])
+
+
+def _scan_orders(key: str, partition: int, symbol: str | None, limit: int) -> list[dict]:
+    """Up to ``limit`` orders of one id set, newest first, optionally of one symbol."""
+    st = state()
+    found: list[dict[str, Any]] = []
+    start = 0
+    chunk = limit if symbol is None else max(limit, 200)
+    while len(found) < limit:
+        ids = st.redis.zrevrange(key, start, start + chunk - 1)
+        if not ids:
+            break
+        pipe = st.redis.pipeline(transaction=False)
+        for raw_id in ids:
+            pipe.hgetall(keys(partition).order(_text(raw_id)))
+        for raw in pipe.execute():
+            if not raw:
+                continue  # trimmed or expired between the two reads
+            order = order_from_hash(raw)
+            if symbol is None or order.get("symbol") == symbol:
+                found.append(order)
+        if len(ids) < chunk:
+            break
+        start += chunk
+    return found[:limit]
+
+
+# -- public: market data ------------------------------------------------------------------------
+
+
+def _book(symbol: str) -> dict[str, Any]:
+    raw = state().redis.get(keys(partition_for(symbol)).book(symbol))
+    if not raw:
+        return {"symbol": symbol, "sequence": 0, "bids": [], "asks": []}
+    return json.loads(raw)
+
+
+@public.get("/api/v1/symbols")
+def symbols():
+    """Every market with its trading rules, as in the symbols file."""
+    return jsonify([m.as_dict() for m in state().markets.values()])
+
+
+@public.get("/api/v1/book/<symbol>")
+def book(symbol: str):
+    """Top ``depth`` levels per side as ``[price, quantity]`` strings, with the book sequence."""
+    _market(symbol)
+    depth = _int_arg("depth", DEFAULT_DEPTH, MAX_DEPTH)
+    snap = _book(symbol)
+    return jsonify(
+        {
+            "symbol": symbol,
+            "sequence": snap.get("sequence", 0),
+            "bids": (snap.get("bids") or [])[:depth],
+            "asks": (snap.get("asks") or [])[:depth],
+        }
+    )
+
+
+@public.get("/api/v1/bbo/<symbol>")
+def bbo(symbol: str):
+    """Best bid and offer (null price and "0" quantity for an empty side)."""
+    _market(symbol)
+    snap = _book(symbol)
+    stored = snap.get("bbo")
+    bids = snap.get("bids") or []
+    asks = snap.get("asks") or []
+    out: dict[str, Any] = {
+        "symbol": symbol,
+        "sequence": snap.get("bbo_sequence", snap.get("sequence", 0)),
+        "bid_price": bids[0][0] if bids else None,
+        "bid_qty": bids[0][1] if bids else "0",
+        "ask_price": asks[0][0] if asks else None,
+        "ask_qty": asks[0][1] if asks else "0",
+    }
+    if isinstance(stored, dict):
+        for name in ("bid_price", "bid_qty", "ask_price", "ask_qty"):
+            if name in stored:
+                out[name] = stored[name]
+        if "sequence" in stored:
+            out["sequence"] = stored["sequence"]
+    return jsonify(out)
+
+
+@public.get("/api/v1/trades/<symbol>")
+def trades(symbol: str):
+    """The newest ``limit`` trades of a symbol, newest first."""
+    _market(symbol)
+    limit = _int_arg("limit", DEFAULT_TRADES, MAX_TRADES)
+    rows = state().redis.lrange(keys(partition_for(symbol)).recent(symbol), 0, limit - 1)
+    return jsonify([json.loads(row) for row in rows])
+
+
+@public.get("/healthz")
+def healthz():
+    """Redis reachable, and per partition: a lease holder and how far the worker lags."""
+    from flask import current_app
+
+    st = state()
+    max_lag = int(current_app.config.get("FAIRBOOK_HEALTH_MAX_LAG", DEFAULT_HEALTH_MAX_LAG))
+    try:
+        st.redis.ping()
+        partitions = [_partition_health(p, max_lag) for p in st.partitions]
+    except Exception as exc:  # noqa: BLE001 - any Redis failure means "down", reported as such
+        response = jsonify({"status": "down", "redis": False, "error": str(exc)})
+        response.status_code = 503
+        return response
+    healthy = all(p["lease"] and p["lag"] <= max_lag for p in partitions)
+    response = jsonify(
+        {"status": "ok" if healthy else "degraded", "redis": True, "partitions": partitions}
+    )
+    response.status_code = 200 if healthy else 503
+    return response
+
+
+def _partition_health(partition: int, max_lag: int) -> dict[str, Any]:
+    """Lag = journal entries after the last applied id (counted up to ``max_lag + 1``)."""
+    client = state().redis
+    k = keys(partition)
+    pipe = client.pipeline(transaction=False)
+    pipe.get(k.applied)
+    pipe.exists(k.lease)
+    pipe.xlen(k.stream)
+    applied, lease, length = pipe.execute()
+    applied = _text(applied) if applied else None
+    start = f"({applied}" if applied else "-"
+    lag = len(client.xrange(k.stream, min=start, max="+", count=max_lag + 1))
+    return {
+        "partition": partition,
+        "lease": bool(lease),
+        "applied": applied,
+        "stream_length": length,
+        "lag": lag,
+    }
