@@ -234,7 +234,15 @@ class OrderBook:
         level.orders.append(order)
         level.total += order.remaining
         level.count += 1
-        self.index.add(order)
+        # OrderIndex.add, inlined: this is the hottest path of a passive order.
+        index = self.index
+        index.orders[order.id] = order
+        mine = index.by_account.get(order.account)
+        if mine is None:
+            mine = index.by_account[order.account] = {}
+        mine[order.id] = order
+        if order.client_order_id is not None:
+            index.by_client_id[(order.account, order.client_order_id)] = order
         events.append((LEVEL, self.symbol, order.side, price, level.total))
 
     def unrest(self, order: Order, events: list) -> None:

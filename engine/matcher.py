@@ -22,8 +22,10 @@ from engine.schema import (
     FOK,
     GTC,
     IOC,
+    LIMIT,
     MARKET,
     NEW,
+    ORDER_TYPES,
     PARTIALLY_FILLED,
     PRICED_TYPES,
     REJECTED,
@@ -43,6 +45,11 @@ from engine.schema import (
     NewOrder,
     Reason,
 )
+
+SIDE_SET = frozenset(SIDES)
+TIF_SET = frozenset(TIME_IN_FORCES)
+STP_SET = frozenset(STP_MODES)
+ORDER_TYPE_SET = frozenset(ORDER_TYPES)
 
 SNAPSHOT_MAGIC = b"FBSNAP"
 SNAPSHOT_VERSION = 1
@@ -84,16 +91,23 @@ class StopBook:
     ``falling`` fire when it drops to the stop (sell stop-loss, buy take-profit).
     """
 
-    __slots__ = ("rising", "falling")
+    __slots__ = ("rising", "falling", "rise_at", "fall_at")
 
     def __init__(self) -> None:
         self.rising: SortedDict = SortedDict()
         self.falling: SortedDict = SortedDict()
+        # Cached nearest triggers, so the common "nothing fires" check costs two comparisons.
+        self.rise_at: int | None = None
+        self.fall_at: int | None = None
 
     @staticmethod
     def fires_on_rise(order: Order) -> bool:
         stop_loss = order.type in (STOP_LOSS, STOP_LIMIT)
         return stop_loss == (order.side == BUY)
+
+    def _refresh(self) -> None:
+        self.rise_at = self.rising.peekitem(0)[0] if self.rising else None
+        self.fall_at = self.falling.peekitem(-1)[0] if self.falling else None
 
     def add(self, order: Order) -> None:
         side = self.rising if self.fires_on_rise(order) else self.falling
@@ -101,6 +115,7 @@ class StopBook:
         if queue is None:
             queue = side[order.stop_price] = deque()
         queue.append(order)
+        self._refresh()
 
     def remove(self, order: Order) -> None:
         side = self.rising if self.fires_on_rise(order) else self.falling
@@ -108,6 +123,13 @@ class StopBook:
         queue.remove(order)  # stops are few and rarely cancelled; O(level) is fine here
         if not queue:
             del side[order.stop_price]
+            self._refresh()
+
+    def fires(self, last: int) -> bool:
+        rise_at, fall_at = self.rise_at, self.fall_at
+        return (rise_at is not None and last >= rise_at) or (
+            fall_at is not None and last <= fall_at
+        )
 
     def pop_triggered(self, last: int) -> list[Order]:
         fired: list[Order] = []
@@ -116,6 +138,7 @@ class StopBook:
             fired.extend(rising.popitem(0)[1])
         while falling and falling.peekitem(-1)[0] >= last:
             fired.extend(falling.popitem(-1)[1])
+        self._refresh()
         fired.sort(key=_by_seq)
         return fired
 
@@ -218,18 +241,32 @@ class MatchingEngine:
         """Engine-side rules; field syntax was checked by the schema before the journal."""
         if book is None:
             return Reason.UNKNOWN_SYMBOL
+        if cmd.type == LIMIT:  # the common case first: four comparisons
+            shape_ok = (
+                cmd.price is not None
+                and cmd.price > 0
+                and cmd.quantity is not None
+                and cmd.quantity > 0
+                and cmd.stop_price is None
+                and cmd.quote_quantity is None
+            )
+        else:
+            shape_ok = not (
+                (cmd.type in PRICED_TYPES) != (cmd.price is not None)
+                or (cmd.type in STOP_TYPES) != (cmd.stop_price is not None)
+                or (cmd.quote_quantity is not None and cmd.type != MARKET)
+                or (cmd.quantity is None) == (cmd.quote_quantity is None)
+                or (cmd.quantity is not None and cmd.quantity <= 0)
+                or (cmd.quote_quantity is not None and cmd.quote_quantity <= 0)
+                or (cmd.price is not None and cmd.price <= 0)
+                or (cmd.stop_price is not None and cmd.stop_price <= 0)
+                or cmd.type not in ORDER_TYPE_SET
+            )
         if (
-            cmd.side not in SIDES
-            or cmd.time_in_force not in TIME_IN_FORCES
-            or cmd.stp not in STP_MODES
-            or (cmd.type in PRICED_TYPES) != (cmd.price is not None)
-            or (cmd.type in STOP_TYPES) != (cmd.stop_price is not None)
-            or (cmd.quote_quantity is not None and cmd.type != MARKET)
-            or (cmd.quantity is None) == (cmd.quote_quantity is None)
-            or (cmd.quantity is not None and cmd.quantity <= 0)
-            or (cmd.quote_quantity is not None and cmd.quote_quantity <= 0)
-            or (cmd.price is not None and cmd.price <= 0)
-            or (cmd.stop_price is not None and cmd.stop_price <= 0)
+            not shape_ok
+            or cmd.side not in SIDE_SET
+            or cmd.time_in_force not in TIF_SET
+            or cmd.stp not in STP_SET
             or (cmd.post_only and (cmd.type not in PRICED_TYPES or cmd.time_in_force != GTC))
         ):
             return Reason.INVALID_ORDER
@@ -263,6 +300,15 @@ class MatchingEngine:
         if tif == FOK and not book.fillable(order, limit, order.remaining):
             self._close(order, CANCELLED, Reason.FOK_NOT_FILLABLE, events)
             return
+        if limit is not None and tif == GTC and not order.filled:
+            # A passive limit that cannot cross skips the matching loop altogether.
+            if order.side == BUY:
+                passive = book.best_ask is None or limit < book.best_ask
+            else:
+                passive = book.best_bid is None or limit > book.best_bid
+            if passive:
+                book.rest(order, events)
+                return
         stop_reason = book.match(order, limit, ts, events)
         if stop_reason is not None:
             self._close(order, CANCELLED, stop_reason, events)
@@ -353,8 +399,9 @@ class MatchingEngine:
     ) -> None:
         """Fire stops the last price reached (cascading, by arrival), then report the BBO."""
         stops = self.stops[book.symbol]
-        if book.last_price is not None and (stops.rising or stops.falling):
-            pending: deque[Order] = deque(stops.pop_triggered(book.last_price))
+        last = book.last_price
+        if last is not None and stops.fires(last):
+            pending: deque[Order] = deque(stops.pop_triggered(last))
             while pending:
                 order = pending.popleft()
                 order.status = TRIGGERED
@@ -375,12 +422,19 @@ class MatchingEngine:
                 if order.type in (STOP_LOSS, TAKE_PROFIT):
                     order.time_in_force = IOC
                 self._execute(book, order, ts, events)
-                if book.last_price is not None and (stops.rising or stops.falling):
-                    pending.extend(stops.pop_triggered(book.last_price))
-        now = book.bbo()
+                last = book.last_price
+                if last is not None and stops.fires(last):
+                    pending.extend(stops.pop_triggered(last))
+        bid, ask = book.best_bid, book.best_ask
+        now = (
+            bid,
+            book.bids[bid].total if bid is not None else 0,
+            ask,
+            book.asks[ask].total if ask is not None else 0,
+        )
         if now != before:
             book.last_bbo = now
-            events.append((BBO, book.symbol, *now))
+            events.append((BBO, book.symbol, bid, now[1], ask, now[3]))
 
     def _cancel(self, cmd: CancelOrder, events: list) -> None:
         order = self.index.orders.get(cmd.order_id)

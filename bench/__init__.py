@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench core|worker|e2e|fanout [--json PATH]``."""
