@@ -1,0 +1,97 @@
+"""Tests of the test infrastructure itself (tests/redis_server.py, fixtures)."""
+
+from __future__ import annotations
+
+import pytest
+
+from redis_server import RedisServer, find_redis_server
+
+
+def test_find_redis_server():
+    assert find_redis_server()
+
+
+def test_session_server_set_get(redis_server, redis_client):
+    assert redis_server.port != 6379
+    assert redis_server.url == f"redis://127.0.0.1:{redis_server.port}/0"
+    redis_client.set("k", "v")
+    assert redis_client.get("k") == b"v"
+    assert redis_client.config_get("appendonly")["appendonly"] == "yes"
+
+
+def test_redis_client_is_flushed(redis_client):
+    assert redis_client.dbsize() == 0
+    redis_client.set("leftover", 1)
+
+
+def test_redis_client_is_flushed_again(redis_client):
+    assert redis_client.dbsize() == 0
+
+
+def test_streams_and_lua_work(redis_client):
+    # what the web/worker rely on: XADD/XREAD and EVAL
+    sid = redis_client.xadd("fb:{p0}:in", {"c": "{}"})
+    entries = redis_client.xread({"fb:{p0}:in": "0-0"})
+    assert entries[0][1][0][0] == sid
+    n = redis_client.eval("return redis.call('INCR', KEYS[1])", 1, "fb:{p0}:next_id")
+    assert n == 1
+
+
+def test_kill_and_restart_keeps_acknowledged_writes(tmp_path):
+    server = RedisServer(dir=tmp_path / "r", appendfsync="always")
+    server.start()
+    try:
+        port = server.port
+        c = server.client()
+        c.set("before-crash", "yes")
+        c.xadd("s", {"c": "1"})
+        c.close()
+        server.kill()
+        assert not server.running
+        server.start()
+        assert server.port == port
+        c = server.client()
+        assert c.get("before-crash") == b"yes"
+        assert c.xlen("s") == 1
+        c.close()
+    finally:
+        server.stop()
+
+
+def test_stop_and_restart(fresh_redis):
+    c = fresh_redis.client()
+    c.set("x", 1)
+    c.close()
+    fresh_redis.stop()
+    assert not fresh_redis.running
+    fresh_redis.start()
+    c = fresh_redis.client(decode_responses=True)
+    assert c.get("x") == "1"
+    c.close()
+
+
+def test_bad_port_refused():
+    with pytest.raises(ValueError):
+        RedisServer(port=6379)
+
+
+def test_start_failure_is_reported(tmp_path):
+    with RedisServer(dir=tmp_path / "a") as first:
+        clash = RedisServer(dir=tmp_path / "b", port=first.port, startup_timeout=5)
+        with pytest.raises(RuntimeError):
+            clash.start()
+
+
+@pytest.mark.browser
+def test_chromium_via_playwright(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_content("<title>fairbook</title><p id=x>ok</p>")
+            assert page.title() == "fairbook"
+            assert page.inner_text("#x") == "ok"
+        finally:
+            browser.close()
