@@ -1,0 +1,198 @@
+"""A whole Fairbook on free ports: private redis-server + worker(s) + gunicorn web.
+
+Why one harness: the end-to-end tests and ``python -m bench e2e`` must start and stop exactly
+the processes a deployment runs (``python -m worker``, ``gunicorn app:app``), so the numbers and
+the verdicts are about the real thing, not an in-process imitation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from tests.redis_server import RedisServer, free_port
+from web.accounts import create_account
+from worker.keys import Keys, all_partitions
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_GUNICORN_ARGS = ("-k", "gevent", "-w", "2")
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: no orphans if we die
+    except OSError:
+        pass
+
+
+class Stack:
+    """Start with :meth:`start` (or as a context manager); every process is ours to stop."""
+
+    def __init__(
+        self,
+        gunicorn_args: tuple[str, ...] | list[str] = DEFAULT_GUNICORN_ARGS,
+        reply_timeout: float = 2.0,
+        partitions: str = "",
+        worker: bool = True,
+        env: dict[str, str] | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        appendfsync: str = "everysec",
+    ) -> None:
+        self.gunicorn_args = list(gunicorn_args)
+        self.reply_timeout = reply_timeout
+        self.partitions = partitions
+        self.want_worker = worker
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="fb-stack-"))
+        self.redis_server = RedisServer(dir=self.log_dir / "redis", appendfsync=appendfsync)
+        self.web_port = free_port()
+        self.worker_proc: subprocess.Popen | None = None
+        self.web_proc: subprocess.Popen | None = None
+        self.extra_env = dict(env or {})
+        self._logs: list[Any] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def redis_url(self) -> str:
+        return self.redis_server.url
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis_url,
+            FAIRBOOK_REPLY_TIMEOUT=str(self.reply_timeout),
+            FAIRBOOK_PARTITIONS=self.partitions,
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        return subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    def start(self) -> Stack:
+        self.redis_server.start()
+        if self.want_worker:
+            self.start_worker()
+        self.start_web()
+        return self
+
+    def start_worker(self, wait: bool = True) -> None:
+        """``python -m worker``; waits until every partition's lease is held."""
+        self.worker_proc = self._spawn("worker", [sys.executable, "-m", "worker"])
+        if wait:
+            self.wait_worker()
+
+    def wait_worker(self, timeout: float = 30.0) -> None:
+        client = self.redis()
+        parts = self.partition_ids()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.worker_proc is not None and self.worker_proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log_tail('worker')}")
+            if all(client.exists(Keys(p).lease) for p in parts):
+                client.close()
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"worker did not take its lease:\n{self.log_tail('worker')}")
+
+    def stop_worker(self, timeout: float = 15.0) -> None:
+        self._stop_proc(self.worker_proc, timeout)
+        self.worker_proc = None
+
+    def start_web(self, timeout: float = 30.0) -> None:
+        """``gunicorn app:app`` on a free port; waits until it answers /healthz."""
+        args = [sys.executable, "-m", "gunicorn", "app:app", "--bind",
+                f"127.0.0.1:{self.web_port}", *self.gunicorn_args]  # fmt: skip
+        self.web_proc = self._spawn("web", args)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.web_proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.log_tail('web')}")
+            try:
+                requests.get(self.url + "/healthz", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not answer:\n{self.log_tail('web')}")
+
+    @staticmethod
+    def _stop_proc(proc: subprocess.Popen | None, timeout: float) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the group: gunicorn's workers too
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    def stop(self) -> None:
+        self._stop_proc(self.web_proc, 15)
+        self.web_proc = None
+        self.stop_worker()
+        self.redis_server.stop()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=30)
+
+    def partition_ids(self) -> list[int]:
+        from engine.schema import load_markets
+
+        return all_partitions(self.partitions, symbols=load_markets())
+
+    def create_account(self, name: str) -> dict[str, str]:
+        client = self.redis()
+        try:
+            return create_account(client, name)
+        finally:
+            client.close()
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        try:
+            text = (self.log_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return f"(no {name} log)"
+        return "\n".join(text.splitlines()[-lines:])
