@@ -1,0 +1,534 @@
+"""Pure batch processing: journal entries in, engine state advanced, Redis writes described out.
+
+No I/O here. The runner feeds XREAD batches and commits what :meth:`Processor.process` returns;
+recovery and ``python -m worker replay`` run the very same code with ``emit=False``, so the state
+they rebuild (engine, open orders, sequences, trade numbers) cannot drift from the live worker's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import zlib
+from typing import Any
+
+from engine.events import BBO, LEVEL, ORDER, REJECT, TRADE
+from engine.matcher import MatchingEngine
+from engine.schema import (
+    BUY,
+    CANCELLED,
+    FILLED,
+    REJECTED,
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    Market,
+    NewOrder,
+    Reason,
+    SchemaError,
+    command_from_wire,
+)
+from worker.keys import DEFAULT_NAMESPACE, Keys
+from worker.orders import MarketFormat, OrderState
+
+log = logging.getLogger("worker")
+
+CLOSED_STATUSES = frozenset((FILLED, CANCELLED, REJECTED))
+AMENDED = "amended"  # the engine's order-event reason for a successful amend
+WORKER_SNAPSHOT_MAGIC = b"FBWK"
+WORKER_SNAPSHOT_VERSION = 1
+
+Entry = tuple[Any, Any]  # (stream id, {field: value}) as redis-py returns it (bytes or str)
+Op = list[str]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def parse_stream_id(stream_id: str | bytes) -> tuple[int, int]:
+    """``"ms-seq"`` -> (ms, seq), the order Redis sorts stream ids in."""
+    if isinstance(stream_id, bytes):
+        stream_id = stream_id.decode()
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Batch:
+    """What one processed batch asks the runner to do."""
+
+    __slots__ = ("first_id", "last_id", "count", "ops", "messages", "trades")
+
+    def __init__(self) -> None:
+        self.first_id: str | None = None
+        self.last_id: str | None = None
+        self.count = 0
+        self.ops: list[Op] = []  # Redis commands for the atomic commit (all strings)
+        self.messages: list[tuple[str, str]] = []  # (channel, JSON) published after the commit
+        # (trades stream id, record JSON, maker account, taker account), in order
+        self.trades: list[tuple[str, str, str, str]] = []
+
+
+class _SymbolBatch:
+    """Market data collected for one symbol during one batch."""
+
+    __slots__ = ("trades", "levels", "bbo", "prev_sequence")
+
+    def __init__(self, prev_sequence: int) -> None:
+        self.trades: list[dict[str, Any]] = []
+        self.levels: dict[tuple[str, int], int] = {}
+        self.bbo: tuple[Any, ...] | None = None
+        self.prev_sequence = prev_sequence
+
+
+class Processor:
+    """The worker's whole in-memory state for one partition, advanced batch by batch."""
+
+    def __init__(
+        self,
+        markets: dict[str, Market],
+        partition: int = 0,
+        namespace: str = DEFAULT_NAMESPACE,
+        engine: MatchingEngine | None = None,
+        book_depth: int = 500,
+        recent_len: int = 1000,
+        closed_len: int = 1000,
+        reply_ttl_s: int = 60,
+    ) -> None:
+        self.markets = markets
+        self.partition = partition
+        self.keys = Keys(partition, namespace)
+        self.engine = engine if engine is not None else MatchingEngine(markets)
+        self.fmt = {s: MarketFormat(m) for s, m in markets.items()}
+        self.book_depth = book_depth
+        self.recent_len = recent_len
+        self.closed_len = closed_len
+        self.reply_ttl = str(reply_ttl_s)
+        # -- state that lives in the worker snapshot ---------------------------------------
+        self.orders: dict[int, OrderState] = {}  # open orders (plus, mid-batch, just closed)
+        self.book_seq: dict[str, int] = dict.fromkeys(markets, 0)
+        self.bbo_seq: dict[str, int] = dict.fromkeys(markets, 0)
+        self.trade_no = 0  # every trade of the partition, from 1: the trades stream id's seq
+        self.last_id: str | None = None  # last stream id applied
+        self.entries = 0  # entries applied since genesis
+
+    # ------------------------------------------------------------------------------------------
+    def process(self, entries: list[Entry], emit: bool = True) -> Batch:
+        """Apply journal entries in order. With ``emit`` False only state advances (recovery,
+        replay); the returned batch then holds just the trade records."""
+        batch = Batch()
+        if not entries:
+            return batch
+        keys = self.keys
+        engine = self.engine
+        markets = self.markets
+        fmts = self.fmt
+        orders = self.orders
+        book_seq = self.book_seq
+        bbo_seq = self.bbo_seq
+        trades_out = batch.trades
+        dirty: dict[int, OrderState] = {}
+        symbols: dict[str, _SymbolBatch] = {}
+        accounts: dict[str, list[dict[str, Any]]] = {}
+        replies: list[tuple[int, str]] = []
+        trade_no = self.trade_no
+        trade_symbols: list[str] = []
+
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            ts = int(entry_id.partition("-")[0])
+            payload = fields.get(b"c") if b"c" in fields else fields.get("c")
+            # -- parse -------------------------------------------------------------------------
+            try:
+                wire = json.loads(payload)
+                if not isinstance(wire, dict):
+                    raise ValueError("not a JSON object")
+            except (TypeError, ValueError) as exc:
+                log.warning("entry %s: unreadable command (%s), skipped", entry_id, exc)
+                continue
+            try:
+                cmd = command_from_wire(wire, ts, markets)
+            except SchemaError as exc:
+                cmd_id = wire.get("id")
+                if isinstance(cmd_id, int) and not isinstance(cmd_id, bool):
+                    if emit:
+                        replies.append((cmd_id, _dumps({"ok": False, "error": exc.as_dict()})))
+                else:
+                    log.warning("entry %s: invalid command without id: %s", entry_id, exc)
+                continue
+            try:
+                events = engine.apply(cmd)
+            except Exception:  # an engine bug must not wedge the partition forever
+                log.exception("entry %s: engine failed on %r", entry_id, cmd)
+                if emit:
+                    err = {"code": "internal_error", "message": "the matching engine failed"}
+                    replies.append((cmd.id, _dumps({"ok": False, "error": err})))
+                continue
+            kind = type(cmd)
+            touched: OrderState | None = None  # the order a new/cancel/amend reply shows
+            cancelled: list[OrderState] = []
+            rejected: str | None = None
+            # -- events --------------------------------------------------------------------------
+            for ev in events:
+                tag = ev[0]
+                if tag == ORDER:
+                    _, symbol, oid, account, status, filled, remaining, cum_quote, reason = ev
+                    st = orders.get(oid)
+                    detached = False
+                    if kind is NewOrder and oid == cmd.id:
+                        if reason == Reason.DUPLICATE_ORDER_ID:
+                            # a hand-made entry reusing a live id: answer, touch nothing
+                            st = self._new_state(cmd, ts)
+                            detached = True
+                        elif st is None:
+                            st = self._new_state(cmd, ts)
+                            orders[oid] = st
+                        touched = st
+                    elif st is None:
+                        log.error("entry %s: order event for unknown order %s", entry_id, oid)
+                        continue
+                    st.status = status
+                    st.filled = filled
+                    st.remaining = remaining
+                    st.cum_quote = cum_quote
+                    st.updated_at = ts
+                    if reason == AMENDED:
+                        fmt = fmts[symbol]
+                        st.quantity = fmt.qty(filled + remaining)
+                        if kind is AmendOrder and cmd.price is not None:
+                            st.price = fmt.price(cmd.price)
+                    elif reason is not None:
+                        st.reason = reason
+                    if not detached:
+                        dirty[oid] = st
+                    if kind is not NewOrder and oid == getattr(cmd, "order_id", None):
+                        touched = st
+                    elif kind is CancelAll and status == CANCELLED:
+                        cancelled.append(st)
+                    if emit:
+                        event = st.public(fmts[symbol], with_fills=False)
+                        event["type"] = "order"
+                        accounts.setdefault(account, []).append(event)
+                elif tag == TRADE:
+                    (_, symbol, trade_id, price, qty, taker_side, maker_id, taker_id,
+                     maker_account, taker_account, maker_fee, taker_fee, tts) = ev  # fmt: skip
+                    fmt = fmts[symbol]
+                    trade_no += 1
+                    p = fmt.price(price)
+                    q = fmt.qty(qty)
+                    mf = fmt.quote(maker_fee)
+                    tf = fmt.quote(taker_fee)
+                    asset = fmt.quote_asset
+                    record = {
+                        "trade_id": trade_id,
+                        "symbol": symbol,
+                        "price": p,
+                        "quantity": q,
+                        "aggressor_side": taker_side,
+                        "maker_order_id": maker_id,
+                        "taker_order_id": taker_id,
+                        "maker_fee": mf,
+                        "taker_fee": tf,
+                        "fee_asset": asset,
+                        "timestamp": tts,
+                    }
+                    trades_out.append(
+                        (f"{tts}-{trade_no}", _dumps(record), maker_account, taker_account)
+                    )
+                    trade_symbols.append(symbol)
+                    for oid, fee, liquidity, account in (
+                        (maker_id, mf, "maker", maker_account),
+                        (taker_id, tf, "taker", taker_account),
+                    ):
+                        fill = {
+                            "trade_id": trade_id,
+                            "price": p,
+                            "quantity": q,
+                            "fee": fee,
+                            "fee_asset": asset,
+                            "liquidity": liquidity,
+                        }
+                        st = orders.get(oid)
+                        if st is not None:
+                            st.fills.append(fill)
+                            st.new_fills.append(fill)
+                        if emit:
+                            event = {
+                                "type": "fill",
+                                "order_id": oid,
+                                "client_order_id": st.client_order_id if st else None,
+                                "symbol": symbol,
+                                "side": taker_side if liquidity == "taker" else (
+                                    "sell" if taker_side == BUY else "buy"
+                                ),
+                                **fill,
+                                "timestamp": tts,
+                            }
+                            accounts.setdefault(account, []).append(event)
+                    if emit:
+                        sb = symbols.get(symbol)
+                        if sb is None:
+                            sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
+                        sb.trades.append(record)
+                elif tag == LEVEL:
+                    symbol = ev[1]
+                    if emit:
+                        sb = symbols.get(symbol)
+                        if sb is None:
+                            sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
+                        sb.levels[(ev[2], ev[3])] = ev[4]
+                    book_seq[symbol] += 1
+                elif tag == BBO:
+                    symbol = ev[1]
+                    bbo_seq[symbol] += 1
+                    if emit:
+                        sb = symbols.get(symbol)
+                        if sb is None:
+                            sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
+                        sb.bbo = ev
+                elif tag == REJECT:
+                    rejected = ev[3]
+            # -- reply -----------------------------------------------------------------------------
+            if emit:
+                if rejected is not None:
+                    reply: dict[str, Any] = {
+                        "ok": False,
+                        "error": {"code": rejected, "message": _reject_message(rejected)},
+                    }
+                elif kind is CancelAll:
+                    reply = {
+                        "ok": True,
+                        "cancelled": [o.public(fmts[o.symbol]) for o in cancelled],
+                    }
+                elif touched is not None:
+                    reply = {"ok": True, "order": touched.public(fmts[touched.symbol])}
+                else:  # cannot happen with a correct engine; never leave a client hanging
+                    reply = {
+                        "ok": False,
+                        "error": {"code": "internal_error", "message": "no outcome"},
+                    }
+                replies.append((cmd.id, _dumps(reply)))
+            batch.count += 1
+            if batch.first_id is None:
+                batch.first_id = entry_id
+            batch.last_id = entry_id
+
+        self.trade_no = trade_no
+        self.entries += batch.count
+        if entries:
+            last = entries[-1][0]
+            self.last_id = last.decode() if isinstance(last, bytes) else last
+            batch.last_id = self.last_id
+            if batch.first_id is None:
+                first = entries[0][0]
+                batch.first_id = first.decode() if isinstance(first, bytes) else first
+        # -- writes ------------------------------------------------------------------------------
+        ops = batch.ops
+        closed_accounts: set[str] = set()
+        for oid, st in dirty.items():
+            fmt = fmts[st.symbol]
+            closed = st.status in CLOSED_STATUSES
+            if emit:
+                okey = keys.order(oid)
+                if not st.persisted:
+                    fields = st.hash_fields(fmt)
+                    op = ["HSET", okey]
+                    for name, value in fields.items():
+                        op.append(name)
+                        op.append(value)
+                    ops.append(op)
+                    if not closed:
+                        ops.append(["ZADD", keys.open(st.account), str(oid), str(oid)])
+                else:
+                    ops.append(["HSET", okey, *st.hash_progress(fmt)])
+                    if st.new_fills:
+                        ops.append(["FILLS", okey, _dumps(st.new_fills)[1:-1]])
+                    if closed:
+                        ops.append(["ZREM", keys.open(st.account), str(oid)])
+                if closed:
+                    ops.append(["ZADD", keys.closed(st.account), str(oid), str(oid)])
+                    closed_accounts.add(st.account)
+            st.persisted = True
+            st.new_fills = []
+            if closed and orders.get(oid) is st:
+                del orders[oid]
+        if not emit:
+            return batch
+        for account in sorted(closed_accounts):
+            ops.append(
+                ["ZREMRANGEBYRANK", keys.closed(account), "0", str(-self.closed_len - 1)]
+            )
+        if trades_out:
+            recent: dict[str, list[str]] = {}
+            for (stream_id, record_json, maker_account, taker_account), symbol in zip(
+                trades_out, trade_symbols, strict=True
+            ):
+                ops.append(
+                    ["XADD", keys.trades, stream_id, "t", record_json,
+                     "ma", maker_account, "ta", taker_account]
+                )  # fmt: skip
+                recent.setdefault(symbol, []).append(record_json)
+            for symbol, records in recent.items():
+                records = records[-self.recent_len :]
+                rkey = keys.recent(symbol)
+                for i in range(0, len(records), 1000):  # Lua's unpack() takes ~8,000 values
+                    ops.append(["LPUSH", rkey, *records[i : i + 1000]])
+                ops.append(["LTRIM", rkey, "0", str(self.recent_len - 1)])
+        for cmd_id, text in replies:
+            rkey = keys.reply(cmd_id)
+            ops.append(["RPUSH", rkey, text])
+            ops.append(["EXPIRE", rkey, self.reply_ttl])
+        for symbol in sorted(symbols):
+            sb = symbols[symbol]
+            ops.append(["SET", keys.book(symbol), self.book_json(symbol)])
+            batch.messages.append((keys.md_channel(symbol), self._md_message(symbol, sb)))
+        for account, events in accounts.items():
+            batch.messages.append(
+                (keys.acct_channel(account), _dumps({"account": account, "events": events}))
+            )
+        return batch
+
+    # ------------------------------------------------------------------------------------------
+    def _new_state(self, cmd: NewOrder, ts: int) -> OrderState:
+        fmt = self.fmt[cmd.symbol]
+        return OrderState(
+            cmd.id,
+            cmd.account,
+            cmd.symbol,
+            cmd.side,
+            cmd.type,
+            cmd.time_in_force,
+            cmd.post_only,
+            None if cmd.price is None else fmt.price(cmd.price),
+            None if cmd.stop_price is None else fmt.price(cmd.stop_price),
+            None if cmd.quantity is None else fmt.qty(cmd.quantity),
+            None if cmd.quote_quantity is None else fmt.quote(cmd.quote_quantity),
+            cmd.client_order_id,
+            ts,
+        )
+
+    def bbo_dict(self, symbol: str) -> dict[str, Any]:
+        fmt = self.fmt[symbol]
+        bid, bid_lots, ask, ask_lots = self.engine.book(symbol).bbo()
+        return {
+            "sequence": self.bbo_seq[symbol],
+            "bid_price": None if bid is None else fmt.price(bid),
+            "bid_qty": fmt.qty(bid_lots),
+            "ask_price": None if ask is None else fmt.price(ask),
+            "ask_qty": fmt.qty(ask_lots),
+        }
+
+    def book_json(self, symbol: str) -> str:
+        """The ``book:<symbol>`` value: top levels plus the sequences a client syncs on."""
+        fmt = self.fmt[symbol]
+        book = self.engine.book(symbol)
+        bids, asks = book.depth(self.book_depth)
+        price, qty = fmt.price, fmt.qty
+        return _dumps(
+            {
+                "symbol": symbol,
+                "sequence": self.book_seq[symbol],
+                "bids": [[price(p), qty(q)] for p, q in bids],
+                "asks": [[price(p), qty(q)] for p, q in asks],
+                "bbo": self.bbo_dict(symbol),
+                "bbo_sequence": self.bbo_seq[symbol],
+                "last_trade_id": book.trade_seq,
+            }
+        )
+
+    def _md_message(self, symbol: str, sb: _SymbolBatch) -> str:
+        fmt = self.fmt[symbol]
+        book = None
+        if sb.levels:
+            bids = sorted(((p, q) for (s, p), q in sb.levels.items() if s == BUY), reverse=True)
+            asks = sorted((p, q) for (s, p), q in sb.levels.items() if s != BUY)
+            book = {
+                "prev_sequence": sb.prev_sequence,
+                "sequence": self.book_seq[symbol],
+                "bids": [[fmt.price(p), fmt.qty(q)] for p, q in bids],
+                "asks": [[fmt.price(p), fmt.qty(q)] for p, q in asks],
+            }
+        bbo = None
+        if sb.bbo is not None:
+            _, _, bid, bid_lots, ask, ask_lots = sb.bbo
+            bbo = {
+                "sequence": self.bbo_seq[symbol],
+                "bid_price": None if bid is None else fmt.price(bid),
+                "bid_qty": fmt.qty(bid_lots),
+                "ask_price": None if ask is None else fmt.price(ask),
+                "ask_qty": fmt.qty(ask_lots),
+            }
+        return _dumps({"symbol": symbol, "trades": sb.trades, "book": book, "bbo": bbo})
+
+    def all_books_ops(self) -> list[Op]:
+        """SET every book key from memory (after recovery, so readers see the current books)."""
+        return [["SET", self.keys.book(s), self.book_json(s)] for s in sorted(self.markets)]
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def snapshot_blob(self) -> bytes:
+        """Engine snapshot + worker state; taken between batches only."""
+        engine_blob = self.engine.snapshot()
+        state = {
+            "version": WORKER_SNAPSHOT_VERSION,
+            "last_id": self.last_id,
+            "entries": self.entries,
+            "trade_no": self.trade_no,
+            "book_seq": self.book_seq,
+            "bbo_seq": self.bbo_seq,
+            "orders": [st.to_list() for st in self.orders.values()],
+        }
+        # no sort_keys: fills dicts must come back in their original key order
+        body = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
+        return (
+            WORKER_SNAPSHOT_MAGIC
+            + bytes([WORKER_SNAPSHOT_VERSION])
+            + struct.pack(">Q", len(engine_blob))
+            + engine_blob
+            + body
+        )
+
+    @classmethod
+    def from_blob(
+        cls, markets: dict[str, Market], blob: bytes, partition: int = 0, **kwargs: Any
+    ) -> Processor:
+        if not blob.startswith(WORKER_SNAPSHOT_MAGIC):
+            raise ValueError("not a Fairbook worker snapshot")
+        version = blob[len(WORKER_SNAPSHOT_MAGIC)]
+        if version != WORKER_SNAPSHOT_VERSION:
+            raise ValueError(f"worker snapshot version {version} is not supported")
+        at = len(WORKER_SNAPSHOT_MAGIC) + 1
+        (size,) = struct.unpack(">Q", blob[at : at + 8])
+        at += 8
+        engine = MatchingEngine.restore(markets, blob[at : at + size])
+        state = json.loads(zlib.decompress(blob[at + size :]))
+        proc = cls(markets, partition, engine=engine, **kwargs)
+        proc.last_id = state["last_id"]
+        proc.entries = state["entries"]
+        proc.trade_no = state["trade_no"]
+        for symbol, value in state["book_seq"].items():
+            proc.book_seq[symbol] = value
+        for symbol, value in state["bbo_seq"].items():
+            proc.bbo_seq[symbol] = value
+        for fields in state["orders"]:
+            st = OrderState.from_list(fields)
+            proc.orders[st.id] = st
+        return proc
+
+
+_REJECT_MESSAGES = {
+    Reason.UNKNOWN_ORDER: "no open order with that id for this account",
+    Reason.NOT_AMENDABLE: "the order cannot be amended (an untriggered stop order)",
+    Reason.INVALID_AMEND: "the amend changes nothing or is not allowed",
+    Reason.MIN_NOTIONAL: "the amended order is below the minimum notional",
+    Reason.POST_ONLY_WOULD_TAKE: "the amended post-only order would take liquidity",
+}
+
+
+def _reject_message(reason: str) -> str:
+    return _REJECT_MESSAGES.get(reason, reason.replace("_", " "))
+
+
+def command_kinds() -> tuple[type, ...]:
+    """The engine command classes (for callers that build commands directly)."""
+    return (NewOrder, CancelOrder, CancelAll, AmendOrder)

@@ -1,0 +1,450 @@
+"""The partition worker: journal -> engine -> one fenced atomic commit per batch -> pub/sub.
+
+Exactly-once rests on three facts: (1) a batch's writes and the new ``applied`` id are one Lua
+script, so they land together or not at all; (2) that script refuses to run unless the lease is
+ours AND ``applied`` still equals the id we committed last, so a stale or duplicate worker writes
+nothing; (3) recovery replays entries up to ``applied`` into memory only. Any doubt (connection
+error, lost lease) throws the in-memory state away and recovers from Redis again.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from engine.schema import Market
+from worker.journal import dumps_compact
+from worker.keys import DEFAULT_NAMESPACE, Keys, symbols_of_partition
+from worker.processor import Op, Processor, parse_stream_id
+
+log = logging.getLogger("worker")
+
+
+class LeaseLost(Exception):
+    """Our lease expired or was taken: stop writing, become standby."""
+
+
+class StateMismatch(Exception):
+    """``applied`` in Redis is not what we committed last: someone else wrote; recover."""
+
+
+# KEYS: lease, applied. ARGV: token, expected applied ("" = none yet), new applied ("" = keep),
+# ops JSON (list of [command, args...], all strings; FILLS appends to an order's fills list).
+COMMIT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local applied = redis.call('GET', KEYS[2])
+if ARGV[2] == '' then
+  if applied then return -1 end
+elseif applied ~= ARGV[2] then
+  return -1
+end
+local ops = cjson.decode(ARGV[4])
+for i = 1, #ops do
+  local op = ops[i]
+  if op[1] == 'FILLS' then
+    local cur = redis.call('HGET', op[2], 'fills')
+    if (not cur) or cur == '' or cur == '[]' then
+      cur = '[' .. op[3] .. ']'
+    else
+      cur = string.sub(cur, 1, -2) .. ',' .. op[3] .. ']'
+    end
+    redis.call('HSET', op[2], 'fills', cur)
+  else
+    redis.call(unpack(op))
+  end
+end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
+"""
+
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lease, snapshots zset, stream. ARGV: token, stream id, blob, keep, trim (1/0),
+# snapshot key prefix, score (the id's ms).
+SNAPSHOT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', ARGV[6] .. ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+local function parse(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+table.sort(ids, function(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  if am ~= bm then return am < bm end
+  return as < bs
+end)
+local keep = tonumber(ARGV[4])
+local drop = #ids - keep
+for i = 1, drop do
+  redis.call('DEL', ARGV[6] .. ids[i])
+  redis.call('ZREM', KEYS[2], ids[i])
+end
+if ARGV[5] == '1' and #ids > drop then
+  redis.call('XTRIM', KEYS[3], 'MINID', ids[drop + 1])
+end
+return 1
+"""
+
+
+def connect(url: str, **kwargs: object) -> redis.Redis:
+    """A bytes client (no decoding: json.loads takes bytes) with generous timeouts."""
+    kwargs.setdefault("socket_timeout", 30)
+    kwargs.setdefault("socket_connect_timeout", 5)
+    return redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Lease:
+    """``SET NX PX`` ownership of a partition, renewed by a background thread.
+
+    The thread only *detects* loss (``lost``); correctness comes from the commit script
+    re-checking the token, so a paused or partitioned worker can never write.
+    """
+
+    def __init__(
+        self, client: redis.Redis, key: str, ttl_ms: int = 5000, renew_s: float = 1.0,
+        token: str | None = None,
+    ) -> None:  # fmt: skip
+        self.redis = client
+        self.key = key
+        self.ttl_ms = ttl_ms
+        self.renew_s = renew_s
+        self.token = token or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._renew = client.register_script(RENEW_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return True
+        # after a Redis restart the (persisted) lease may still be ours
+        return _text(self.redis.get(self.key)) == self.token
+
+    def holder(self) -> str | None:
+        return _text(self.redis.get(self.key))
+
+    def start_renewing(self) -> None:
+        self.stop_renewing()
+        self.lost.clear()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease:{self.key}", args=(self._stop,), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        last_ok = time.monotonic()
+        while not stop.wait(self.renew_s):
+            try:
+                if not self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
+                    log.warning("lease %s lost (held by %s)", self.key, self.holder())
+                    self.lost.set()
+                    return
+                last_ok = time.monotonic()
+            except redis.RedisError as exc:
+                if time.monotonic() - last_ok > self.ttl_ms / 1000:
+                    log.warning("lease %s: cannot renew (%s), assuming it lost", self.key, exc)
+                    self.lost.set()
+                    return
+
+    def stop_renewing(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * self.renew_s + 1)
+        self._thread = None
+
+    def release(self) -> None:
+        """Give the lease up now (clean shutdown) so a standby need not wait for the TTL."""
+        self.stop_renewing()
+        try:
+            self._release(keys=[self.key], args=[self.token])
+        except redis.RedisError:
+            pass
+
+
+class OutputWriter:
+    """Commits a batch's writes atomically (fenced) and publishes its messages afterwards."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, lease: Lease) -> None:
+        self.redis = client
+        self.keys = keys
+        self.lease = lease
+        self._commit = client.register_script(COMMIT_LUA)
+        self.committed: str | None = None  # ``applied`` as we last wrote (or found) it
+
+    def commit(self, ops: list[Op], new_applied: str | None) -> None:
+        result = self._commit(
+            keys=[self.keys.lease, self.keys.applied],
+            args=[self.lease.token, self.committed or "", new_applied or "", dumps_compact(ops)],
+        )
+        if result == 0:
+            raise LeaseLost(f"lease {self.keys.lease} is not ours any more")
+        if result == -1:
+            raise StateMismatch(f"{self.keys.applied} moved under us (expected {self.committed})")
+        if new_applied:
+            self.committed = new_applied
+
+    def publish(self, messages: list[tuple[str, str]]) -> None:
+        if not messages:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for channel, text in messages:
+            pipe.publish(channel, text)
+        pipe.execute()
+
+
+class SnapshotStore:
+    """Worker snapshots under ``snapshot:<stream id>``, indexed by the ``snapshots`` zset."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, keep: int = 2, trim: bool = False) -> None:
+        self.redis = client
+        self.keys = keys
+        self.keep = max(1, keep)
+        self.trim = trim
+        self._save = client.register_script(SNAPSHOT_LUA)
+
+    def save(self, token: str, stream_id: str, blob: bytes) -> None:
+        ms = parse_stream_id(stream_id)[0]
+        ok = self._save(
+            keys=[self.keys.lease, self.keys.snapshots, self.keys.stream],
+            args=[token, stream_id, blob, self.keep, "1" if self.trim else "0",
+                  self.keys.snapshot(""), ms],
+        )  # fmt: skip
+        if not ok:
+            raise LeaseLost("lease lost while saving a snapshot")
+
+    def ids(self) -> list[str]:
+        """Snapshot stream ids, oldest first."""
+        members = [_text(m) or "" for m in self.redis.zrange(self.keys.snapshots, 0, -1)]
+        return sorted(members, key=parse_stream_id)
+
+    def load(self, stream_id: str) -> bytes | None:
+        return self.redis.get(self.keys.snapshot(stream_id))  # type: ignore[return-value]
+
+
+def stream_was_trimmed(client: redis.Redis, stream: str) -> bool:
+    """True if entries were ever deleted from the stream (so genesis replay is impossible)."""
+    try:
+        info = client.xinfo_stream(stream)
+    except redis.ResponseError:
+        return False  # no stream yet
+    added = info.get("entries-added", info.get(b"entries-added"))
+    if added is None:  # Redis < 7 cannot tell
+        return False
+    return int(added) > int(info.get("length", info.get(b"length", 0)))
+
+
+class PartitionWorker:
+    """One partition's matcher: standby until it holds the lease, then recover and match."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        partition: int,
+        markets: dict[str, Market],
+        namespace: str = DEFAULT_NAMESPACE,
+        partitions_config: str | None = None,
+        snapshot_every: int = 10_000,
+        snapshot_seconds: float = 30.0,
+        keep_snapshots: int = 2,
+        trim: bool = False,
+        lease_ms: int = 5000,
+        renew_s: float = 1.0,
+        batch_size: int = 1000,
+        block_ms: int = 50,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.partition = partition
+        symbols = symbols_of_partition(partition, markets, partitions_config)
+        if not symbols:
+            raise ValueError(f"partition {partition} has no symbols")
+        self.markets = {s: markets[s] for s in symbols}
+        self.keys = Keys(partition, namespace)
+        self.namespace = namespace
+        self.snapshot_every = snapshot_every
+        self.snapshot_seconds = snapshot_seconds
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.on_batch = on_batch
+        self.redis = connect(redis_url)
+        self.lease = Lease(connect(redis_url), self.keys.lease, lease_ms, renew_s)
+        self.writer = OutputWriter(self.redis, self.keys, self.lease)
+        self.snapshots = SnapshotStore(self.redis, self.keys, keep_snapshots, trim)
+        self.processor: Processor | None = None
+        self.stop_event = threading.Event()
+        self.active = threading.Event()  # set while this worker holds the lease and matches
+        self.applied_total = 0  # entries committed by this process (for benchmarks/tests)
+        self._frozen = False
+
+    # -- life cycle -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Until :meth:`stop`: wait for the lease, recover, match; on any doubt start over."""
+        log.info("partition %d: worker %s starting (%s)", self.partition, self.lease.token,
+                 ", ".join(self.markets))  # fmt: skip
+        waiting_logged = False
+        while not self.stop_event.is_set():
+            try:
+                if not self.lease.acquire():
+                    if not waiting_logged:
+                        log.info("partition %d: standby, lease held by %s", self.partition,
+                                 self.lease.holder())  # fmt: skip
+                        waiting_logged = True
+                    self.stop_event.wait(min(0.2, self.lease.ttl_ms / 5000))
+                    continue
+                waiting_logged = False
+                log.info("partition %d: lease acquired", self.partition)
+                self.lease.start_renewing()
+                self.recover()
+                self.active.set()
+                self._match_loop()
+            except (LeaseLost, StateMismatch) as exc:
+                log.warning("partition %d: %s; back to standby", self.partition, exc)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("partition %d: Redis unavailable (%s); will recover", self.partition,
+                            exc)  # fmt: skip
+                self.stop_event.wait(0.2)
+            finally:
+                self.active.clear()
+                self.processor = None  # memory may be ahead of or behind Redis: never trust it
+                self.lease.stop_renewing()
+        self.lease.release()
+        log.info("partition %d: worker stopped", self.partition)
+
+    # -- recovery -------------------------------------------------------------------------------
+    def recover(self) -> Processor:
+        """Newest usable snapshot + silent replay up to ``applied``; then write the books."""
+        started = time.monotonic()
+        applied = _text(self.redis.get(self.keys.applied))
+        proc: Processor | None = None
+        used = None
+        if applied is not None:
+            limit = parse_stream_id(applied)
+            for sid in reversed(self.snapshots.ids()):
+                if parse_stream_id(sid) > limit:
+                    continue  # cannot be: snapshots follow commits; ignore rather than trust
+                blob = self.snapshots.load(sid)
+                if blob is None:
+                    continue
+                try:
+                    proc = Processor.from_blob(
+                        self.markets, blob, self.partition, namespace=self.namespace
+                    )
+                    used = sid
+                    break
+                except (ValueError, KeyError) as exc:
+                    log.warning("partition %d: snapshot %s unusable: %s", self.partition, sid,
+                                exc)  # fmt: skip
+        if proc is None:
+            if stream_was_trimmed(self.redis, self.keys.stream) and applied is not None:
+                raise RuntimeError(
+                    f"partition {self.partition}: the journal was trimmed and no usable "
+                    "snapshot exists; refusing to rebuild from a partial stream"
+                )
+            proc = Processor(self.markets, self.partition, namespace=self.namespace)
+        silent = 0
+        if applied is not None:
+            last = proc.last_id or "0-0"
+            while True:
+                entries = self.redis.xrange(
+                    self.keys.stream, min="(" + last, max=applied, count=self.batch_size
+                )
+                if not entries:
+                    break
+                proc.process(entries, emit=False)
+                silent += len(entries)
+                last = proc.last_id or last
+            if proc.last_id != applied:
+                raise RuntimeError(
+                    f"partition {self.partition}: applied={applied} but the journal ends at "
+                    f"{proc.last_id}; the stream lost entries"
+                )
+        self.writer.committed = applied
+        self.processor = proc
+        # Readers may have seen nothing yet (fresh start) or a book key written before a crash:
+        # rewrite every book from memory, fenced like any commit.
+        self.writer.commit(proc.all_books_ops(), None)
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        log.info(
+            "partition %d: recovered from %s + %d journal entries in %.3f s (applied=%s)",
+            self.partition, f"snapshot {used}" if used else "genesis", silent,
+            time.monotonic() - started, applied,
+        )  # fmt: skip
+        if not self._frozen:
+            gc.collect()
+            gc.freeze()  # start-up objects never need scanning again
+            self._frozen = True
+        return proc
+
+    # -- matching -------------------------------------------------------------------------------
+    def _match_loop(self) -> None:
+        proc = self.processor
+        assert proc is not None
+        stream = self.keys.stream
+        last = proc.last_id or "0-0"
+        while not self.stop_event.is_set():
+            if self.lease.lost.is_set():
+                raise LeaseLost("lease renewal failed")
+            resp = self.redis.xread({stream: last}, count=self.batch_size, block=self.block_ms)
+            if resp:
+                entries = resp[0][1]
+                batch = proc.process(entries, emit=True)
+                self.writer.commit(batch.ops, batch.last_id)
+                last = batch.last_id or last
+                self.writer.publish(batch.messages)
+                self._since_snapshot += len(entries)
+                self.applied_total += len(entries)
+                if self.on_batch is not None:
+                    self.on_batch(len(entries))
+            if self._since_snapshot and (
+                self._since_snapshot >= self.snapshot_every
+                or time.monotonic() - self._last_snapshot >= self.snapshot_seconds
+            ):
+                self.snapshot()
+
+    def snapshot(self) -> str | None:
+        """Save the current state (between batches, after its commit), keep the newest N."""
+        proc = self.processor
+        if proc is None or proc.last_id is None:
+            return None
+        started = time.monotonic()
+        blob = proc.snapshot_blob()
+        self.snapshots.save(self.lease.token, proc.last_id, blob)
+        log.info("partition %d: snapshot %s (%d bytes, %d open orders) in %.3f s",
+                 self.partition, proc.last_id, len(blob), len(proc.orders),
+                 time.monotonic() - started)  # fmt: skip
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        return proc.last_id
