@@ -283,6 +283,7 @@ class OrderBook:
         """
         symbol = self.symbol
         index = self.index
+        open_orders, by_account, by_client_id = index.orders, index.by_account, index.by_client_id
         buy = taker.side == BUY
         if buy:
             levels = self.asks
@@ -297,9 +298,12 @@ class OrderBook:
         by_quote = taker.quote_quantity is not None
         budget = taker.quote_quantity - taker.cum_quote if by_quote else 0  # type: ignore[operator]
         mnum, mden, tnum, tden = self._maker_num, self._maker_den, self._taker_num, self._taker_den
+        rebate = mnum < 0
+        trade_seq = self.trade_seq
         last_price = self.last_price
         stop_reason: str | None = None
         append = events.append
+        self_trade = Reason.SELF_TRADE_PREVENTION
 
         while True:
             if buy:
@@ -318,21 +322,26 @@ class OrderBook:
                     break
             else:
                 want = taker.remaining
-            level_changed = False
+            # Work on locals inside the level; write them back once when leaving it.
+            total = level.total
+            count = level.count
+            took = 0
+            took_quote = 0
             while want and queue:
                 maker = queue[0]
                 mrem = maker.remaining
                 if not mrem:
                     queue.popleft()
                     continue
-                if maker.account == taker_account:
+                maker_account = maker.account
+                maker_id = maker.id
+                if maker_account == taker_account:
                     if stp == CANCEL_TAKER:
-                        stop_reason = Reason.SELF_TRADE_PREVENTION
+                        stop_reason = self_trade
                         break
                     queue.popleft()
-                    level.total -= mrem
-                    level.count -= 1
-                    level_changed = True
+                    total -= mrem
+                    count -= 1
                     maker.remaining = 0
                     maker.status = CANCELLED
                     index.remove(maker)
@@ -340,98 +349,101 @@ class OrderBook:
                         (
                             ORDER,
                             symbol,
-                            maker.id,
-                            maker.account,
+                            maker_id,
+                            maker_account,
                             CANCELLED,
                             maker.filled,
                             0,
                             maker.cum_quote,
-                            Reason.SELF_TRADE_PREVENTION,
+                            self_trade,
                         )
                     )
                     if stp == CANCEL_BOTH:
-                        stop_reason = Reason.SELF_TRADE_PREVENTION
+                        stop_reason = self_trade
                         break
                     continue
                 qty = mrem if mrem < want else want
                 notional = price * qty
-                self.trade_seq += 1
-                maker_fee = (
-                    -((-notional * mnum) // mden) if mnum >= 0 else -((notional * -mnum) // mden)
-                )
-                taker_fee = -((-notional * tnum) // tden)
+                trade_seq += 1
+                if rebate:
+                    maker_fee = -((notional * -mnum) // mden)
+                else:
+                    maker_fee = -((-notional * mnum) // mden)
                 append(
                     (
                         TRADE,
                         symbol,
-                        self.trade_seq,
+                        trade_seq,
                         price,
                         qty,
                         taker_side,
-                        maker.id,
+                        maker_id,
                         taker_id,
-                        maker.account,
+                        maker_account,
                         taker_account,
                         maker_fee,
-                        taker_fee,
+                        -((-notional * tnum) // tden),
                         ts,
                     )
                 )
                 want -= qty
-                level.total -= qty
-                level_changed = True
-                maker.filled += qty
-                maker.cum_quote += notional
-                taker.filled += qty
-                taker.cum_quote += notional
-                if by_quote:
-                    budget -= notional
-                else:
-                    taker.remaining -= qty
+                total -= qty
+                took += qty
+                took_quote += notional
+                filled = maker.filled = maker.filled + qty
+                cum_quote = maker.cum_quote = maker.cum_quote + notional
                 if qty == mrem:
                     maker.remaining = 0
                     maker.status = FILLED
                     queue.popleft()
-                    level.count -= 1
-                    index.remove(maker)
+                    count -= 1
+                    # OrderIndex.remove, inlined: once per filled maker.
+                    del open_orders[maker_id]
+                    mine = by_account[maker_account]
+                    del mine[maker_id]
+                    if not mine:
+                        del by_account[maker_account]
+                    if maker.client_order_id is not None:
+                        del by_client_id[(maker_account, maker.client_order_id)]
                     append(
-                        (
-                            ORDER,
-                            symbol,
-                            maker.id,
-                            maker.account,
-                            FILLED,
-                            maker.filled,
-                            0,
-                            maker.cum_quote,
-                            None,
-                        )
+                        (ORDER, symbol, maker_id, maker_account, FILLED, filled, 0, cum_quote, None)
                     )
                 else:
-                    maker.remaining = mrem - qty
+                    mrem -= qty
+                    maker.remaining = mrem
                     maker.status = PARTIALLY_FILLED
                     append(
                         (
                             ORDER,
                             symbol,
-                            maker.id,
-                            maker.account,
+                            maker_id,
+                            maker_account,
                             PARTIALLY_FILLED,
-                            maker.filled,
-                            maker.remaining,
-                            maker.cum_quote,
+                            filled,
+                            mrem,
+                            cum_quote,
                             None,
                         )
                     )
+            if took:
+                taker.filled += took
+                taker.cum_quote += took_quote
+                if by_quote:
+                    budget -= took_quote
+                else:
+                    taker.remaining -= took
                 last_price = price
-            if level_changed:
-                append((LEVEL, symbol, maker_side, price, level.total))
-            if not level.count:
+            if total != level.total:
+                level.total = total
+                level.count = count
+                append((LEVEL, symbol, maker_side, price, total))
+            if not count:
                 self._drop_level(levels, maker_side, price)
             if stop_reason is not None:
                 break
             if want:
                 continue  # the level ran dry (its queue is empty): go on to the next price
             break  # the taker is satisfied, or its budget cannot buy a lot at this price
+        self.trade_seq = trade_seq
         self.last_price = last_price
         return stop_reason

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sortedcontainers import SortedDict
@@ -167,6 +168,12 @@ class MatchingEngine:
         self.books: dict[str, OrderBook] = {s: OrderBook(m, self.index) for s, m in markets.items()}
         self.stops: dict[str, StopBook] = {s: StopBook() for s in markets}
         self.seq = 0  # arrival counter: the time in price-time priority, and stop trigger order
+        self._handlers: dict[type, Callable[[Any, list], None]] = {
+            NewOrder: self._new_order,
+            CancelOrder: self._cancel,
+            CancelAll: self._cancel_all,
+            AmendOrder: self._amend,
+        }
 
     # -- reading -------------------------------------------------------------------------------
     def book(self, symbol: str) -> OrderBook:
@@ -181,17 +188,10 @@ class MatchingEngine:
     # -- commands ------------------------------------------------------------------------------
     def apply(self, command: Command) -> list[tuple[Any, ...]]:
         events: list[tuple[Any, ...]] = []
-        kind = type(command)
-        if kind is NewOrder:
-            self._new_order(command, events)  # type: ignore[arg-type]
-        elif kind is CancelOrder:
-            self._cancel(command, events)  # type: ignore[arg-type]
-        elif kind is CancelAll:
-            self._cancel_all(command, events)  # type: ignore[arg-type]
-        elif kind is AmendOrder:
-            self._amend(command, events)  # type: ignore[arg-type]
-        else:
+        handler = self._handlers.get(type(command))
+        if handler is None:
             raise TypeError(f"not a command: {command!r}")
+        handler(command, events)
         return events
 
     def _new_order(self, cmd: NewOrder, events: list) -> None:
@@ -234,6 +234,29 @@ class MatchingEngine:
             return
         events.append((ORDER, symbol, order.id, order.account, NEW, 0, order.remaining, 0, None))
         before = book.last_bbo
+        price = cmd.price
+        if cmd.type == LIMIT and cmd.time_in_force == GTC and price is not None:
+            # Fast path for the commonest command, a passive limit: no matching, no trades, so
+            # no stop can fire; only the BBO may move.
+            if cmd.side == BUY:
+                passive = book.best_ask is None or price < book.best_ask
+            else:
+                passive = book.best_bid is None or price > book.best_bid
+            if passive:
+                book.rest(order, events)
+                bid = book.best_bid
+                ask = book.best_ask
+                if price == bid or price == ask:
+                    now = (
+                        bid,
+                        book.bids[bid].total if bid is not None else 0,
+                        ask,
+                        book.asks[ask].total if ask is not None else 0,
+                    )
+                    if now != before:
+                        book.last_bbo = now
+                        events.append((BBO, symbol, bid, now[1], ask, now[3]))
+                return
         self._execute(book, order, cmd.ts, events)
         self._after(book, before, cmd.ts, events)
 
