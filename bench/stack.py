@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from worker.keys import Keys, all_partitions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GUNICORN_ARGS = ("-k", "gevent", "-w", "2")
+#: The worker command line; ``FAIRBOOK_WORKER_CMD`` overrides it (e.g. a profiler wrapper).
+DEFAULT_WORKER_CMD = (sys.executable, "-m", "worker")
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -105,7 +108,8 @@ class Stack:
 
     def start_worker(self, wait: bool = True) -> None:
         """``python -m worker``; waits until every partition's lease is held."""
-        self.worker_proc = self._spawn("worker", [sys.executable, "-m", "worker"])
+        cmd = os.environ.get("FAIRBOOK_WORKER_CMD")
+        self.worker_proc = self._spawn("worker", shlex.split(cmd) if cmd else [*DEFAULT_WORKER_CMD])
         if wait:
             self.wait_worker()
 

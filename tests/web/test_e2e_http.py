@@ -158,11 +158,12 @@ def test_ioc_and_fok(accounts):
     maker, taker = accounts("maker"), accounts("taker")
     maker.order(side="sell", price="30000", quantity="0.01")
     ioc = taker.order(side="buy", price="30000", quantity="0.02", time_in_force="IOC")
-    assert ioc["status"] == "cancelled" and ioc["reject_reason"] in ("ioc_expired", None)
+    assert ioc["status"] == "cancelled" and ioc["reject_reason"] == "ioc_expired"
     assert D(ioc["filled_quantity"]) == D("0.01")
     maker.order(side="sell", price="30000", quantity="0.01")
     fok = taker.order(side="buy", price="30000", quantity="0.02", time_in_force="FOK")
     assert fok["status"] == "cancelled" and D(fok["filled_quantity"]) == 0
+    assert fok["reject_reason"] == "fok_not_fillable"
     fok = taker.order(side="buy", price="30000", quantity="0.01", time_in_force="FOK")
     assert fok["status"] == "filled"
 
@@ -181,6 +182,7 @@ def test_market_by_quantity_and_quote(accounts):
     maker, taker = accounts("maker"), accounts("taker")
     empty = taker.order(side="buy", type="market", quantity="0.01")
     assert empty["status"] == "cancelled" and D(empty["filled_quantity"]) == 0
+    assert empty["reject_reason"] == "no_liquidity"
     maker.order(side="sell", price="30000", quantity="0.01")
     maker.order(side="sell", price="30010", quantity="0.01")
     by_qty = taker.order(side="buy", type="market", quantity="0.015")

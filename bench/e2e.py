@@ -1,0 +1,376 @@
+"""End-to-end benchmark: HTTP clients -> gunicorn (web) -> Redis journal -> worker -> reply.
+
+``python -m bench e2e [--json PATH] [--clients N] [--seconds S] [--rate R] [--gunicorn ARGS]``
+
+Starts a private redis-server, ``python -m worker`` and ``gunicorn app:app`` on free ports (see
+``bench.stack``), then drives a seeded order flow from N concurrent keep-alive HTTP connections
+(a small asyncio HTTP/1.1 client: the load generator shares the machine, so it must be cheap).
+Each connection is one account; the flow per connection is ~65 % passive GTC limits near the mid,
+~20 % cancels of its own live orders, ~15 % marketable IOC limits. With ``--rate`` the clients
+are paced (open loop) to R orders/s in total; without it they go as fast as replies come back.
+
+Reports accepted orders/s (201 answers), cancels/s, latency POST->result (the 201 carries the
+matched result), 202s (reply timeouts), worker lag when the load stops and how long it takes to
+drain, and POST->fill-published latency (taker orders, measured by a pub/sub subscriber process on
+``fb:acct:*``). JSON with ``--json PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import shlex
+import statistics
+import sys
+import time
+from typing import Any
+
+import redis
+
+from bench.stack import Stack
+from worker.keys import Keys
+
+SYMBOL = "BTC-USDT"
+MID_TICKS = 3_000_000  # 30,000.00 with tick 0.01
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    index = min(len(values) - 1, max(0, int(round(q / 100 * len(values) + 0.5)) - 1))
+    return round(values[index], 3)
+
+
+def summary_ms(values: list[float]) -> dict[str, Any]:
+    return {
+        "count": len(values),
+        "p50": pct(values, 50),
+        "p90": pct(values, 90),
+        "p99": pct(values, 99),
+        "p999": pct(values, 99.9),
+        "max": round(max(values), 3) if values else None,
+        "mean": round(statistics.fmean(values), 3) if values else None,
+    }
+
+
+# -- a minimal keep-alive HTTP/1.1 client -------------------------------------------------------
+
+
+class Conn:
+    """One HTTP/1.1 connection; reconnects when the server closes it (sync gunicorn does)."""
+
+    def __init__(self, host: str, port: int, api_key: str) -> None:
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            head = (
+                f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nX-API-Key: {self.api_key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            try:
+                self.writer.write(head + body)
+                return await self._response()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _response(self) -> tuple[int, bytes]:
+        assert self.reader is not None
+        status_line = await self.reader.readuntil(b"\r\n")
+        if not status_line:
+            raise ConnectionError("closed")
+        status = int(status_line.split(b" ", 2)[1])
+        length = 0
+        close = False
+        while True:
+            line = await self.reader.readuntil(b"\r\n")
+            if line == b"\r\n":
+                break
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        body = await self.reader.readexactly(length) if length else b""
+        if close:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+# -- the flow -----------------------------------------------------------------------------------
+
+
+def fmt_price(ticks: int) -> str:
+    return f"{ticks // 100}.{ticks % 100:02d}"
+
+
+class Client:
+    """One account's seeded order flow and its measurements."""
+
+    def __init__(self, index: int, seed: int, conn: Conn) -> None:
+        self.rng = random.Random(seed * 1_000_003 + index)
+        self.conn = conn
+        self.live: list[int] = []
+        self.post_latency: list[float] = []
+        self.cancel_latency: list[float] = []
+        self.taker_sent: dict[int, float] = {}  # order id -> monotonic send time
+        self.created = 0
+        self.accepted_202 = 0
+        self.cancels = 0
+        self.errors: dict[str, int] = {}
+
+    def next_request(self) -> tuple[str, str, bytes, str]:
+        rng = self.rng
+        roll = rng.random()
+        if roll < 0.20 and self.live:
+            oid = self.live.pop(rng.randrange(len(self.live)))
+            return "DELETE", f"/api/v1/orders/{oid}", b"", "cancel"
+        side = "buy" if rng.random() < 0.5 else "sell"
+        qty = f"0.{rng.randint(1, 50):05d}"
+        if roll < 0.35:  # marketable IOC: crosses the mid by a few ticks
+            off = rng.randint(0, 5) * 50
+            ticks = MID_TICKS + off if side == "buy" else MID_TICKS - off
+            body = {"symbol": SYMBOL, "side": side, "price": fmt_price(ticks), "quantity": qty,
+                    "time_in_force": "IOC"}  # fmt: skip
+            return "POST", "/api/v1/orders", json.dumps(body).encode(), "taker"
+        off = rng.randint(1, 40) * 50  # passive: 0.50 .. 20.00 away from the mid
+        ticks = MID_TICKS - off if side == "buy" else MID_TICKS + off
+        body = {"symbol": SYMBOL, "side": side, "price": fmt_price(ticks), "quantity": qty}
+        return "POST", "/api/v1/orders", json.dumps(body).encode(), "maker"
+
+    async def one(self) -> None:
+        method, path, body, kind = self.next_request()
+        start = time.monotonic()
+        status, raw = await self.conn.request(method, path, body)
+        elapsed = (time.monotonic() - start) * 1000
+        if method == "DELETE":
+            if status in (200, 404):  # 404: it filled meanwhile
+                self.cancels += 1
+                self.cancel_latency.append(elapsed)
+            else:
+                self.errors[str(status)] = self.errors.get(str(status), 0) + 1
+            return
+        if status == 201:
+            order = json.loads(raw)
+            self.created += 1
+            self.post_latency.append(elapsed)
+            if order["status"] in ("new", "partially_filled"):
+                self.live.append(order["order_id"])
+            if kind == "taker" and order["fills"]:
+                self.taker_sent[order["order_id"]] = start
+        elif status == 202:
+            self.accepted_202 += 1
+        else:
+            self.errors[str(status)] = self.errors.get(str(status), 0) + 1
+
+
+async def drive(
+    clients: list[Client], seconds: float, rate: float | None
+) -> tuple[float, float]:
+    """Run every client until ``seconds`` pass; pacing at ``rate`` orders/s in total."""
+    loop_start = time.monotonic()
+    stop_at = loop_start + seconds
+    per_client = rate / len(clients) if rate else None
+
+    async def run(client: Client, offset: float) -> None:
+        next_at = loop_start + offset
+        while True:
+            now = time.monotonic()
+            if now >= stop_at:
+                return
+            if per_client:
+                if next_at > now:
+                    await asyncio.sleep(next_at - now)
+                    if time.monotonic() >= stop_at:
+                        return
+                next_at += 1.0 / per_client
+            try:
+                await client.one()
+            except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+                key = type(exc).__name__
+                client.errors[key] = client.errors.get(key, 0) + 1
+                client.conn.close()
+                await asyncio.sleep(0.01)
+
+    spread = (1.0 / per_client) if per_client else 0.0
+    await asyncio.gather(
+        *(run(c, spread * i / len(clients)) for i, c in enumerate(clients))
+    )
+    return loop_start, time.monotonic()
+
+
+# -- pub/sub fill listener (own process: its JSON parsing must not steal the clients' GIL) ------
+
+
+def _listen(url: str, ready: Any, stop: Any, out: Any) -> None:
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe("fb:acct:*")
+    ready.set()
+    first_fill: dict[int, float] = {}
+    while not stop.is_set():
+        message = pubsub.get_message(timeout=0.05)
+        if message is None:
+            continue
+        now = time.monotonic()
+        try:
+            events = json.loads(message["data"]).get("events", [])
+        except (ValueError, AttributeError):
+            continue
+        for event in events:
+            if event.get("type") == "fill":
+                first_fill.setdefault(int(event["order_id"]), now)
+    out.put(first_fill)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def stream_lag(client: redis.Redis, partition: int) -> int:
+    keys = Keys(partition)
+    applied = client.get(keys.applied)
+    start = f"({applied.decode()}" if applied else "-"
+    return len(client.xrange(keys.stream, min=start, max="+", count=1_000_000))
+
+
+async def setup_clients(stack: Stack, count: int, seed: int) -> list[Client]:
+    port = stack.web_port
+    out = []
+    for i in range(count):
+        acct = stack.create_account(f"bench{i}")
+        out.append(Client(i, seed, Conn("127.0.0.1", port, acct["api_key"])))
+    return out
+
+
+def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
+    gunicorn_args = shlex.split(opts.gunicorn)
+    stack = Stack(gunicorn_args=gunicorn_args, reply_timeout=opts.reply_timeout)
+    stack.start()
+    ctx = mp.get_context("fork")
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    listener = ctx.Process(target=_listen, args=(stack.redis_url, ready, stop, out), daemon=True)
+    listener.start()
+    ready.wait(10)
+    rdb = redis.Redis.from_url(stack.redis_url)
+    try:
+        clients = asyncio.run(setup_clients(stack, opts.clients, opts.seed))
+
+        async def warm_and_drive() -> tuple[float, float]:
+            if opts.warmup:
+                await drive(clients, opts.warmup, opts.rate)
+                for c in clients:  # measurements start after the warm-up
+                    c.post_latency.clear()
+                    c.cancel_latency.clear()
+                    c.taker_sent.clear()
+                    c.created = c.accepted_202 = c.cancels = 0
+                    c.errors.clear()
+            return await drive(clients, opts.seconds, opts.rate)
+
+        t0, t1 = asyncio.run(warm_and_drive())
+        lag_end = stream_lag(rdb, 0)
+        drain_start = time.monotonic()
+        while stream_lag(rdb, 0) and time.monotonic() - drain_start < 60:
+            time.sleep(0.01)
+        drain = time.monotonic() - drain_start
+        time.sleep(0.3)  # last pub/sub messages
+        stop.set()
+        first_fill = out.get(timeout=30)
+        listener.join(10)
+        for c in clients:
+            c.conn.close()
+        elapsed = t1 - t0
+        post = [x for c in clients for x in c.post_latency]
+        cancel = [x for c in clients for x in c.cancel_latency]
+        fill_pub = [
+            (first_fill[oid] - sent) * 1000
+            for c in clients
+            for oid, sent in c.taker_sent.items()
+            if oid in first_fill
+        ]
+        errors: dict[str, int] = {}
+        for c in clients:
+            for k, v in c.errors.items():
+                errors[k] = errors.get(k, 0) + v
+        created = sum(c.created for c in clients)
+        cancels = sum(c.cancels for c in clients)
+        health = rdb.get(Keys(0).applied)
+        return {
+            "bench": "e2e",
+            "config": {
+                "clients": opts.clients,
+                "seconds": opts.seconds,
+                "warmup": opts.warmup,
+                "rate": opts.rate,
+                "seed": opts.seed,
+                "gunicorn": opts.gunicorn,
+                "reply_timeout": opts.reply_timeout,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+            "elapsed_s": round(elapsed, 3),
+            "orders_201": created,
+            "orders_202": sum(c.accepted_202 for c in clients),
+            "cancels": cancels,
+            "errors": errors,
+            "accepted_orders_per_s": round(created / elapsed, 1),
+            "requests_per_s": round((created + cancels) / elapsed, 1),
+            "post_to_result_ms": summary_ms(post),
+            "cancel_ms": summary_ms(cancel),
+            "post_to_fill_published_ms": summary_ms(fill_pub),
+            "worker_lag_at_end": lag_end,
+            "drain_s": round(drain, 3),
+            "applied": health.decode() if health else None,
+        }
+    finally:
+        stop.set()
+        if listener.is_alive():
+            listener.terminate()
+        rdb.close()
+        stack.stop()
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.splitlines()[0])
+    ap.add_argument("--json", metavar="PATH", help="write the result as JSON here")
+    ap.add_argument("--clients", type=int, default=32, help="concurrent connections/accounts")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured duration")
+    ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured lead-in seconds")
+    ap.add_argument("--rate", type=float, default=None, help="total orders/s (default: max)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gunicorn", default="-k sync -w 2", help="gunicorn worker options")
+    ap.add_argument("--reply-timeout", type=float, default=2.0)
+    opts = ap.parse_args(argv)
+    if opts.clients < 1 or opts.seconds <= 0:
+        ap.error("--clients must be >= 1 and --seconds > 0")
+    result = run_bench(opts)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if opts.json:
+        with open(opts.json, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
