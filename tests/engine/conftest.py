@@ -1,0 +1,25 @@
+"""Fixtures of the pure-core tests (tests/engine): markets and fresh engines."""
+
+from __future__ import annotations
+
+import pytest
+from engine_helpers import small_markets as _small_markets
+
+from engine.matcher import MatchingEngine
+from engine.schema import Market, load_markets
+
+
+@pytest.fixture
+def markets() -> dict[str, Market]:
+    """The shipped default markets (engine/symbols.json)."""
+    return load_markets()
+
+
+@pytest.fixture
+def small_markets() -> dict[str, Market]:
+    return _small_markets()
+
+
+@pytest.fixture
+def engine(small_markets: dict[str, Market]) -> MatchingEngine:
+    return MatchingEngine(small_markets)
