@@ -147,7 +147,7 @@ class Client:
             oid = self.live.pop(rng.randrange(len(self.live)))
             return "DELETE", f"/api/v1/orders/{oid}", b"", "cancel"
         side = "buy" if rng.random() < 0.5 else "sell"
-        qty = f"0.{rng.randint(1, 50):05d}"
+        qty = f"0.{rng.randint(10, 500):05d}"  # 3 .. 150 USDT notional
         if roll < 0.35:  # marketable IOC: crosses the mid by a few ticks
             off = rng.randint(0, 5) * 50
             ticks = MID_TICKS + off if side == "buy" else MID_TICKS - off
@@ -254,7 +254,7 @@ def stream_lag(client: redis.Redis, partition: int) -> int:
     return len(client.xrange(keys.stream, min=start, max="+", count=1_000_000))
 
 
-async def setup_clients(stack: Stack, count: int, seed: int) -> list[Client]:
+def setup_clients(stack: Stack, count: int, seed: int) -> list[Client]:
     port = stack.web_port
     out = []
     for i in range(count):
@@ -274,18 +274,22 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     ready.wait(10)
     rdb = redis.Redis.from_url(stack.redis_url)
     try:
-        clients = asyncio.run(setup_clients(stack, opts.clients, opts.seed))
+        clients = setup_clients(stack, opts.clients, opts.seed)
 
         async def warm_and_drive() -> tuple[float, float]:
-            if opts.warmup:
-                await drive(clients, opts.warmup, opts.rate)
-                for c in clients:  # measurements start after the warm-up
-                    c.post_latency.clear()
-                    c.cancel_latency.clear()
-                    c.taker_sent.clear()
-                    c.created = c.accepted_202 = c.cancels = 0
-                    c.errors.clear()
-            return await drive(clients, opts.seconds, opts.rate)
+            try:
+                if opts.warmup:
+                    await drive(clients, opts.warmup, opts.rate)
+                    for c in clients:  # measurements start after the warm-up
+                        c.post_latency.clear()
+                        c.cancel_latency.clear()
+                        c.taker_sent.clear()
+                        c.created = c.accepted_202 = c.cancels = 0
+                        c.errors.clear()
+                return await drive(clients, opts.seconds, opts.rate)
+            finally:
+                for c in clients:  # connections belong to this event loop
+                    c.conn.close()
 
         t0, t1 = asyncio.run(warm_and_drive())
         lag_end = stream_lag(rdb, 0)
@@ -297,9 +301,10 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         first_fill = out.get(timeout=30)
         listener.join(10)
-        for c in clients:
-            c.conn.close()
         elapsed = t1 - t0
+        worker_rc = stack.worker_proc.poll() if stack.worker_proc else None
+        if worker_rc is not None:
+            print(f"worker exited with {worker_rc}:\n{stack.log_tail('worker')}", file=sys.stderr)
         post = [x for c in clients for x in c.post_latency]
         cancel = [x for c in clients for x in c.cancel_latency]
         fill_pub = [
@@ -339,6 +344,7 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
             "cancel_ms": summary_ms(cancel),
             "post_to_fill_published_ms": summary_ms(fill_pub),
             "worker_lag_at_end": lag_end,
+            "worker_exit_code": worker_rc,
             "drain_s": round(drain, 3),
             "applied": health.decode() if health else None,
         }
