@@ -179,7 +179,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.public)
     app.register_blueprint(api.private)
     accounts.init_app(app)
-    # WebSocket + static UI: web/ws.py (flask-sock) registers itself here, e.g.
-    #     from web import ws
-    #     ws.init_app(app)
+    from web import ws
+
+    ws.init_app(app)  # WebSocket /ws (flask-sock) and the trading page /
     return app

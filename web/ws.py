@@ -1,0 +1,393 @@
+"""WebSocket API (``/ws``, flask-sock) and the browser trading page (``/``).
+
+Why this shape: each socket gets a bounded outbound queue drained by its own writer (a greenlet
+under gevent, a thread under gthread), so the one pub/sub reader of the process (web.pubsub.Hub)
+only ever does non-blocking puts: a slow client fills its own queue and is closed with 4008,
+nobody else waits for it. Frames are pre-encoded once per message by the hub; the writer sends
+them raw (uncompressed: per-socket deflate would multiply the CPU cost of every fan-out).
+
+Client ops: ``subscribe`` / ``unsubscribe`` (``channels``), ``ping``, ``auth`` (``api_key``).
+Every reply is JSON with a ``type``; errors are ``{"type": "error", "code", "message"}`` and
+never close the socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from flask import Flask, current_app, request, send_from_directory
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from web.pubsub import ChannelError, Hub, dumps, text_frame
+
+log = logging.getLogger("fairbook.ws")
+
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_CHANNELS_PER_MESSAGE = 100
+MAX_CHANNELS_PER_SOCKET = 200
+SLOW_CONSUMER = 4008
+OPS = ("subscribe", "unsubscribe", "ping", "auth")
+
+#: name -> (default, help); read from app.config, then the environment.
+SETTINGS: dict[str, tuple[float, str]] = {
+    "FAIRBOOK_WS_QUEUE": (1000, "frames queued per socket before it is closed as slow"),
+    "FAIRBOOK_WS_PING_INTERVAL": (20, "seconds between server pings; no pong by the next: closed"),
+    "FAIRBOOK_WS_CLOSE_TIMEOUT": (5, "seconds a slow consumer gets to take its close frame"),
+    "FAIRBOOK_WS_SNDBUF": (0, "SO_SNDBUF of WebSocket sockets in bytes (0 = kernel default)"),
+    "FAIRBOOK_WS_MAX_MESSAGE": (65536, "largest client message in bytes"),
+}
+
+
+def setting(name: str) -> float:
+    """A numeric WebSocket setting from app.config or the environment (fail loudly)."""
+    default = SETTINGS[name][0]
+    raw = current_app.config.get(name, os.environ.get(name, default))
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise SystemExit(f"fairbook: {name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise SystemExit(f"fairbook: {name} must be >= 0")
+    return value
+
+
+class LockedSocket:
+    """The client socket with one send lock and ``sendall`` semantics.
+
+    Why: simple-websocket's own reader thread answers pings with ``sock.send`` while our writer
+    sends frames; under gevent ``send`` may be partial. Both go through here, so frames are
+    never interleaved or cut.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.send(data)
+
+    def abort(self) -> None:
+        """Tear the TCP connection down now (wakes a writer blocked in send)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Connection:
+    """One client socket: its subscriptions, account, outbound queue and writer."""
+
+    def __init__(self, ws: Any, hub: Hub, queue_limit: int, close_timeout: float) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.account: str | None = None
+        self.channels: set[str] = set()
+        self.queue: queue.Queue[bytes | tuple[int, str] | None] = queue.Queue(queue_limit)
+        self.close_timeout = close_timeout
+        self.dying = False
+        self.done = threading.Event()
+        self._seq: dict[str, int] = {}
+        self._writer = threading.Thread(target=self._write_loop, name="ws-writer", daemon=True)
+
+    def start(self) -> None:
+        self._writer.start()
+
+    # -- hub interface --------------------------------------------------------------------------
+    def offer(self, frame: bytes) -> bool:
+        if self.dying:
+            return True  # already closing: drop quietly
+        try:
+            self.queue.put_nowait(frame)
+        except queue.Full:
+            return False
+        return True
+
+    def next_sequence(self, channel: str) -> int:
+        seq = self._seq.get(channel, 0) + 1
+        self._seq[channel] = seq
+        return seq
+
+    def slow_consumer(self) -> None:
+        log.warning("closing slow consumer (queue of %s frames full)", self.queue.maxsize)
+        self.close(SLOW_CONSUMER, "slow consumer")
+
+    # -- replies --------------------------------------------------------------------------------
+    def reply(self, body: dict[str, Any]) -> None:
+        if not self.offer(text_frame(dumps(body))):
+            self.hub.remove(self)
+            self.slow_consumer()
+
+    def error(self, code: str, message: str, msg_id: Any = None) -> None:
+        body: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if msg_id is not None:
+            body["id"] = msg_id
+        self.reply(body)
+
+    # -- closing --------------------------------------------------------------------------------
+    def close(self, code: int | None = None, reason: str = "") -> None:
+        """Drop what is queued, send a close frame (if ``code``), abort if it cannot be sent."""
+        if self.dying:
+            return
+        self.dying = True
+        with self.queue.mutex:
+            self.queue.queue.clear()
+            self.queue.not_full.notify_all()
+        self.queue.put_nowait((code, reason) if code else None)
+        if code:
+            timer = threading.Timer(self.close_timeout, self._abort)
+            timer.daemon = True
+            timer.start()
+
+    def _abort(self) -> None:
+        if not self.done.is_set():
+            sock = self.ws.sock
+            if isinstance(sock, LockedSocket):
+                sock.abort()
+
+    def _write_loop(self) -> None:
+        """Drain the queue: several frames per send, close frames last."""
+        get, get_nowait = self.queue.get, self.queue.get_nowait
+        sock = self.ws.sock
+        try:
+            while True:
+                item = get()
+                if not isinstance(item, bytes):
+                    break
+                parts = [item]
+                size = len(item)
+                while size < 262144:
+                    try:
+                        nxt = get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(nxt, bytes):
+                        self.queue.queue.appendleft(nxt)  # handle the close after this send
+                        break
+                    parts.append(nxt)
+                    size += len(nxt)
+                sock.send(parts[0] if len(parts) == 1 else b"".join(parts))
+            if isinstance(item, tuple):
+                code, reason = item
+                try:
+                    self.ws.close(code, reason)
+                except ConnectionClosed:
+                    pass
+        except OSError:
+            pass
+        finally:
+            self.ws.connected = False
+            self.done.set()
+            self.ws.event.set()  # wake the handler's receive()
+
+    # -- client messages ------------------------------------------------------------------------
+    def handle(self, raw: str | bytes) -> None:
+        try:
+            msg = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            self.error("malformed_json", f"message is not valid JSON: {exc}")
+            return
+        if not isinstance(msg, dict):
+            self.error("invalid_message", "a message must be a JSON object with an op")
+            return
+        msg_id = msg.get("id")
+        if msg_id is not None and not isinstance(msg_id, (str, int)):
+            msg_id = None
+        op = msg.get("op")
+        if op not in OPS:
+            self.error("unknown_op", f"unknown op {op!r}; use one of {', '.join(OPS)}", msg_id)
+            return
+        try:
+            getattr(self, f"op_{op}")(msg, msg_id)
+        except ChannelError as exc:
+            self.error(exc.code, exc.message, msg_id)
+        except redis.exceptions.RedisError as exc:
+            log.warning("redis unavailable for a ws op: %s", exc)
+            self.error("unavailable", "market data is unavailable, retry later", msg_id)
+
+    def _channels(self, msg: dict[str, Any]) -> list[str]:
+        channels = msg.get("channels")
+        if not isinstance(channels, list) or not channels:
+            raise ChannelError("invalid_message", "channels must be a non-empty list of strings")
+        if len(channels) > MAX_CHANNELS_PER_MESSAGE:
+            raise ChannelError(
+                "too_many_channels", f"at most {MAX_CHANNELS_PER_MESSAGE} channels per message"
+            )
+        for channel in channels:
+            self.hub.parse_channel(channel)
+        return list(dict.fromkeys(channels))
+
+    def op_subscribe(self, msg: dict[str, Any], msg_id: Any) -> None:
+        channels = self._channels(msg)
+        if "orders" in channels and self.account is None:
+            raise ChannelError("auth_required", "send an auth op before subscribing to orders")
+        if len(self.channels | set(channels)) > MAX_CHANNELS_PER_SOCKET:
+            raise ChannelError(
+                "too_many_channels", f"at most {MAX_CHANNELS_PER_SOCKET} channels per socket"
+            )
+        if not self.hub.wait_ready(5.0):
+            self.error("unavailable", "market data is unavailable, retry later", msg_id)
+            return
+        ack: dict[str, Any] = {"type": "subscribed", "channels": channels}
+        if msg_id is not None:
+            ack["id"] = msg_id
+        self.reply(ack)
+        for channel in channels:
+            if channel in self.channels:  # resubscribe = fresh snapshot (gap recovery)
+                self.hub.unsubscribe(self, channel)
+                self._seq.pop(channel, None)
+            self.hub.subscribe(self, channel)
+            self.channels.add(channel)
+
+    def op_unsubscribe(self, msg: dict[str, Any], msg_id: Any) -> None:
+        channels = self._channels(msg)
+        for channel in channels:
+            self.hub.unsubscribe(self, channel)
+            self.channels.discard(channel)
+        ack: dict[str, Any] = {"type": "unsubscribed", "channels": channels}
+        if msg_id is not None:
+            ack["id"] = msg_id
+        self.reply(ack)
+
+    def op_ping(self, msg: dict[str, Any], msg_id: Any) -> None:
+        body: dict[str, Any] = {"type": "pong", "ts": int(time.time() * 1000)}
+        if msg_id is not None:
+            body["id"] = msg_id
+        self.reply(body)
+
+    def op_auth(self, msg: dict[str, Any], msg_id: Any) -> None:
+        from web.accounts import lookup_account
+
+        api_key = msg.get("api_key")
+        if not isinstance(api_key, str) or not api_key or len(api_key) > 256:
+            self.error("unauthorized", "api_key must be a non-empty string", msg_id)
+            return
+        account = lookup_account(api_key)
+        if account is None:
+            self.error("unauthorized", "invalid API key", msg_id)
+            return
+        if self.account is not None and self.account != account:
+            self.error(
+                "already_authenticated",
+                "this socket is authenticated as another account; open a new socket",
+                msg_id,
+            )
+            return
+        self.account = account
+        body: dict[str, Any] = {"type": "authenticated", "account": account}
+        if msg_id is not None:
+            body["id"] = msg_id
+        self.reply(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flask wiring
+# ---------------------------------------------------------------------------------------------
+
+_hub_lock = threading.Lock()
+
+
+def get_hub() -> Hub:
+    """This process's hub, started on first use (after gunicorn forked and gevent patched)."""
+    ext = current_app.extensions
+    hub = ext.get("fairbook_ws")
+    if hub is None:
+        with _hub_lock:
+            hub = ext.get("fairbook_ws")
+            if hub is None:
+                st = ext["fairbook"]
+                pool = st.redis.connection_pool
+                kwargs = dict(pool.connection_kwargs)
+                kwargs.update(
+                    socket_timeout=10,
+                    socket_connect_timeout=2,
+                    health_check_interval=5,
+                )
+
+                def factory() -> redis.Redis:
+                    """A fresh client of the app's Redis (own pool: pub/sub holds a socket)."""
+                    return redis.Redis(
+                        connection_pool=redis.ConnectionPool(
+                            connection_class=pool.connection_class, **kwargs
+                        )
+                    )
+
+                hub = ext["fairbook_ws"] = Hub(factory, st.markets)
+                hub.start()
+    return hub
+
+
+def init_app(app: Flask) -> None:
+    """Register ``/ws`` and ``/`` on the app (called by web.create_app)."""
+    sock = Sock(app)
+    with app.app_context():
+        ping = setting("FAIRBOOK_WS_PING_INTERVAL")
+        max_message = int(setting("FAIRBOOK_WS_MAX_MESSAGE"))
+    app.config.setdefault(
+        "SOCK_SERVER_OPTIONS",
+        {"ping_interval": ping or None, "max_message_size": max_message or None},
+    )
+
+    @app.before_request
+    def _prepare_websocket() -> None:
+        """No permessage-deflate (frames are pre-encoded), one send lock per socket."""
+        if request.path != "/ws":
+            return
+        environ = request.environ
+        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        raw = environ.get("gunicorn.socket")
+        if raw is not None and not isinstance(raw, LockedSocket):
+            sndbuf = int(setting("FAIRBOOK_WS_SNDBUF"))
+            if sndbuf:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            environ["gunicorn.socket"] = LockedSocket(raw)
+
+    @sock.route("/ws")
+    def websocket(ws: Any) -> None:
+        """One client socket for its whole life."""
+        hub = get_hub()
+        if not isinstance(ws.sock, LockedSocket):  # werkzeug dev server: wrap late
+            ws.sock = LockedSocket(ws.sock)
+        conn = Connection(
+            ws,
+            hub,
+            queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
+            close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
+        )
+        conn.start()
+        try:
+            while not conn.done.is_set():
+                data = ws.receive(timeout=1.0)
+                if data is not None:
+                    conn.handle(data)
+        except ConnectionClosed:
+            pass
+        finally:
+            hub.remove(conn)
+            conn.close()
+            conn.done.wait(1.0)
+
+    @app.get("/")
+    def index():
+        """The trading page (static, no build step)."""
+        response = send_from_directory(STATIC_DIR, "index.html")
+        response.headers["Cache-Control"] = "no-cache"
+        return response
