@@ -441,8 +441,8 @@ class OrderBook:
                 self._drop_level(levels, maker_side, price)
             if stop_reason is not None:
                 break
-            if want:
-                continue  # the level ran dry (its queue is empty): go on to the next price
+            if want or (by_quote and not count):
+                continue  # the level ran dry: go on to the next price (a budget re-checks there)
             break  # the taker is satisfied, or its budget cannot buy a lot at this price
         self.trade_seq = trade_seq
         self.last_price = last_price

@@ -448,16 +448,7 @@ class MatchingEngine:
                 last = book.last_price
                 if last is not None and stops.fires(last):
                     pending.extend(stops.pop_triggered(last))
-        bid, ask = book.best_bid, book.best_ask
-        now = (
-            bid,
-            book.bids[bid].total if bid is not None else 0,
-            ask,
-            book.asks[ask].total if ask is not None else 0,
-        )
-        if now != before:
-            book.last_bbo = now
-            events.append((BBO, book.symbol, bid, now[1], ask, now[3]))
+        self._report_bbo(book, before, events)
 
     def _cancel(self, cmd: CancelOrder, events: list) -> None:
         order = self.index.orders.get(cmd.order_id)
@@ -466,7 +457,7 @@ class MatchingEngine:
             return
         self._cancel_order(order, events)
 
-    def _cancel_order(self, order: Order, events: list) -> None:
+    def _cancel_order(self, order: Order, events: list, report_bbo: bool = True) -> None:
         book = self.books[order.symbol]
         before = book.last_bbo
         if order.type in STOP_TYPES and order.status == NEW:
@@ -475,10 +466,8 @@ class MatchingEngine:
         else:
             book.unrest(order, events)
         self._close(order, CANCELLED, Reason.USER_CANCELLED, events)
-        now = book.bbo()
-        if now != before:
-            book.last_bbo = now
-            events.append((BBO, book.symbol, *now))
+        if report_bbo:
+            self._report_bbo(book, before, events)
 
     def _cancel_all(self, cmd: CancelAll, events: list) -> None:
         mine = self.index.by_account.get(cmd.account)
@@ -486,8 +475,21 @@ class MatchingEngine:
             return
         targets = [o for o in mine.values() if cmd.symbol is None or o.symbol == cmd.symbol]
         targets.sort(key=_by_seq)
+        touched: dict[str, tuple[int | None, int, int | None, int]] = {}
         for order in targets:
-            self._cancel_order(order, events)
+            book = self.books[order.symbol]
+            touched.setdefault(book.symbol, book.last_bbo)
+            self._cancel_order(order, events, report_bbo=False)
+        for symbol, before in touched.items():  # one bbo per book, after all the cancels
+            self._report_bbo(self.books[symbol], before, events)
+
+    def _report_bbo(
+        self, book: OrderBook, before: tuple[int | None, int, int | None, int], events: list
+    ) -> None:
+        now = book.bbo()
+        if now != before:
+            book.last_bbo = now
+            events.append((BBO, book.symbol, *now))
 
     def _amend(self, cmd: AmendOrder, events: list) -> None:
         order = self.index.orders.get(cmd.order_id)

@@ -16,9 +16,7 @@ Interpretations where DESIGN.md leaves room (they match the documented intent, s
 * "if it filled some" (resting remainder) refers to the order's cumulative fills.
 * A triggered post-only stop-limit that would cross is cancelled ``post_only_would_take``.
 * ``bbo`` is reported once per command and symbol, after everything else (``cancel_all`` over
-  several symbols: in the order the symbols were first touched). ``per_cancel_bbo=True`` instead
-  reports it after every single cancellation of a ``cancel_all`` (what the engine did when
-  ENGINE_BUGS.md #2 was written), so the rest of the differential test can run meanwhile.
+  several symbols: in the order the symbols were first touched).
 """
 
 from __future__ import annotations
@@ -175,12 +173,11 @@ def _rises(order_type: str, side: str) -> bool:
 
 
 class ReferenceEngine:
-    def __init__(self, markets: dict[str, Market], per_cancel_bbo: bool = False) -> None:
+    def __init__(self, markets: dict[str, Market]) -> None:
         self.symbols = {s: RefSymbol(m) for s, m in markets.items()}
         self.open: dict[int, RefOrder] = {}  # resting orders and waiting stops
         self.arrivals = 0
         self.book_clock = 0
-        self.per_cancel_bbo = per_cancel_bbo
 
     # -- public --------------------------------------------------------------------------------
     def apply(self, cmd: Any) -> list[Event]:
@@ -493,9 +490,7 @@ class ReferenceEngine:
         for o in targets:
             self._take_off(o, out)
             self._close(o, CANCELLED, Reason.USER_CANCELLED, out)
-            if self.per_cancel_bbo:
-                self._report_bbo(self.symbols[o.symbol], out)
-            elif o.symbol not in touched:
+            if o.symbol not in touched:
                 touched.append(o.symbol)
         for symbol in touched:
             self._report_bbo(self.symbols[symbol], out)

@@ -27,11 +27,10 @@ def _explain(i: int, cmd: Command, got: list[Any], want: list[Any], history: str
 def compare(
     markets: dict[str, Market],
     commands: list[Command],
-    per_cancel_bbo: bool,
     depth_every: int = 50,
 ) -> None:
     engine = MatchingEngine(markets)
-    ref = ReferenceEngine(markets, per_cancel_bbo=per_cancel_bbo)
+    ref = ReferenceEngine(markets)
     symbols = sorted({c.symbol for c in commands if getattr(c, "symbol", None)})
     for i, cmd in enumerate(commands):
         got = engine.apply(cmd)
@@ -50,21 +49,18 @@ def _flow(seed: int, specs: tuple[SymbolSpec, ...]) -> list[Command]:
     return build_commands(specs, random_ops(random.Random(seed), N_COMMANDS))
 
 
-# The green runs below let the reference report a cancel-all's bbo after every cancellation, as
-# the engine does (ENGINE_BUGS.md #2); the xfail run holds both to the documented rule.
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_engine_matches_reference_default_markets(seed: int) -> None:
-    compare(load_markets(), _flow(seed, DIFF_SPECS), per_cancel_bbo=True)
+    compare(load_markets(), _flow(seed, DIFF_SPECS))
 
 
 def test_engine_matches_reference_small_markets(small_markets: dict[str, Market]) -> None:
-    compare(small_markets, _flow(7, SMALL_SPECS), per_cancel_bbo=True)
+    compare(small_markets, _flow(7, SMALL_SPECS))
 
 
-@pytest.mark.xfail(strict=True, reason="ENGINE_BUGS.md #2")
 def test_engine_matches_documented_rules_full_flow() -> None:
     """The same kind of flow, held to DESIGN.md's one bbo per command (after everything)."""
-    compare(load_markets(), _flow(11, DIFF_SPECS), per_cancel_bbo=False)
+    compare(load_markets(), _flow(11, DIFF_SPECS))
 
 
 @pytest.mark.parametrize("seed", [4, 5])

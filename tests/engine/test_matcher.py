@@ -315,7 +315,6 @@ def test_market_sell_by_quote(eng: MatchingEngine, c: Cmds) -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="ENGINE_BUGS.md #1")
 def test_quote_sell_continues_to_cheaper_level_after_level_runs_dry(
     eng: MatchingEngine, c: Cmds
 ) -> None:
@@ -501,7 +500,6 @@ def test_cancel_all_per_symbol_and_everywhere(eng: MatchingEngine, c: Cmds) -> N
     assert eng.apply(c.cancel_all("nobody")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="ENGINE_BUGS.md #2")
 def test_cancel_all_reports_bbo_once(eng: MatchingEngine, c: Cmds) -> None:
     apply(eng, c.limit("a", BUY, 100, 1), c.limit("a", BUY, 99, 5))
     assert eng.apply(c.cancel_all("a", S)) == [

@@ -53,7 +53,7 @@ def run(ops: list[tuple[Any, ...]], with_books: bool = False) -> Run:
     markets = small_markets()
     result = Run(build_commands(SMALL_SPECS, ops))
     engine = MatchingEngine(markets)
-    ref = ReferenceEngine(markets, per_cancel_bbo=True) if with_books else None
+    ref = ReferenceEngine(markets) if with_books else None
     for cmd in result.commands:
         if ref is not None:
             result.books_before.append(
@@ -253,7 +253,7 @@ def test_level_events_match_the_book(ops: list[tuple[Any, ...]]) -> None:
 def test_depth_and_bbo_match_reference(ops: list[tuple[Any, ...]]) -> None:
     markets = small_markets()
     engine = MatchingEngine(markets)
-    ref = ReferenceEngine(markets, per_cancel_bbo=True)
+    ref = ReferenceEngine(markets)
     for cmd in build_commands(SMALL_SPECS, ops):
         assert engine.apply(cmd) == ref.apply(cmd), cmd
         for s in SYMBOLS:
