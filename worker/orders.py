@@ -13,25 +13,34 @@ from typing import Any
 
 from engine.schema import Market
 
-Fill = dict[str, Any]
-
 
 class Formatter:
     """``units * step`` as a canonical decimal string, in pure integer arithmetic.
 
-    Gives exactly ``engine.schema._format`` (what ``Market.format_*`` return) about three times
-    faster, which matters when every batch re-renders 1,000 book levels.
+    Gives exactly ``engine.schema._format`` (what ``Market.format_*`` return) several times
+    faster, with a bounded cache: prices and sizes repeat a lot and every batch re-renders up to
+    1,000 book levels.
     """
 
-    __slots__ = ("k", "places")
+    __slots__ = ("k", "places", "cache", "limit")
 
-    def __init__(self, step: Decimal) -> None:
+    def __init__(self, step: Decimal, limit: int = 200_000) -> None:
         exponent = step.as_tuple().exponent
         assert isinstance(exponent, int)
         self.places = -exponent if exponent < 0 else 0
         self.k = int(step.scaleb(self.places))  # step == k * 10**-places exactly
+        self.cache: dict[int, str] = {}
+        self.limit = limit
 
     def __call__(self, units: int) -> str:
+        text = self.cache.get(units)
+        if text is None:
+            text = self.render(units)
+            if len(self.cache) < self.limit:
+                self.cache[units] = text
+        return text
+
+    def render(self, units: int) -> str:
         value = units * self.k
         places = self.places
         if not places:
@@ -55,8 +64,18 @@ class MarketFormat:
         self.quote_asset = market.quote_asset
 
 
+def jstr(value: str | None) -> str:
+    """JSON for a string we know needs no escaping (codes, decimals, validated ids) or None."""
+    return "null" if value is None else '"' + value + '"'
+
+
 class OrderState:
-    """One order as the worker tracks it while it is open (and during the batch it closes in)."""
+    """One order as the worker tracks it while it is open (and during the batch it closes in).
+
+    JSON is built by string formatting, not ``json.dumps`` of dicts: every string in an order
+    is a code, a decimal or a validated id, so no escaping is ever needed, and the worker renders
+    order objects several times per command. ``fills`` are kept as ready JSON fragments.
+    """
 
     __slots__ = (
         "id",
@@ -79,7 +98,9 @@ class OrderState:
         "cum_quote",
         "updated_at",
         "fills",
-        # per batch, not snapshotted: hash written already? fills not yet written?
+        # derived / per batch, not snapshotted
+        "head",
+        "mid",
         "persisted",
         "new_fills",
     )
@@ -105,7 +126,7 @@ class OrderState:
         remaining: int = 0,
         cum_quote: int = 0,
         updated_at: int = 0,
-        fills: list[Fill] | None = None,
+        fills: list[str] | None = None,
         persisted: bool = False,
     ) -> None:
         self.id = id
@@ -127,9 +148,25 @@ class OrderState:
         self.remaining = remaining
         self.cum_quote = cum_quote
         self.updated_at = updated_at or created_at
-        self.fills: list[Fill] = fills if fills is not None else []
+        self.fills: list[str] = fills if fills is not None else []
         self.persisted = persisted
-        self.new_fills: list[Fill] = []
+        self.new_fills: list[str] = []
+        # the fields that never change, as the opening of the JSON object
+        self.head = (
+            f'"order_id":{id},"client_order_id":{jstr(client_order_id)},"symbol":"{symbol}",'
+            f'"side":"{side}","type":"{type}","time_in_force":"{time_in_force}",'
+            f'"post_only":{"true" if post_only else "false"},'
+        )
+        self.set_terms(price, quantity)
+
+    def set_terms(self, price: str | None, quantity: str | None) -> None:
+        """Price and quantity (the fields an amend changes) and their cached JSON."""
+        self.price = price
+        self.quantity = quantity
+        self.mid = (
+            f'"price":{jstr(price)},"stop_price":{jstr(self.stop_price)},'
+            f'"quantity":{jstr(quantity)},"quote_quantity":{jstr(self.quote_quantity)},'
+        )
 
     # -- snapshot form -------------------------------------------------------------------------
     SNAPSHOT_FIELDS = __slots__[:20]
@@ -143,69 +180,107 @@ class OrderState:
         return cls(*fields, persisted=True)
 
     # -- public forms --------------------------------------------------------------------------
-    def public(self, fmt: MarketFormat, with_fills: bool = True) -> dict[str, Any]:
-        """The REST order object (``fills`` left out for pub/sub order events)."""
-        obj: dict[str, Any] = {
-            "order_id": self.id,
-            "client_order_id": self.client_order_id,
-            "symbol": self.symbol,
-            "side": self.side,
-            "type": self.type,
-            "time_in_force": self.time_in_force,
-            "post_only": self.post_only,
-            "status": self.status,
-            "reject_reason": self.reason,
-            "price": self.price,
-            "stop_price": self.stop_price,
-            "quantity": self.quantity,
-            "quote_quantity": self.quote_quantity,
-            "filled_quantity": fmt.qty(self.filled),
-            "remaining_quantity": fmt.qty(self.remaining),
-            "cum_quote": fmt.quote(self.cum_quote),
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+    def body_json(self, fmt: MarketFormat) -> str:
+        """Every REST field but ``fills``, without braces (callers prepend / append)."""
+        reason = self.reason
+        return (
+            f'{self.head}"status":"{self.status}",'
+            f'"reject_reason":{"null" if reason is None else chr(34) + reason + chr(34)},'
+            f"{self.mid}"
+            f'"filled_quantity":"{fmt.qty(self.filled)}",'
+            f'"remaining_quantity":"{fmt.qty(self.remaining)}",'
+            f'"cum_quote":"{fmt.quote(self.cum_quote)}",'
+            f'"created_at":{self.created_at},"updated_at":{self.updated_at}'
+        )
+
+    def fills_json(self) -> str:
+        return "[" + ",".join(self.fills) + "]"
+
+    def public_json(self, fmt: MarketFormat) -> str:
+        """The complete REST order object as JSON text."""
+        return "{" + self.body_json(fmt) + ',"fills":' + self.fills_json() + "}"
+
+    def event_json(self, fmt: MarketFormat) -> str:
+        """The pub/sub ``order`` event: the order object without fills, plus ``type``."""
+        return '{"type":"order",' + self.body_json(fmt) + "}"
+
+    def public(self, fmt: MarketFormat) -> dict[str, Any]:
+        """The REST order object as a dict (tests, tools)."""
+        return json.loads(self.public_json(fmt))
+
+    def hset_full(self, key: str, fmt: MarketFormat) -> str:
+        """HSET of the whole order hash as one RESP command (DESIGN.md "Order hash encoding")."""
+        v0 = str(self.id)
+        v1 = self.account
+        v2 = self.client_order_id or ""
+        v3 = self.symbol
+        v4 = self.side
+        v5 = self.type
+        v6 = self.time_in_force
+        v7 = "true" if self.post_only else "false"
+        v8 = self.status
+        v9 = self.reason or ""
+        v10 = self.price or ""
+        v11 = self.stop_price or ""
+        v12 = self.quantity or ""
+        v13 = self.quote_quantity or ""
+        v14 = fmt.qty(self.filled)
+        v15 = fmt.qty(self.remaining)
+        v16 = fmt.quote(self.cum_quote)
+        v17 = str(self.created_at)
+        v18 = str(self.updated_at)
+        v19 = self.fills_json()
+        text = (
+            f"*42\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
+            f"$8\r\norder_id\r\n${len(v0)}\r\n{v0}\r\n"
+            f"$7\r\naccount\r\n${len(v1)}\r\n{v1}\r\n"
+            f"$15\r\nclient_order_id\r\n${len(v2)}\r\n{v2}\r\n"
+            f"$6\r\nsymbol\r\n${len(v3)}\r\n{v3}\r\n"
+            f"$4\r\nside\r\n${len(v4)}\r\n{v4}\r\n"
+            f"$4\r\ntype\r\n${len(v5)}\r\n{v5}\r\n"
+            f"$13\r\ntime_in_force\r\n${len(v6)}\r\n{v6}\r\n"
+            f"$9\r\npost_only\r\n${len(v7)}\r\n{v7}\r\n"
+            f"$6\r\nstatus\r\n${len(v8)}\r\n{v8}\r\n"
+            f"$13\r\nreject_reason\r\n${len(v9)}\r\n{v9}\r\n"
+            f"$5\r\nprice\r\n${len(v10)}\r\n{v10}\r\n"
+            f"$10\r\nstop_price\r\n${len(v11)}\r\n{v11}\r\n"
+            f"$8\r\nquantity\r\n${len(v12)}\r\n{v12}\r\n"
+            f"$14\r\nquote_quantity\r\n${len(v13)}\r\n{v13}\r\n"
+            f"$15\r\nfilled_quantity\r\n${len(v14)}\r\n{v14}\r\n"
+            f"$18\r\nremaining_quantity\r\n${len(v15)}\r\n{v15}\r\n"
+            f"$9\r\ncum_quote\r\n${len(v16)}\r\n{v16}\r\n"
+            f"$10\r\ncreated_at\r\n${len(v17)}\r\n{v17}\r\n"
+            f"$10\r\nupdated_at\r\n${len(v18)}\r\n{v18}\r\n"
+            f"$5\r\nfills\r\n${len(v19)}\r\n{v19}\r\n"
+        )
+        return text
+
+    def hset_progress(self, key: str, fmt: MarketFormat, with_fills: bool = False) -> str:
+        """HSET of the fields a later command can change (and the fills if they grew), as RESP."""
+        v0 = self.status
+        v1 = self.reason or ""
+        v2 = self.price or ""
+        v3 = self.quantity or ""
+        v4 = fmt.qty(self.filled)
+        v5 = fmt.qty(self.remaining)
+        v6 = fmt.quote(self.cum_quote)
+        v7 = str(self.updated_at)
+        count = 18 + (2 if with_fills else 0)
+        text = (
+            f"*{count}\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
+            f"$6\r\nstatus\r\n${len(v0)}\r\n{v0}\r\n"
+            f"$13\r\nreject_reason\r\n${len(v1)}\r\n{v1}\r\n"
+            f"$5\r\nprice\r\n${len(v2)}\r\n{v2}\r\n"
+            f"$8\r\nquantity\r\n${len(v3)}\r\n{v3}\r\n"
+            f"$15\r\nfilled_quantity\r\n${len(v4)}\r\n{v4}\r\n"
+            f"$18\r\nremaining_quantity\r\n${len(v5)}\r\n{v5}\r\n"
+            f"$9\r\ncum_quote\r\n${len(v6)}\r\n{v6}\r\n"
+            f"$10\r\nupdated_at\r\n${len(v7)}\r\n{v7}\r\n"
+        )
         if with_fills:
-            obj["fills"] = self.fills
-        return obj
-
-    def hash_fields(self, fmt: MarketFormat) -> dict[str, str]:
-        """Every field of the order hash (see DESIGN.md "Order hash encoding")."""
-        return {
-            "order_id": str(self.id),
-            "account": self.account,
-            "client_order_id": self.client_order_id or "",
-            "symbol": self.symbol,
-            "side": self.side,
-            "type": self.type,
-            "time_in_force": self.time_in_force,
-            "post_only": "true" if self.post_only else "false",
-            "status": self.status,
-            "reject_reason": self.reason or "",
-            "price": self.price or "",
-            "stop_price": self.stop_price or "",
-            "quantity": self.quantity or "",
-            "quote_quantity": self.quote_quantity or "",
-            "filled_quantity": fmt.qty(self.filled),
-            "remaining_quantity": fmt.qty(self.remaining),
-            "cum_quote": fmt.quote(self.cum_quote),
-            "created_at": str(self.created_at),
-            "updated_at": str(self.updated_at),
-            "fills": json.dumps(self.fills, separators=(",", ":")),
-        }
-
-    def hash_progress(self, fmt: MarketFormat) -> list[str]:
-        """HSET arguments for the fields a later command can change (fills go separately)."""
-        return [
-            "status", self.status,
-            "reject_reason", self.reason or "",
-            "price", self.price or "",
-            "quantity", self.quantity or "",
-            "filled_quantity", fmt.qty(self.filled),
-            "remaining_quantity", fmt.qty(self.remaining),
-            "cum_quote", fmt.quote(self.cum_quote),
-            "updated_at", str(self.updated_at),
-        ]  # fmt: skip
+            fills = self.fills_json()
+            text += f"$5\r\nfills\r\n${len(fills)}\r\n{fills}\r\n"
+        return text
 
 
 _NULLABLE = frozenset(

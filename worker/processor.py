@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import struct
 import zlib
 from typing import Any
@@ -30,7 +31,7 @@ from engine.schema import (
     command_from_wire,
 )
 from worker.keys import DEFAULT_NAMESPACE, Keys
-from worker.orders import MarketFormat, OrderState
+from worker.orders import MarketFormat, OrderState, jstr
 
 log = logging.getLogger("worker")
 
@@ -40,11 +41,20 @@ WORKER_SNAPSHOT_MAGIC = b"FBWK"
 WORKER_SNAPSHOT_VERSION = 1
 
 Entry = tuple[Any, Any]  # (stream id, {field: value}) as redis-py returns it (bytes or str)
-Op = list[str]
+_ACCOUNT = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def resp(args: list[str]) -> str:
+    """One command in RESP, the wire form the commit sends inside MULTI/EXEC.
+
+    Lengths are character counts: every argument is ASCII (JSON is ``ensure_ascii``, accounts,
+    symbols and client ids are validated); the committer verifies that before sending.
+    """
+    return f"*{len(args)}\r\n" + "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
 
 
 def parse_stream_id(stream_id: str | bytes) -> tuple[int, int]:
@@ -64,7 +74,7 @@ class Batch:
         self.first_id: str | None = None
         self.last_id: str | None = None
         self.count = 0
-        self.ops: list[Op] = []  # Redis commands for the atomic commit (all strings)
+        self.ops: list[str] = []  # the atomic commit's Redis commands, one RESP command each
         self.messages: list[tuple[str, str]] = []  # (channel, JSON) published after the commit
         # (trades stream id, record JSON, maker account, taker account), in order
         self.trades: list[tuple[str, str, str, str]] = []
@@ -76,7 +86,7 @@ class _SymbolBatch:
     __slots__ = ("trades", "levels", "bbo", "prev_sequence")
 
     def __init__(self, prev_sequence: int) -> None:
-        self.trades: list[dict[str, Any]] = []
+        self.trades: list[str] = []  # trade record JSON
         self.levels: dict[tuple[str, int], int] = {}
         self.bbo: tuple[Any, ...] | None = None
         self.prev_sequence = prev_sequence
@@ -130,10 +140,11 @@ class Processor:
         trades_out = batch.trades
         dirty: dict[int, OrderState] = {}
         symbols: dict[str, _SymbolBatch] = {}
-        accounts: dict[str, list[dict[str, Any]]] = {}
+        accounts: dict[str, list[str]] = {}
         replies: list[tuple[int, str]] = []
         trade_no = self.trade_no
         trade_symbols: list[str] = []
+        account_ok = _ACCOUNT.match
 
         for raw_id, fields in entries:
             entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
@@ -149,6 +160,11 @@ class Processor:
                 continue
             try:
                 cmd = command_from_wire(wire, ts, markets)
+                if not account_ok(cmd.account):
+                    raise SchemaError(
+                        "invalid_field", "account must be 1-64 characters of A-Za-z0-9_.:-",
+                        "account",
+                    )  # fmt: skip
             except SchemaError as exc:
                 cmd_id = wire.get("id")
                 if isinstance(cmd_id, int) and not isinstance(cmd_id, bool):
@@ -169,6 +185,7 @@ class Processor:
             touched: OrderState | None = None  # the order a new/cancel/amend reply shows
             cancelled: list[OrderState] = []
             rejected: str | None = None
+            target = cmd.id if kind is NewOrder else getattr(cmd, "order_id", None)
             # -- events --------------------------------------------------------------------------
             for ev in events:
                 tag = ev[0]
@@ -176,15 +193,14 @@ class Processor:
                     _, symbol, oid, account, status, filled, remaining, cum_quote, reason = ev
                     st = orders.get(oid)
                     detached = False
-                    if kind is NewOrder and oid == cmd.id:
+                    if kind is NewOrder and oid == target:
                         if reason == Reason.DUPLICATE_ORDER_ID:
                             # a hand-made entry reusing a live id: answer, touch nothing
-                            st = self._new_state(cmd, ts)
+                            st = self._new_state(cmd, ts)  # type: ignore[arg-type]
                             detached = True
                         elif st is None:
-                            st = self._new_state(cmd, ts)
+                            st = self._new_state(cmd, ts)  # type: ignore[arg-type]
                             orders[oid] = st
-                        touched = st
                     elif st is None:
                         log.error("entry %s: order event for unknown order %s", entry_id, oid)
                         continue
@@ -195,21 +211,25 @@ class Processor:
                     st.updated_at = ts
                     if reason == AMENDED:
                         fmt = fmts[symbol]
-                        st.quantity = fmt.qty(filled + remaining)
-                        if kind is AmendOrder and cmd.price is not None:
-                            st.price = fmt.price(cmd.price)
+                        new_price = st.price
+                        if kind is AmendOrder and cmd.price is not None:  # type: ignore[union-attr]
+                            new_price = fmt.price(cmd.price)  # type: ignore[union-attr]
+                        st.set_terms(new_price, fmt.qty(filled + remaining))
                     elif reason is not None:
                         st.reason = reason
                     if not detached:
                         dirty[oid] = st
-                    if kind is not NewOrder and oid == getattr(cmd, "order_id", None):
+                    if oid == target:
                         touched = st
                     elif kind is CancelAll and status == CANCELLED:
                         cancelled.append(st)
                     if emit:
-                        event = st.public(fmts[symbol], with_fills=False)
-                        event["type"] = "order"
-                        accounts.setdefault(account, []).append(event)
+                        event = st.event_json(fmts[symbol])
+                        evs = accounts.get(account)
+                        if evs is None:
+                            accounts[account] = [event]
+                        else:
+                            evs.append(event)
                 elif tag == TRADE:
                     (_, symbol, trade_id, price, qty, taker_side, maker_id, taker_id,
                      maker_account, taker_account, maker_fee, taker_fee, tts) = ev  # fmt: skip
@@ -220,53 +240,43 @@ class Processor:
                     mf = fmt.quote(maker_fee)
                     tf = fmt.quote(taker_fee)
                     asset = fmt.quote_asset
-                    record = {
-                        "trade_id": trade_id,
-                        "symbol": symbol,
-                        "price": p,
-                        "quantity": q,
-                        "aggressor_side": taker_side,
-                        "maker_order_id": maker_id,
-                        "taker_order_id": taker_id,
-                        "maker_fee": mf,
-                        "taker_fee": tf,
-                        "fee_asset": asset,
-                        "timestamp": tts,
-                    }
-                    trades_out.append(
-                        (f"{tts}-{trade_no}", _dumps(record), maker_account, taker_account)
+                    record = (
+                        f'{{"trade_id":{trade_id},"symbol":"{symbol}","price":"{p}",'
+                        f'"quantity":"{q}","aggressor_side":"{taker_side}",'
+                        f'"maker_order_id":{maker_id},"taker_order_id":{taker_id},'
+                        f'"maker_fee":"{mf}","taker_fee":"{tf}","fee_asset":"{asset}",'
+                        f'"timestamp":{tts}}}'
                     )
+                    trades_out.append((f"{tts}-{trade_no}", record, maker_account, taker_account))
                     trade_symbols.append(symbol)
-                    for oid, fee, liquidity, account in (
-                        (maker_id, mf, "maker", maker_account),
-                        (taker_id, tf, "taker", taker_account),
-                    ):
-                        fill = {
-                            "trade_id": trade_id,
-                            "price": p,
-                            "quantity": q,
-                            "fee": fee,
-                            "fee_asset": asset,
-                            "liquidity": liquidity,
-                        }
-                        st = orders.get(oid)
-                        if st is not None:
-                            st.fills.append(fill)
-                            st.new_fills.append(fill)
-                        if emit:
-                            event = {
-                                "type": "fill",
-                                "order_id": oid,
-                                "client_order_id": st.client_order_id if st else None,
-                                "symbol": symbol,
-                                "side": taker_side if liquidity == "taker" else (
-                                    "sell" if taker_side == BUY else "buy"
-                                ),
-                                **fill,
-                                "timestamp": tts,
-                            }
-                            accounts.setdefault(account, []).append(event)
+                    common = f'{{"trade_id":{trade_id},"price":"{p}","quantity":"{q}","fee":"'
+                    maker_fill = f'{common}{mf}","fee_asset":"{asset}","liquidity":"maker"}}'
+                    taker_fill = f'{common}{tf}","fee_asset":"{asset}","liquidity":"taker"}}'
+                    maker = orders.get(maker_id)
+                    if maker is not None:
+                        maker.fills.append(maker_fill)
+                        maker.new_fills.append(maker_fill)
+                    taker = orders.get(taker_id)
+                    if taker is not None:
+                        taker.fills.append(taker_fill)
+                        taker.new_fills.append(taker_fill)
                     if emit:
+                        maker_side = "sell" if taker_side == BUY else "buy"
+                        for account, st, side, fill in (
+                            (maker_account, maker, maker_side, maker_fill),
+                            (taker_account, taker, taker_side, taker_fill),
+                        ):
+                            coid = st.client_order_id if st is not None else None
+                            event = (
+                                f'{{"type":"fill","order_id":{st.id if st else 0},'
+                                f'"client_order_id":{jstr(coid)},"symbol":"{symbol}",'
+                                f'"side":"{side}",{fill[1:-1]},"timestamp":{tts}}}'
+                            )
+                            evs = accounts.get(account)
+                            if evs is None:
+                                accounts[account] = [event]
+                            else:
+                                evs.append(event)
                         sb = symbols.get(symbol)
                         if sb is None:
                             sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
@@ -292,104 +302,109 @@ class Processor:
             # -- reply -----------------------------------------------------------------------------
             if emit:
                 if rejected is not None:
-                    reply: dict[str, Any] = {
-                        "ok": False,
-                        "error": {"code": rejected, "message": _reject_message(rejected)},
-                    }
+                    reply = _dumps(
+                        {
+                            "ok": False,
+                            "error": {"code": rejected, "message": _reject_message(rejected)},
+                        }
+                    )
                 elif kind is CancelAll:
-                    reply = {
-                        "ok": True,
-                        "cancelled": [o.public(fmts[o.symbol]) for o in cancelled],
-                    }
+                    reply = (
+                        '{"ok":true,"cancelled":['
+                        + ",".join(o.public_json(fmts[o.symbol]) for o in cancelled)
+                        + "]}"
+                    )
                 elif touched is not None:
-                    reply = {"ok": True, "order": touched.public(fmts[touched.symbol])}
+                    reply = '{"ok":true,"order":' + touched.public_json(fmts[touched.symbol]) + "}"
                 else:  # cannot happen with a correct engine; never leave a client hanging
-                    reply = {
-                        "ok": False,
-                        "error": {"code": "internal_error", "message": "no outcome"},
-                    }
-                replies.append((cmd.id, _dumps(reply)))
+                    reply = '{"ok":false,"error":{"code":"internal_error","message":"no outcome"}}'
+                replies.append((cmd.id, reply))
             batch.count += 1
-            if batch.first_id is None:
-                batch.first_id = entry_id
-            batch.last_id = entry_id
 
         self.trade_no = trade_no
         self.entries += batch.count
-        if entries:
-            last = entries[-1][0]
-            self.last_id = last.decode() if isinstance(last, bytes) else last
-            batch.last_id = self.last_id
-            if batch.first_id is None:
-                first = entries[0][0]
-                batch.first_id = first.decode() if isinstance(first, bytes) else first
+        first = entries[0][0]
+        last = entries[-1][0]
+        batch.first_id = first.decode() if isinstance(first, bytes) else first
+        self.last_id = batch.last_id = last.decode() if isinstance(last, bytes) else last
         # -- writes ------------------------------------------------------------------------------
         ops = batch.ops
-        closed_accounts: set[str] = set()
+        opened: dict[str, list[str]] = {}  # account -> ZADD open score/member pairs
+        unopened: dict[str, list[str]] = {}  # account -> ZREM open members
+        closed_by: dict[str, list[str]] = {}  # account -> ZADD closed score/member pairs
         for oid, st in dirty.items():
-            fmt = fmts[st.symbol]
             closed = st.status in CLOSED_STATUSES
             if emit:
+                fmt = fmts[st.symbol]
                 okey = keys.order(oid)
+                sid = str(oid)
                 if not st.persisted:
-                    fields = st.hash_fields(fmt)
-                    op = ["HSET", okey]
-                    for name, value in fields.items():
-                        op.append(name)
-                        op.append(value)
-                    ops.append(op)
+                    ops.append(st.hset_full(okey, fmt))
                     if not closed:
-                        ops.append(["ZADD", keys.open(st.account), str(oid), str(oid)])
+                        opened.setdefault(st.account, []).extend((sid, sid))
                 else:
-                    ops.append(["HSET", okey, *st.hash_progress(fmt)])
-                    if st.new_fills:
-                        ops.append(["FILLS", okey, _dumps(st.new_fills)[1:-1]])
+                    ops.append(st.hset_progress(okey, fmt, bool(st.new_fills)))
                     if closed:
-                        ops.append(["ZREM", keys.open(st.account), str(oid)])
+                        unopened.setdefault(st.account, []).append(sid)
                 if closed:
-                    ops.append(["ZADD", keys.closed(st.account), str(oid), str(oid)])
-                    closed_accounts.add(st.account)
+                    closed_by.setdefault(st.account, []).extend((sid, sid))
             st.persisted = True
-            st.new_fills = []
+            if st.new_fills:
+                st.new_fills = []
             if closed and orders.get(oid) is st:
                 del orders[oid]
         if not emit:
             return batch
-        for account in sorted(closed_accounts):
-            ops.append(
-                ["ZREMRANGEBYRANK", keys.closed(account), "0", str(-self.closed_len - 1)]
-            )
+        for account, pairs in opened.items():
+            ops.append(resp(["ZADD", keys.open(account), *pairs]))
+        for account, members in unopened.items():
+            ops.append(resp(["ZREM", keys.open(account), *members]))
+        keep_closed = str(-self.closed_len - 1)
+        for account, pairs in closed_by.items():
+            ckey = keys.closed(account)
+            ops.append(resp(["ZADD", ckey, *pairs]))
+            ops.append(resp(["ZREMRANGEBYRANK", ckey, "0", keep_closed]))
         if trades_out:
             recent: dict[str, list[str]] = {}
-            for (stream_id, record_json, maker_account, taker_account), symbol in zip(
+            tkey = keys.trades
+            tkey_head = f"*9\r\n$4\r\nXADD\r\n${len(tkey)}\r\n{tkey}\r\n"
+            for (stream_id, record, maker_account, taker_account), symbol in zip(
                 trades_out, trade_symbols, strict=True
             ):
                 ops.append(
-                    ["XADD", keys.trades, stream_id, "t", record_json,
-                     "ma", maker_account, "ta", taker_account]
-                )  # fmt: skip
-                recent.setdefault(symbol, []).append(record_json)
+                    f"{tkey_head}${len(stream_id)}\r\n{stream_id}\r\n$1\r\nt\r\n"
+                    f"${len(record)}\r\n{record}\r\n$2\r\nma\r\n"
+                    f"${len(maker_account)}\r\n{maker_account}\r\n$2\r\nta\r\n"
+                    f"${len(taker_account)}\r\n{taker_account}\r\n"
+                )
+                recent.setdefault(symbol, []).append(record)
             for symbol, records in recent.items():
-                records = records[-self.recent_len :]
                 rkey = keys.recent(symbol)
-                for i in range(0, len(records), 1000):  # Lua's unpack() takes ~8,000 values
-                    ops.append(["LPUSH", rkey, *records[i : i + 1000]])
-                ops.append(["LTRIM", rkey, "0", str(self.recent_len - 1)])
+                ops.append(resp(["LPUSH", rkey, *records[-self.recent_len :]]))
+                ops.append(resp(["LTRIM", rkey, "0", str(self.recent_len - 1)]))
+        expire_tail = f"\r\n$2\r\n{self.reply_ttl}\r\n" if len(self.reply_ttl) == 2 else None
         for cmd_id, text in replies:
             rkey = keys.reply(cmd_id)
-            ops.append(["RPUSH", rkey, text])
-            ops.append(["EXPIRE", rkey, self.reply_ttl])
+            head = f"${len(rkey)}\r\n{rkey}"
+            if expire_tail is not None:
+                ops.append(f"*3\r\n$5\r\nRPUSH\r\n{head}\r\n${len(text)}\r\n{text}\r\n")
+                ops.append(f"*3\r\n$6\r\nEXPIRE\r\n{head}{expire_tail}")
+            else:
+                ops.append(resp(["RPUSH", rkey, text]))
+                ops.append(resp(["EXPIRE", rkey, self.reply_ttl]))
         for symbol in sorted(symbols):
             sb = symbols[symbol]
-            ops.append(["SET", keys.book(symbol), self.book_json(symbol)])
+            ops.append(resp(["SET", keys.book(symbol), self.book_json(symbol)]))
             batch.messages.append((keys.md_channel(symbol), self._md_message(symbol, sb)))
         for account, events in accounts.items():
             batch.messages.append(
-                (keys.acct_channel(account), _dumps({"account": account, "events": events}))
+                (
+                    keys.acct_channel(account),
+                    '{"account":"' + account + '","events":[' + ",".join(events) + "]}",
+                )
             )
         return batch
 
-    # ------------------------------------------------------------------------------------------
     def _new_state(self, cmd: NewOrder, ts: int) -> OrderState:
         fmt = self.fmt[cmd.symbol]
         return OrderState(
@@ -439,31 +454,38 @@ class Processor:
 
     def _md_message(self, symbol: str, sb: _SymbolBatch) -> str:
         fmt = self.fmt[symbol]
-        book = None
+        book = "null"
         if sb.levels:
             bids = sorted(((p, q) for (s, p), q in sb.levels.items() if s == BUY), reverse=True)
             asks = sorted((p, q) for (s, p), q in sb.levels.items() if s != BUY)
-            book = {
-                "prev_sequence": sb.prev_sequence,
-                "sequence": self.book_seq[symbol],
-                "bids": [[fmt.price(p), fmt.qty(q)] for p, q in bids],
-                "asks": [[fmt.price(p), fmt.qty(q)] for p, q in asks],
-            }
-        bbo = None
+            book = _dumps(
+                {
+                    "prev_sequence": sb.prev_sequence,
+                    "sequence": self.book_seq[symbol],
+                    "bids": [[fmt.price(p), fmt.qty(q)] for p, q in bids],
+                    "asks": [[fmt.price(p), fmt.qty(q)] for p, q in asks],
+                }
+            )
+        bbo = "null"
         if sb.bbo is not None:
             _, _, bid, bid_lots, ask, ask_lots = sb.bbo
-            bbo = {
-                "sequence": self.bbo_seq[symbol],
-                "bid_price": None if bid is None else fmt.price(bid),
-                "bid_qty": fmt.qty(bid_lots),
-                "ask_price": None if ask is None else fmt.price(ask),
-                "ask_qty": fmt.qty(ask_lots),
-            }
-        return _dumps({"symbol": symbol, "trades": sb.trades, "book": book, "bbo": bbo})
+            bbo = _dumps(
+                {
+                    "sequence": self.bbo_seq[symbol],
+                    "bid_price": None if bid is None else fmt.price(bid),
+                    "bid_qty": fmt.qty(bid_lots),
+                    "ask_price": None if ask is None else fmt.price(ask),
+                    "ask_qty": fmt.qty(ask_lots),
+                }
+            )
+        return (
+            f'{{"symbol":"{symbol}","trades":[{",".join(sb.trades)}],'
+            f'"book":{book},"bbo":{bbo}}}'
+        )
 
-    def all_books_ops(self) -> list[Op]:
+    def all_books_ops(self) -> list[str]:
         """SET every book key from memory (after recovery, so readers see the current books)."""
-        return [["SET", self.keys.book(s), self.book_json(s)] for s in sorted(self.markets)]
+        return [resp(["SET", self.keys.book(s), self.book_json(s)]) for s in sorted(self.markets)]
 
     # -- snapshots -----------------------------------------------------------------------------
     def snapshot_blob(self) -> bytes:

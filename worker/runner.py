@@ -12,18 +12,20 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 
+import hiredis
 import redis
+import redis.connection
 
 from engine.schema import Market
-from worker.journal import dumps_compact
 from worker.keys import DEFAULT_NAMESPACE, Keys, symbols_of_partition
-from worker.processor import Op, Processor, parse_stream_id
+from worker.processor import Processor, parse_stream_id, resp
 
 log = logging.getLogger("worker")
 
@@ -35,35 +37,6 @@ class LeaseLost(Exception):
 class StateMismatch(Exception):
     """``applied`` in Redis is not what we committed last: someone else wrote; recover."""
 
-
-# KEYS: lease, applied. ARGV: token, expected applied ("" = none yet), new applied ("" = keep),
-# ops JSON (list of [command, args...], all strings; FILLS appends to an order's fills list).
-COMMIT_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local applied = redis.call('GET', KEYS[2])
-if ARGV[2] == '' then
-  if applied then return -1 end
-elseif applied ~= ARGV[2] then
-  return -1
-end
-local ops = cjson.decode(ARGV[4])
-for i = 1, #ops do
-  local op = ops[i]
-  if op[1] == 'FILLS' then
-    local cur = redis.call('HGET', op[2], 'fills')
-    if (not cur) or cur == '' or cur == '[]' then
-      cur = '[' .. op[3] .. ']'
-    else
-      cur = string.sub(cur, 1, -2) .. ',' .. op[3] .. ']'
-    end
-    redis.call('HSET', op[2], 'fills', cur)
-  else
-    redis.call(unpack(op))
-  end
-end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
-return 1
-"""
 
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -190,35 +163,236 @@ class Lease:
             pass
 
 
-class OutputWriter:
-    """Commits a batch's writes atomically (fenced) and publishes its messages afterwards."""
+class RawConnection:
+    """A plain socket speaking RESP, parsed by hiredis: no per-reply Python overhead.
 
-    def __init__(self, client: redis.Redis, keys: Keys, lease: Lease) -> None:
+    The commit sends thousands of pre-encoded commands and reads as many ``QUEUED`` replies;
+    redis-py would add microseconds per command on both sides.
+    """
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        kwargs = redis.connection.parse_url(url)
+        self.host = kwargs.get("host", "localhost")
+        self.port = int(kwargs.get("port", 6379))
+        self.db = int(kwargs.get("db", 0) or 0)
+        self.username = kwargs.get("username")
+        self.password = kwargs.get("password")
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.reader = hiredis.Reader()
+
+    def connect(self) -> None:
+        self.close()
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.reader = hiredis.Reader()
+        if self.password:
+            auth = ["AUTH", self.username, self.password] if self.username else [
+                "AUTH", self.password]  # fmt: skip
+            self.call(auth)
+        if self.db:
+            self.call(["SELECT", str(self.db)])
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+    def send(self, data: bytes) -> None:
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise redis.ConnectionError(f"commit connection: {exc}") from exc
+
+    def read(self, count: int) -> list[object]:
+        """The next ``count`` replies (error replies are returned, not raised)."""
+        assert self.sock is not None
+        out: list[object] = []
+        reader = self.reader
+        while len(out) < count:
+            reply = reader.gets()
+            if reply is False:
+                try:
+                    chunk = self.sock.recv(1 << 20)
+                except OSError as exc:
+                    self.close()
+                    raise redis.ConnectionError(f"commit connection: {exc}") from exc
+                if not chunk:
+                    self.close()
+                    raise redis.ConnectionError("commit connection closed by Redis")
+                reader.feed(chunk)
+                continue
+            out.append(reply)
+        return out
+
+    def read_prefix(self, prefix: bytes) -> bool:
+        """Read ``len(prefix)`` bytes; True if they equal ``prefix`` (the rest stays buffered).
+
+        Thousands of ``+QUEUED`` replies are checked by one comparison instead of being parsed
+        one by one. On a mismatch everything read is handed to the parser for :meth:`read`.
+        """
+        assert self.sock is not None
+        buf = bytearray()
+        need = len(prefix)
+        while len(buf) < need:
+            try:
+                chunk = self.sock.recv(max(need - len(buf), 1 << 16))
+            except OSError as exc:
+                self.close()
+                raise redis.ConnectionError(f"commit connection: {exc}") from exc
+            if not chunk:
+                self.close()
+                raise redis.ConnectionError("commit connection closed by Redis")
+            buf += chunk
+        if buf[:need] == prefix:
+            if len(buf) > need:
+                self.reader.feed(bytes(buf[need:]))
+            return True
+        self.reader.feed(bytes(buf))
+        return False
+
+    def call(self, args: list[str]) -> object:
+        self.send(resp(args).encode())
+        (reply,) = self.read(1)
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis.ResponseError(str(reply))
+        return reply
+
+
+def _encode(ops: list[str]) -> bytes:
+    """Join RESP commands; if a non-ASCII argument slipped in, re-encode with byte lengths."""
+    text = "".join(ops)
+    data = text.encode()
+    if len(data) != len(text):
+        raise ValueError("non-ASCII data in a commit; refusing to send wrong RESP lengths")
+    return data
+
+
+class OutputWriter:
+    """Commits a batch's writes and its pub/sub messages atomically and fenced.
+
+    One commit, two round trips: ``WATCH lease applied`` + ``GET lease`` + ``GET applied``; then,
+    only if the lease holds our token and ``applied`` is what we committed last, ``MULTI``, the
+    batch's commands, ``SET applied <last id>``, its PUBLISHes and ``EXEC`` in one write. WATCH
+    makes EXEC fail if either key changed (or the lease expired) after the check, so check and
+    writes are one atomic step. Our own lease renewal also touches the key; such an EXEC is simply
+    retried.
+    """
+
+    def __init__(self, url: str, client: redis.Redis, keys: Keys, lease: Lease) -> None:
         self.redis = client
         self.keys = keys
         self.lease = lease
-        self._commit = client.register_script(COMMIT_LUA)
+        self.conn = RawConnection(url)
         self.committed: str | None = None  # ``applied`` as we last wrote (or found) it
+        lk, ak = keys.lease, keys.applied
+        self._head = (resp(["WATCH", lk, ak]) + resp(["GET", lk]) + resp(["GET", ak])).encode()
+        self._multi = resp(["MULTI"])
+        self._exec = resp(["EXEC"])
 
-    def commit(self, ops: list[Op], new_applied: str | None) -> None:
-        result = self._commit(
-            keys=[self.keys.lease, self.keys.applied],
-            args=[self.lease.token, self.committed or "", new_applied or "", dumps_compact(ops)],
-        )
-        if result == 0:
-            raise LeaseLost(f"lease {self.keys.lease} is not ours any more")
-        if result == -1:
-            raise StateMismatch(f"{self.keys.applied} moved under us (expected {self.committed})")
-        if new_applied:
-            self.committed = new_applied
+    def commit(
+        self, ops: list[str], new_applied: str | None, messages: list[tuple[str, str]] = ()
+    ) -> None:  # type: ignore[assignment]
+        """Write ``ops`` + ``applied`` and publish ``messages``, all inside one EXEC.
 
-    def publish(self, messages: list[tuple[str, str]]) -> None:
-        if not messages:
+        PUBLISH inside the transaction means subscribers hear of a batch exactly when (and only
+        if) it is committed, after its writes; PUBLISH is not written to the AOF.
+        """
+        tail = [resp(["SET", self.keys.applied, new_applied])] if new_applied else []
+        tail += [resp(["PUBLISH", channel, text]) for channel, text in messages]
+        body = _encode([self._multi, *ops, *tail, self._exec])
+        queued = len(ops) + len(tail)  # one command per op
+        expect = b"+OK\r\n" + b"+QUEUED\r\n" * queued
+        conn = self.conn
+        for _attempt in range(50):
+            conn.send(self._head)
+            _, holder_raw, applied_raw = conn.read(3)
+            holder = holder_raw.decode() if isinstance(holder_raw, bytes) else None
+            applied = applied_raw.decode() if isinstance(applied_raw, bytes) else None
+            if holder != self.lease.token or applied != self.committed:
+                conn.call(["UNWATCH"])
+                if holder != self.lease.token:
+                    raise LeaseLost(f"lease {self.keys.lease} is held by {holder}, not us")
+                raise StateMismatch(
+                    f"{self.keys.applied} is {applied}, we committed {self.committed}"
+                )
+            conn.send(body)
+            if not conn.read_prefix(expect):
+                replies = conn.read(queued + 2)
+                bad = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+                raise redis.ResponseError(f"commit refused, nothing written: {bad[:3]}")
+            (result,) = conn.read(1)
+            if isinstance(result, hiredis.ReplyError):
+                raise redis.ResponseError(f"commit failed: {result}")
+            if result is None:  # a watched key changed (e.g. our own renewal): check again
+                continue
+            for reply in result:  # type: ignore[union-attr]
+                if isinstance(reply, hiredis.ReplyError):
+                    # MULTI has no rollback: the batch is half written. Stop loudly.
+                    raise RuntimeError(f"a commit command failed inside EXEC: {reply}")
+            if new_applied:
+                self.committed = new_applied
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for channel, text in messages:
-            pipe.publish(channel, text)
-        pipe.execute()
+        raise LeaseLost("commit kept being interrupted; giving the partition up")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Committer:
+    """Commits batches on a second thread so Redis runs batch k while Python matches batch k+1.
+
+    Depth is bounded (one queued, one in flight). After the first failure every later batch is
+    dropped, never committed: committing k+1 without k would lose k's outputs. The failure is
+    re-raised to the matching thread at its next :meth:`submit` or :meth:`drain`.
+    """
+
+    def __init__(self, writer: OutputWriter) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[tuple[list[str], str | None, list[tuple[str, str]]] | None] = (
+            queue.Queue(maxsize=1)
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="committer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    ops, last_id, messages = item
+                    self.writer.commit(ops, last_id, messages)
+            except BaseException as exc:  # noqa: B036 - handed to the matching thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, ops: list[str], last_id: str | None, messages: list[tuple[str, str]]) -> None:
+        self._check()
+        self.queue.put((ops, last_id, messages))
+
+    def drain(self) -> None:
+        """Wait until everything submitted is committed (or failed: then raise)."""
+        self.queue.join()
+        self._check()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
 
 
 class SnapshotStore:
@@ -297,7 +471,7 @@ class PartitionWorker:
         self.on_batch = on_batch
         self.redis = connect(redis_url)
         self.lease = Lease(connect(redis_url), self.keys.lease, lease_ms, renew_s)
-        self.writer = OutputWriter(self.redis, self.keys, self.lease)
+        self.writer = OutputWriter(redis_url, self.redis, self.keys, self.lease)
         self.snapshots = SnapshotStore(self.redis, self.keys, keep_snapshots, trim)
         self.processor: Processor | None = None
         self.stop_event = threading.Event()
@@ -414,25 +588,35 @@ class PartitionWorker:
         assert proc is not None
         stream = self.keys.stream
         last = proc.last_id or "0-0"
-        while not self.stop_event.is_set():
-            if self.lease.lost.is_set():
-                raise LeaseLost("lease renewal failed")
-            resp = self.redis.xread({stream: last}, count=self.batch_size, block=self.block_ms)
-            if resp:
-                entries = resp[0][1]
-                batch = proc.process(entries, emit=True)
-                self.writer.commit(batch.ops, batch.last_id)
-                last = batch.last_id or last
-                self.writer.publish(batch.messages)
-                self._since_snapshot += len(entries)
-                self.applied_total += len(entries)
-                if self.on_batch is not None:
-                    self.on_batch(len(entries))
-            if self._since_snapshot and (
-                self._since_snapshot >= self.snapshot_every
-                or time.monotonic() - self._last_snapshot >= self.snapshot_seconds
-            ):
-                self.snapshot()
+        committer = Committer(self.writer)
+        try:
+            while not self.stop_event.is_set():
+                if self.lease.lost.is_set():
+                    raise LeaseLost("lease renewal failed")
+                # block only when nothing is in flight, so a lone batch is committed at once
+                block = self.block_ms if committer.queue.unfinished_tasks == 0 else None
+                resp = self.redis.xread({stream: last}, count=self.batch_size, block=block)
+                if resp:
+                    entries = resp[0][1]
+                    batch = proc.process(entries, emit=True)
+                    committer.submit(batch.ops, batch.last_id, batch.messages)
+                    last = batch.last_id or last
+                    self._since_snapshot += len(entries)
+                    self.applied_total += len(entries)
+                    if self.on_batch is not None:
+                        self.on_batch(len(entries))
+                elif committer.queue.unfinished_tasks:
+                    committer.drain()
+                    continue
+                if self._since_snapshot and (
+                    self._since_snapshot >= self.snapshot_every
+                    or time.monotonic() - self._last_snapshot >= self.snapshot_seconds
+                ):
+                    committer.drain()  # a snapshot must never be ahead of ``applied``
+                    self.snapshot()
+            committer.drain()
+        finally:
+            committer.close()
 
     def snapshot(self) -> str | None:
         """Save the current state (between batches, after its commit), keep the newest N."""

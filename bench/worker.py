@@ -1,0 +1,124 @@
+"""``python -m bench worker``: how fast one partition worker drains a pre-filled journal.
+
+A private redis-server (AOF on, everysec) is filled with N seeded mixed commands by pipelined
+XADD; then a worker starts and the clock runs until ``applied`` reaches the last entry, i.e.
+every trade, order hash, book, reply and snapshot of the run is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.schema import load_markets, make_public_id
+from worker.journal import dumps_compact
+from worker.keys import Keys
+from worker.loadgen import OrderFlow
+from worker.runner import PartitionWorker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _redis_server_class() -> Any:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from redis_server import RedisServer  # the infra helper: free port, temp dir, never 6379
+
+    return RedisServer
+
+
+def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
+    """XADD ``n`` commands (ids assigned here like the append script would); returns last id."""
+    flow = OrderFlow(markets, seed=seed)
+    pipe = client.pipeline(transaction=False)
+    last = ""
+    for i in range(n):
+        wire = flow.next()
+        cmd_id = make_public_id(i + 1, keys.partition)
+        body = {"id": cmd_id, **wire}
+        flow.record(wire, cmd_id)
+        pipe.xadd(keys.stream, {"c": dumps_compact(body)})
+        if len(pipe) >= 5000:
+            last = pipe.execute()[-1]
+    if len(pipe):
+        last = pipe.execute()[-1]
+    client.set(keys.next_id, n)
+    return last.decode() if isinstance(last, bytes) else last
+
+
+def run(n: int, seed: int, snapshot_every: int, batch: int) -> dict[str, Any]:
+    markets = load_markets()
+    server = _redis_server_class()()
+    server.start()
+    try:
+        client = server.client()
+        keys = Keys(0)
+        started = time.perf_counter()
+        last = prefill(client, keys, markets, n, seed)
+        fill_s = time.perf_counter() - started
+        worker = PartitionWorker(
+            server.url, 0, markets, snapshot_every=snapshot_every, batch_size=batch
+        )
+        thread = threading.Thread(target=worker.run, daemon=True)
+        t0 = time.perf_counter()
+        thread.start()
+        while True:
+            applied = client.get(keys.applied)
+            if applied is not None and applied.decode() == last:
+                break
+            if not thread.is_alive():
+                raise RuntimeError("the worker died; see the log above")
+            time.sleep(0.01)
+        seconds = time.perf_counter() - t0
+        worker.stop()
+        thread.join(30)
+        trades = client.xlen(keys.trades)
+        return {
+            "entries_per_s": round(n / seconds, 1),
+            "entries": n,
+            "trades": trades,
+            "seconds": round(seconds, 3),
+            "prefill_seconds": round(fill_s, 3),
+            "batch": batch,
+            "snapshot_every": snapshot_every,
+            "seed": seed,
+        }
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench worker", description=__doc__)
+    parser.add_argument("-n", "--entries", type=int, default=200_000,
+                        help="journal entries to drain (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="order flow seed (default: 1)")
+    parser.add_argument("--snapshot-every", type=int, default=10_000,
+                        help="worker snapshot interval in entries (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=1000,
+                        help="entries per batch (default: %(default)s)")
+    parser.add_argument("--json", dest="json_path", default=None, help="write results here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show worker logs")
+    args = parser.parse_args(argv)  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    result = run(args.entries, args.seed, args.snapshot_every, args.batch)
+    print(
+        f"worker drain: {result['entries']} entries in {result['seconds']} s = "
+        f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades)"
+    )
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

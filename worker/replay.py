@@ -1,0 +1,145 @@
+"""Audit: rebuild a partition from its journal in memory and compare with what was recorded.
+
+Uses the worker's own :class:`~worker.processor.Processor` with ``emit=False``, so "replay agrees"
+means: the recorded trades stream (ids, records, accounts) and the final ``book:<symbol>`` keys
+are exactly what the journal implies. Nothing is written to Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import redis
+
+from engine.schema import Market
+from worker.keys import DEFAULT_NAMESPACE, Keys
+from worker.processor import Processor, parse_stream_id
+from worker.runner import SnapshotStore, _text, stream_was_trimmed
+
+CHUNK = 2000
+
+
+@dataclass
+class ReplayResult:
+    ok: bool = True
+    entries: int = 0
+    trades: int = 0
+    books_checked: int = 0
+    start: str = "genesis"
+    until: str | None = None
+    seconds: float = 0.0
+    difference: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        head = "replay OK" if self.ok else "replay FAILED"
+        text = (
+            f"{head}: {self.entries} journal entries from {self.start} up to {self.until}, "
+            f"{self.trades} trades compared, {self.books_checked} books compared, "
+            f"{self.seconds:.2f} s"
+        )
+        if self.difference:
+            text += f"\nfirst difference: {self.difference}"
+        for note in self.notes:
+            text += f"\nnote: {note}"
+        return text
+
+
+def _recorded_trades(client: redis.Redis, key: str, skip_upto: int) -> Iterator[tuple[str, dict]]:
+    """The trades stream in order, skipping trade numbers <= ``skip_upto`` (before a snapshot)."""
+    last = "-"
+    while True:
+        chunk = client.xrange(key, min=last, max="+", count=CHUNK)
+        if not chunk:
+            return
+        for raw_id, fields in chunk:
+            entry_id = _text(raw_id) or ""
+            if parse_stream_id(entry_id)[1] <= skip_upto:
+                continue
+            yield entry_id, {_text(k): _text(v) for k, v in fields.items()}
+        last = "(" + (_text(chunk[-1][0]) or "")
+
+
+def replay_partition(
+    client: redis.Redis,
+    partition: int,
+    markets: dict[str, Market],
+    namespace: str = DEFAULT_NAMESPACE,
+    until: str | None = None,
+) -> ReplayResult:
+    """Replay partition ``partition`` (its markets only) up to ``until`` (default: ``applied``)."""
+    started = time.monotonic()
+    keys = Keys(partition, namespace)
+    result = ReplayResult()
+    applied = _text(client.get(keys.applied))
+    if applied is None:
+        result.notes.append("nothing applied yet: no trades to compare")
+        result.seconds = time.monotonic() - started
+        return result
+    limit = applied
+    if until is not None and parse_stream_id(until) < parse_stream_id(applied):
+        limit = until
+    result.until = limit
+    full = limit == applied
+
+    proc: Processor | None = None
+    if stream_was_trimmed(client, keys.stream):
+        store = SnapshotStore(client, keys)
+        for sid in store.ids():  # oldest first: the stream is kept from the oldest snapshot on
+            blob = store.load(sid)
+            if blob is not None:
+                proc = Processor.from_blob(markets, blob, partition, namespace=namespace)
+                result.start = f"snapshot {sid}"
+                break
+        if proc is None:
+            result.ok = False
+            result.difference = "the journal was trimmed and no snapshot is left to start from"
+            return result
+    else:
+        proc = Processor(markets, partition, namespace=namespace)
+    recorded = _recorded_trades(client, keys.trades, proc.trade_no)
+
+    last = proc.last_id or "0-0"
+    while result.ok:
+        entries = client.xrange(keys.stream, min="(" + last, max=limit, count=CHUNK)
+        if not entries:
+            break
+        batch = proc.process(entries, emit=False)
+        result.entries += len(entries)
+        last = proc.last_id or last
+        for trade_id, record, maker_account, taker_account in batch.trades:
+            want = {"t": record, "ma": maker_account, "ta": taker_account}
+            got = next(recorded, None)
+            if got is None:
+                result.ok = False
+                result.difference = f"trade {trade_id} {record} is missing from {keys.trades}"
+                break
+            if got[0] != trade_id or got[1] != want:
+                result.ok = False
+                result.difference = (
+                    f"trade {result.trades + 1} after {result.start}: replay gives "
+                    f"{trade_id} {want}, {keys.trades} has {got[0]} {got[1]}"
+                )
+                break
+            result.trades += 1
+    if result.ok and full:
+        extra = next(recorded, None)
+        if extra is not None:
+            result.ok = False
+            result.difference = f"{keys.trades} has a trade replay does not produce: {extra}"
+        else:
+            for symbol in sorted(markets):
+                stored = _text(client.get(keys.book(symbol)))
+                mine = proc.book_json(symbol)
+                if stored is not None and stored != mine:
+                    result.ok = False
+                    result.difference = (
+                        f"{keys.book(symbol)} differs: replay {mine[:300]} stored {stored[:300]}"
+                    )
+                    break
+                if stored is not None:
+                    result.books_checked += 1
+    result.seconds = time.monotonic() - started
+    return result
