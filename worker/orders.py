@@ -201,8 +201,10 @@ class OrderState:
         return "{" + self.body_json(fmt) + ',"fills":' + self.fills_json() + "}"
 
     def event_json(self, fmt: MarketFormat) -> str:
-        """The pub/sub ``order`` event: the order object without fills, plus ``type``."""
-        return '{"type":"order",' + self.body_json(fmt) + "}"
+        """The pub/sub ``order`` event: ``event`` + the order object without fills.
+
+        (Not ``type``: that is the order object's own field, the order type.)"""
+        return '{"event":"order",' + self.body_json(fmt) + "}"
 
     def public(self, fmt: MarketFormat) -> dict[str, Any]:
         """The REST order object as a dict (tests, tools)."""

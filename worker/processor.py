@@ -268,7 +268,7 @@ class Processor:
                         ):
                             coid = st.client_order_id if st is not None else None
                             event = (
-                                f'{{"type":"fill","order_id":{st.id if st else 0},'
+                                f'{{"event":"fill","order_id":{st.id if st else 0},'
                                 f'"client_order_id":{jstr(coid)},"symbol":"{symbol}",'
                                 f'"side":"{side}",{fill[1:-1]},"timestamp":{tts}}}'
                             )

@@ -1,0 +1,170 @@
+"""One worker, real redis-server: replies, order hashes, indexes, trades, books, pub/sub."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from wk_helpers import last_stream_id, wait_applied
+
+from worker.journal import Journal
+from worker.keys import Keys
+from worker.orders import order_from_hash
+
+K = Keys(0)
+
+
+def new(account: str, side: str, price: str, qty: str, **extra: object) -> dict:
+    return {"op": "new", "account": account, "symbol": "BTC-USDT", "side": side,
+            "type": "limit", "price": price, "quantity": qty, **extra}  # fmt: skip
+
+
+def ask(journal: Journal, wire: dict) -> dict:
+    cmd_id = journal.append(wire)
+    reply = journal.wait_reply(cmd_id, 10)
+    assert reply is not None, f"no reply to {wire}"
+    return reply
+
+
+def test_order_lifecycle_writes(redis_client, start_worker) -> None:
+    start_worker()
+    j = Journal(redis_client, 0)
+    maker = ask(j, new("1", "sell", "100.5", "0.1", client_order_id="m-1"))
+    assert maker["ok"] is True
+    m = maker["order"]
+    assert (m["status"], m["price"], m["quantity"], m["remaining_quantity"]) == (
+        "new", "100.50", "0.10000", "0.10000",
+    )  # fmt: skip
+    assert m["client_order_id"] == "m-1" and m["fills"] == []
+    mid = m["order_id"]
+    assert redis_client.zrange(K.open("1"), 0, -1) == [str(mid).encode()]
+
+    taker = ask(j, new("2", "buy", "101", "0.04"))["order"]
+    assert taker["status"] == "filled" and taker["cum_quote"] == "4.0200000"
+    assert taker["fills"] == [
+        {"trade_id": 1, "price": "100.50", "quantity": "0.04000", "fee": "0.0040200",
+         "fee_asset": "USDT", "liquidity": "taker"}
+    ]  # fmt: skip
+    assert redis_client.zrange(K.closed("2"), 0, -1) == [str(taker["order_id"]).encode()]
+    assert redis_client.zcard(K.open("2")) == 0
+
+    # the maker's hash follows: partially filled with one maker fill
+    stored = order_from_hash(redis_client.hgetall(K.order(mid)))
+    assert stored is not None
+    assert stored["status"] == "partially_filled" and stored["filled_quantity"] == "0.04000"
+    assert stored["fills"][0]["liquidity"] == "maker"
+    assert redis_client.hget(K.order(mid), "account") == b"1"
+
+    amended = ask(j, {"op": "amend", "account": "1", "order_id": mid, "symbol": "BTC-USDT",
+                      "quantity": "0.08", "price": "100.6"})  # fmt: skip
+    assert amended["ok"] and amended["order"]["quantity"] == "0.08000"
+    assert amended["order"]["price"] == "100.60"
+    assert amended["order"]["remaining_quantity"] == "0.04000"
+
+    ask(j, new("3", "buy", "100.6", "0.01"))
+    cancelled = ask(j, {"op": "cancel", "account": "1", "order_id": mid})["order"]
+    assert cancelled["status"] == "cancelled" and cancelled["reject_reason"] == "user_cancelled"
+    assert [f["trade_id"] for f in cancelled["fills"]] == [1, 2]
+    stored = order_from_hash(redis_client.hgetall(K.order(mid)))
+    assert stored == cancelled  # hash and reply agree, fills appended in place
+    assert redis_client.zcard(K.open("1")) == 0
+    assert redis_client.zrange(K.closed("1"), 0, -1) == [str(mid).encode()]
+
+    again = ask(j, {"op": "cancel", "account": "1", "order_id": mid})
+    assert again == {"ok": False, "error": {"code": "unknown_order", "message": again["error"][
+        "message"]}}  # fmt: skip
+
+    # trades stream: deterministic ids <ms>-<n>, record + accounts
+    trades = redis_client.xrange(K.trades)
+    assert [int(t[0].split(b"-")[1]) for t in trades] == [1, 2]
+    record = json.loads(trades[0][1][b"t"])
+    assert record["aggressor_side"] == "buy" and record["maker_order_id"] == mid
+    assert trades[0][1][b"ma"] == b"1" and trades[0][1][b"ta"] == b"2"
+    assert record["timestamp"] == int(trades[0][0].split(b"-")[0])
+    recent = [json.loads(x) for x in redis_client.lrange(K.recent("BTC-USDT"), 0, -1)]
+    assert [r["trade_id"] for r in recent] == [2, 1]  # newest first
+
+    book = json.loads(redis_client.get(K.book("BTC-USDT")))
+    assert book["bids"] == [] and book["asks"] == [] and book["last_trade_id"] == 2
+    assert book["sequence"] > 0 and book["bbo_sequence"] > 0
+    assert redis_client.get(K.applied).decode() == last_stream_id(redis_client)
+    ttl = redis_client.ttl(K.reply(mid))  # popped already: the key is gone
+    assert ttl == -2
+
+
+def test_invalid_and_cancel_all_replies(redis_client, start_worker) -> None:
+    start_worker()
+    j = Journal(redis_client, 0)
+    bad = ask(j, {"op": "new", "account": "1", "symbol": "NOPE-USDT", "side": "buy",
+                  "type": "limit", "price": "1", "quantity": "1"})  # fmt: skip
+    assert bad["ok"] is False and bad["error"]["code"] == "unknown_symbol"
+    bad = ask(j, new("1", "buy", "100.001", "0.1"))
+    assert bad["error"]["code"] == "off_tick"
+    bad = ask(j, {"op": "frobnicate", "account": "1"})
+    assert bad["ok"] is False
+    bad = ask(j, new("bad account\x1f", "buy", "100", "0.1"))
+    assert bad["error"]["code"] == "invalid_field"
+    post = ask(j, new("1", "sell", "100", "0.1"))["order"]
+    rejected = ask(j, new("2", "buy", "100", "0.1", post_only=True))["order"]
+    assert rejected["status"] == "rejected" and rejected["reject_reason"] == "post_only_would_take"
+    assert redis_client.zrange(K.closed("2"), 0, -1) == [str(rejected["order_id"]).encode()]
+    o2 = ask(j, new("1", "sell", "101", "0.1"))["order"]
+    ask(j, new("1", "sell", "102", "0.1", symbol="ETH-USDT", quantity="0.1"))
+    done = ask(j, {"op": "cancel_all", "account": "1", "symbol": "BTC-USDT"})
+    assert done["ok"] is True
+    assert sorted(o["order_id"] for o in done["cancelled"]) == sorted(
+        [post["order_id"], o2["order_id"]]
+    )
+    assert all(o["status"] == "cancelled" for o in done["cancelled"])
+    assert redis_client.zcard(K.open("1")) == 1  # the ETH-USDT order
+    # a hand-written entry without id: skipped, the worker carries on
+    redis_client.xadd(K.stream, {"c": "not json"})
+    redis_client.xadd(K.stream, {"c": '{"op":"cancel"}'})
+    assert ask(j, {"op": "cancel_all", "account": "9", "symbol": None}) == {
+        "ok": True, "cancelled": [],
+    }  # fmt: skip
+
+
+def test_replies_expire(redis_client, start_worker) -> None:
+    start_worker()
+    j = Journal(redis_client, 0)
+    cmd_id = j.append(new("1", "buy", "90", "0.1"))
+    wait_applied(redis_client, last_stream_id(redis_client))
+    assert 0 < redis_client.ttl(K.reply(cmd_id)) <= 60
+    assert redis_client.llen(K.reply(cmd_id)) == 1
+
+
+def test_pubsub_messages(redis_client, start_worker) -> None:
+    pubsub = redis_client.pubsub()
+    pubsub.psubscribe("fb:md:*", "fb:acct:*")
+    start_worker()
+    j = Journal(redis_client, 0)
+    maker = ask(j, new("1", "sell", "100.5", "0.1"))["order"]
+    ask(j, new("2", "buy", "100.5", "0.03"))
+    messages: list[tuple[str, dict]] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(messages) < 6:
+        msg = pubsub.get_message(timeout=0.2)
+        if msg and msg["type"] == "pmessage":
+            messages.append((msg["channel"].decode(), json.loads(msg["data"])))
+    pubsub.close()
+    md = [m for c, m in messages if c == "fb:md:BTC-USDT"]
+    assert len(md) >= 2
+    # book increments chain: each message covers (prev_sequence, sequence]
+    books = [m["book"] for m in md if m["book"]]
+    for a, b in zip(books, books[1:], strict=False):
+        assert b["prev_sequence"] == a["sequence"]
+    assert books[0]["asks"] == [["100.50", "0.10000"]]
+    assert books[-1]["asks"] == [["100.50", "0.07000"]]
+    trade_msgs = [m for m in md if m["trades"]]
+    assert trade_msgs[0]["trades"][0]["quantity"] == "0.03000"
+    assert md[-1]["bbo"]["ask_qty"] == "0.07000"
+    acct1 = [m for c, m in messages if c == "fb:acct:1"]
+    kinds = [e["event"] for m in acct1 for e in m["events"]]
+    assert kinds == ["order", "fill", "order"]
+    fill = [e for m in acct1 for e in m["events"] if e["event"] == "fill"][0]
+    assert fill["order_id"] == maker["order_id"] and fill["liquidity"] == "maker"
+    assert fill["side"] == "sell"
+    order_events = [e for m in acct1 for e in m["events"] if e["event"] == "order"]
+    assert "fills" not in order_events[0] and order_events[-1]["status"] == "partially_filled"
+    assert order_events[0]["type"] == "limit"  # the order's own type field is intact

@@ -1,0 +1,142 @@
+"""Keys, partition config, journal round trip, formatting and hash encoding."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.schema import make_public_id
+from worker.journal import Journal
+from worker.keys import (
+    Keys,
+    all_partitions,
+    parse_partitions,
+    partition_for_symbol,
+    partition_of_id,
+    symbols_of_partition,
+)
+from worker.orders import Formatter, OrderState, order_from_hash
+from worker.processor import parse_stream_id
+
+
+def test_keys_layout() -> None:
+    k = Keys(3)
+    assert k.stream == "fb:{p3}:in"
+    assert k.next_id == "fb:{p3}:next_id"
+    assert k.applied == "fb:{p3}:applied"
+    assert k.order(771) == "fb:{p3}:order:771"
+    assert k.open("7") == "fb:{p3}:open:7"
+    assert k.closed("7") == "fb:{p3}:closed:7"
+    assert k.trades == "fb:{p3}:trades"
+    assert k.recent("BTC-USDT") == "fb:{p3}:recent:BTC-USDT"
+    assert k.book("BTC-USDT") == "fb:{p3}:book:BTC-USDT"
+    assert k.reply(771) == "fb:{p3}:reply:771"
+    assert k.snapshots == "fb:{p3}:snapshots"
+    assert k.snapshot("5-1") == "fb:{p3}:snapshot:5-1"
+    assert k.lease == "fb:{p3}:lease"
+    assert (k.accounts, k.account("9"), k.next_account) == (
+        "fb:accounts", "fb:account:9", "fb:next_account",
+    )  # fmt: skip
+    assert k.md_channel("ETH-USDT") == "fb:md:ETH-USDT"
+    assert k.acct_channel("9") == "fb:acct:9"
+    assert k.control == "fb:control"
+    assert Keys(0, namespace="t").stream == "t:{p0}:in"
+    with pytest.raises(ValueError):
+        Keys(256)
+
+
+def test_partition_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = "BTC-USDT=0, ETH-USDT=1,SOL-USDT=2"
+    assert parse_partitions(cfg) == {"BTC-USDT": 0, "ETH-USDT": 1, "SOL-USDT": 2}
+    assert partition_for_symbol("ETH-USDT", cfg) == 1
+    assert partition_for_symbol("DOGE-USDT", cfg) == 0  # unlisted -> 0
+    assert all_partitions(cfg) == [0, 1, 2]
+    assert all_partitions(cfg, ["ETH-USDT", "SOL-USDT"]) == [1, 2]
+    assert symbols_of_partition(1, ["BTC-USDT", "ETH-USDT"], cfg) == ["ETH-USDT"]
+    monkeypatch.setenv("FAIRBOOK_PARTITIONS", "ETH-USDT=4")
+    assert partition_for_symbol("ETH-USDT") == 4
+    assert all_partitions() == [0, 4]
+    monkeypatch.delenv("FAIRBOOK_PARTITIONS")
+    assert partition_for_symbol("ETH-USDT") == 0
+    assert all_partitions() == [0]
+    for bad in ("BTC-USDT", "BTC-USDT=x", "BTC-USDT=300", "=1"):
+        with pytest.raises(ValueError):
+            parse_partitions(bad)
+    assert partition_of_id(make_public_id(12345, 7)) == 7
+
+
+def test_journal_append_and_reply(redis_client) -> None:
+    journal = Journal(redis_client, 2)
+    wire = {"op": "cancel", "account": "1", "order_id": 5}
+    first = journal.append(wire)
+    assert first == make_public_id(1, 2) and wire["id"] == first
+    ids = journal.append_many([{"op": "cancel_all", "account": "1", "symbol": None}, {}])
+    assert ids == [make_public_id(2, 2), make_public_id(3, 2)]
+    entries = redis_client.xrange(journal.keys.stream)
+    bodies = [json.loads(fields[b"c"]) for _, fields in entries]
+    assert bodies[0] == {"id": first, "op": "cancel", "account": "1", "order_id": 5}
+    assert bodies[2] == {"id": ids[1]}
+    assert entries[0][1][b"c"].startswith(b'{"id":')
+    # id order is journal order
+    assert [b["id"] for b in bodies] == sorted(b["id"] for b in bodies)
+    assert journal.wait_reply(first, 0.05) is None
+    redis_client.rpush(journal.keys.reply(first), '{"ok":true}')
+    assert journal.wait_reply(first, 1) == {"ok": True}
+
+
+def test_journal_big_counter(redis_client) -> None:
+    journal = Journal(redis_client, 255)
+    redis_client.set(journal.keys.next_id, 2**44)
+    assert journal.append({"op": "x"}) == ((2**44 + 1) << 8) | 255
+
+
+@given(st.integers(min_value=-(10**20), max_value=10**20), st.sampled_from(
+    ["0.01", "0.00001", "1", "0.5", "25", "0.0000001", "1E+1", "0.010"]
+))  # fmt: skip
+def test_formatter_matches_schema(units: int, step_text: str) -> None:
+    step = Decimal(step_text)
+    exponent = step.as_tuple().exponent
+    places = -exponent if exponent < 0 else 0
+    with_decimal = f"{Decimal(units) * step:.{places}f}"
+    with __import__("decimal").localcontext() as ctx:
+        ctx.prec = 60
+        exact = f"{Decimal(units) * step:.{places}f}"
+    fmt = Formatter(step)
+    assert fmt(units) == exact
+    if abs(units) < 10**15:
+        assert fmt(units) == with_decimal
+    assert fmt(units) == fmt.render(units)
+
+
+def test_order_hash_round_trip(markets) -> None:
+    from worker.orders import MarketFormat
+
+    fmt = MarketFormat(markets["BTC-USDT"])
+    st_ = OrderState(
+        1280, "7", "BTC-USDT", "buy", "limit", "GTC", True, "100.50", None, "0.10000", None,
+        "c-1", 1700000000000, status="partially_filled", filled=4000, remaining=6000,
+        cum_quote=402000, updated_at=1700000000005,
+        fills=['{"trade_id":1,"price":"100.50","quantity":"0.04000","fee":"0.0040200",'
+               '"fee_asset":"USDT","liquidity":"maker"}'],
+    )  # fmt: skip
+    resp_text = st_.hset_full("k", fmt)
+    # decode the RESP command back into field/value pairs
+    parts = resp_text.split("\r\n")
+    args = parts[2::2][: int(parts[0][1:])]
+    assert args[:2] == ["HSET", "k"]
+    raw = dict(zip(args[2::2], args[3::2], strict=True))
+    assert raw["account"] == "7" and raw["stop_price"] == "" and raw["post_only"] == "true"
+    obj = order_from_hash({k.encode(): v.encode() for k, v in raw.items()})
+    assert obj == st_.public(fmt)
+    assert obj["fills"][0]["liquidity"] == "maker"
+    assert obj["stop_price"] is None and obj["quote_quantity"] is None
+    assert order_from_hash({}) is None
+
+
+def test_parse_stream_id() -> None:
+    assert sorted(["10-0", "9-30", "9-4"], key=parse_stream_id) == ["9-4", "9-30", "10-0"]
+    assert parse_stream_id(b"5-1") == (5, 1)
