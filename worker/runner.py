@@ -69,6 +69,7 @@ table.sort(ids, function(a, b)
 end)
 local keep = tonumber(ARGV[4])
 local drop = #ids - keep
+if drop < 0 then drop = 0 end
 for i = 1, drop do
   redis.call('DEL', ARGV[6] .. ids[i])
   redis.call('ZREM', KEYS[2], ids[i])
@@ -377,18 +378,19 @@ class Committer:
             finally:
                 self.queue.task_done()
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Re-raise the committer's failure, if any, in the calling thread."""
         if self.error is not None:
             raise self.error
 
     def submit(self, ops: list[str], last_id: str | None, messages: list[tuple[str, str]]) -> None:
-        self._check()
+        self.check()
         self.queue.put((ops, last_id, messages))
 
     def drain(self) -> None:
         """Wait until everything submitted is committed (or failed: then raise)."""
         self.queue.join()
-        self._check()
+        self.check()
 
     def close(self) -> None:
         self.queue.put(None)
@@ -509,6 +511,9 @@ class PartitionWorker:
                 log.warning("partition %d: Redis unavailable (%s); will recover", self.partition,
                             exc)  # fmt: skip
                 self.stop_event.wait(0.2)
+            except Exception:
+                log.exception("partition %d: worker failed", self.partition)
+                raise
             finally:
                 self.active.clear()
                 self.processor = None  # memory may be ahead of or behind Redis: never trust it
@@ -593,6 +598,7 @@ class PartitionWorker:
             while not self.stop_event.is_set():
                 if self.lease.lost.is_set():
                     raise LeaseLost("lease renewal failed")
+                committer.check()  # a failed commit ends matching at once, not at the next batch
                 # block only when nothing is in flight, so a lone batch is committed at once
                 block = self.block_ms if committer.queue.unfinished_tasks == 0 else None
                 resp = self.redis.xread({stream: last}, count=self.batch_size, block=block)

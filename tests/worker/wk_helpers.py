@@ -54,3 +54,46 @@ def wait_applied(client: Any, last_id: str, partition: int = 0, timeout: float =
 def last_stream_id(client: Any, partition: int = 0) -> str:
     entries = client.xrevrange(Keys(partition).stream, count=1)
     return entries[0][0].decode()
+
+
+def feed(client: Any, markets: dict, n: int, seed: int = 1, flow: Any = None) -> Any:
+    """Append ``n`` seeded mixed commands through the real append script; returns the flow."""
+    from worker.journal import Journal
+    from worker.loadgen import OrderFlow
+
+    flow = flow or OrderFlow(markets, seed=seed, accounts=20)
+    journal = Journal(client, 0)
+    wires = [flow.next() for _ in range(n)]
+    for start in range(0, n, 500):
+        chunk = wires[start : start + 500]
+        for wire, cmd_id in zip(chunk, journal.append_many(chunk), strict=True):
+            flow.record(wire, cmd_id)
+    return flow
+
+
+def redis_state(client: Any, skip: tuple[str, ...] = ("lease",)) -> dict[str, Any]:
+    """Every key's type and content (not TTLs), for before/after comparisons."""
+    out: dict[str, Any] = {}
+    for raw in client.scan_iter(count=1000):
+        key = raw.decode()
+        if key.rsplit(":", 1)[-1] in skip:
+            continue
+        kind = client.type(raw).decode()
+        if kind == "string":
+            value: Any = client.get(raw)
+        elif kind == "hash":
+            value = client.hgetall(raw)
+        elif kind == "zset":
+            value = client.zrange(raw, 0, -1, withscores=True)
+        elif kind == "list":
+            value = client.lrange(raw, 0, -1)
+        elif kind == "stream":
+            value = client.xrange(raw)
+        else:
+            value = kind
+        out[key] = (kind, value)
+    return out
+
+
+def trade_numbers(client: Any, partition: int = 0) -> list[int]:
+    return [int(i.split(b"-")[1]) for i, _ in client.xrange(Keys(partition).trades)]
