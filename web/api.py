@@ -26,6 +26,7 @@ from engine.schema import (
 from web import ApiError, state
 from web.accounts import require_account
 from worker.keys import Keys, partition_for_symbol
+from worker.orders import order_from_hash
 
 public = Blueprint("public", __name__)
 private = Blueprint("private", __name__, url_prefix="/api/v1")
@@ -40,15 +41,6 @@ MAX_ORDERS = 1000
 DEFAULT_HEALTH_MAX_LAG = 10_000
 
 _ORDER_ID = re.compile(r"^[0-9]{1,19}$")
-_INT_ORDER_FIELDS = ("order_id", "created_at", "updated_at")
-_NULLABLE_ORDER_FIELDS = (
-    "client_order_id",
-    "reject_reason",
-    "price",
-    "stop_price",
-    "quantity",
-    "quote_quantity",
-)
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -147,31 +139,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def order_from_hash(raw: dict[Any, Any]) -> dict[str, Any]:
-    """The REST order object from the worker's order hash (all strings, fills as JSON)."""
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    for name in _INT_ORDER_FIELDS:
-        value = fields.get(name)
-        if value not in (None, ""):
-            try:
-                fields[name] = int(value)
-            except ValueError:
-                pass
-    for name in _NULLABLE_ORDER_FIELDS:
-        if fields.get(name) in ("", "null", "None"):
-            fields[name] = None
-    if "post_only" in fields:
-        fields["post_only"] = str(fields["post_only"]).lower() in ("1", "true")
-    fills = fields.get("fills")
-    if isinstance(fills, str):
-        try:
-            fields["fills"] = json.loads(fills) if fills else []
-        except ValueError:
-            fields["fills"] = []
-    fields.pop("account", None)
-    return fields
-
-
 def _load_owned_order(order_id: int, partition: int, account: str) -> dict[str, Any] | None:
     """The raw order hash if it exists and belongs to ``account``; another's is None too."""
     raw = state().redis.hgetall(keys(partition).order(order_id))
@@ -224,9 +191,7 @@ def place_order():
     wire["account"] = g.account
     order_id, reply = _submit(partition_for(wire["symbol"]), wire, st.reply_timeout)
     if reply is None:
-        return _accepted(
-            order_id, symbol=wire["symbol"], client_order_id=wire["client_order_id"]
-        )
+        return _accepted(order_id, symbol=wire["symbol"], client_order_id=wire["client_order_id"])
     if not reply.get("ok"):
         raise _error_from_reply(reply)
     response = jsonify(reply["order"])
@@ -323,7 +288,7 @@ def get_order(order_id: str):
     fields = _load_owned_order(oid, partition, g.account)
     if fields is None:
         raise _unknown_order(oid)
-    return jsonify(order_from_hash(fields))
+    return jsonify(order_from_hash(fields) or {})
 
 
 @private.get("/orders")
@@ -365,7 +330,7 @@ def _scan_orders(key: str, partition: int, symbol: str | None, limit: int) -> li
             if not raw:
                 continue  # trimmed or expired between the two reads
             order = order_from_hash(raw)
-            if symbol is None or order.get("symbol") == symbol:
+            if order is not None and (symbol is None or order["symbol"] == symbol):
                 found.append(order)
         if len(ids) < chunk:
             break
