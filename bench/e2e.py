@@ -247,6 +247,44 @@ def _listen(url: str, ready: Any, stop: Any, out: Any) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
+def _proc_cpu(pid: int) -> float:
+    """utime + stime of one process in seconds (0 if it is gone)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (gunicorn's workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[1])
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(child for child, parent in parents.items() if parent == current)
+    return out
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU used so far by each component (Linux /proc; zeros elsewhere)."""
+    pids = {
+        "web": _tree(stack.web_proc.pid) if stack.web_proc else [],
+        "worker": _tree(stack.worker_proc.pid) if stack.worker_proc else [],
+        "redis": [stack.redis_server.proc.pid] if stack.redis_server.proc else [],
+        "load_generator": [os.getpid()],
+    }
+    return {name: sum(_proc_cpu(p) for p in group) for name, group in pids.items()}
+
+
 def stream_lag(client: redis.Redis, partition: int) -> int:
     keys = Keys(partition)
     applied = client.get(keys.applied)
@@ -286,12 +324,15 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
                         c.taker_sent.clear()
                         c.created = c.accepted_202 = c.cancels = 0
                         c.errors.clear()
+                    cpu_before.update(cpu_seconds(stack))
                 return await drive(clients, opts.seconds, opts.rate)
             finally:
                 for c in clients:  # connections belong to this event loop
                     c.conn.close()
 
+        cpu_before: dict[str, float] = {}
         t0, t1 = asyncio.run(warm_and_drive())
+        cpu_after = cpu_seconds(stack)
         lag_end = stream_lag(rdb, 0)
         drain_start = time.monotonic()
         while stream_lag(rdb, 0) and time.monotonic() - drain_start < 60:
@@ -340,6 +381,15 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
             "errors": errors,
             "accepted_orders_per_s": round(created / elapsed, 1),
             "requests_per_s": round((created + cancels) / elapsed, 1),
+            "cpu_ms_per_request": {
+                name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000
+                            / max(1, created + cancels), 3)
+                for name in cpu_after
+            },
+            "cpu_utilisation": {
+                name: round((cpu_after[name] - cpu_before.get(name, 0.0)) / elapsed, 3)
+                for name in cpu_after
+            },
             "post_to_result_ms": summary_ms(post),
             "cancel_ms": summary_ms(cancel),
             "post_to_fill_published_ms": summary_ms(fill_pub),
