@@ -568,7 +568,12 @@ class Hub:
             if not subs:
                 return
             events = body.get("events") or []
-            encoded = [(str(e.get("type", "order")), dumps(e)) for e in events]
+            # an order event's own "type" is the order type (limit, market...): a fill is
+            # recognised by its fields, everything else is an order state change
+            encoded = [
+                ("fill" if "liquidity" in e and "trade_id" in e else "order", dumps(e))
+                for e in events
+            ]
             for sub in subs:
                 if sub.account != account:  # never another account's data
                     continue

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,12 @@ class Connection:
         self.hub = hub
         self.account: str | None = None
         self.channels: set[str] = set()
-        self.queue: queue.Queue[bytes | tuple[int, str] | None] = queue.Queue(queue_limit)
+        # a deque + Event rather than queue.Queue: gevent swaps queue.Queue for its own class,
+        # and a deque's append/popleft are atomic in both models
+        self.queue: deque[bytes] = deque()
+        self.queue_limit = queue_limit
+        self.wakeup = threading.Event()
+        self.closing: tuple[int | None, str] | None = None
         self.close_timeout = close_timeout
         self.dying = False
         self.done = threading.Event()
@@ -114,10 +119,10 @@ class Connection:
     def offer(self, frame: bytes) -> bool:
         if self.dying:
             return True  # already closing: drop quietly
-        try:
-            self.queue.put_nowait(frame)
-        except queue.Full:
+        if len(self.queue) >= self.queue_limit:
             return False
+        self.queue.append(frame)
+        self.wakeup.set()
         return True
 
     def next_sequence(self, channel: str) -> int:
@@ -126,7 +131,7 @@ class Connection:
         return seq
 
     def slow_consumer(self) -> None:
-        log.warning("closing slow consumer (queue of %s frames full)", self.queue.maxsize)
+        log.warning("closing slow consumer (queue of %s frames full)", self.queue_limit)
         self.close(SLOW_CONSUMER, "slow consumer")
 
     # -- replies --------------------------------------------------------------------------------
@@ -147,10 +152,9 @@ class Connection:
         if self.dying:
             return
         self.dying = True
-        with self.queue.mutex:
-            self.queue.queue.clear()
-            self.queue.not_full.notify_all()
-        self.queue.put_nowait((code, reason) if code else None)
+        self.queue.clear()
+        self.closing = (code, reason)
+        self.wakeup.set()
         if code:
             timer = threading.Timer(self.close_timeout, self._abort)
             timer.daemon = True
@@ -164,28 +168,23 @@ class Connection:
 
     def _write_loop(self) -> None:
         """Drain the queue: several frames per send, close frames last."""
-        get, get_nowait = self.queue.get, self.queue.get_nowait
+        frames, popleft, wakeup = self.queue, self.queue.popleft, self.wakeup
         sock = self.ws.sock
         try:
-            while True:
-                item = get()
-                if not isinstance(item, bytes):
-                    break
-                parts = [item]
-                size = len(item)
-                while size < 262144:
-                    try:
-                        nxt = get_nowait()
-                    except queue.Empty:
-                        break
-                    if not isinstance(nxt, bytes):
-                        self.queue.queue.appendleft(nxt)  # handle the close after this send
-                        break
-                    parts.append(nxt)
-                    size += len(nxt)
+            while self.closing is None:
+                if not frames:
+                    wakeup.wait()
+                    wakeup.clear()  # then re-check: an append after this sets it again
+                    continue
+                parts = []
+                size = 0
+                while frames and size < 262144:
+                    frame = popleft()
+                    parts.append(frame)
+                    size += len(frame)
                 sock.send(parts[0] if len(parts) == 1 else b"".join(parts))
-            if isinstance(item, tuple):
-                code, reason = item
+            code, reason = self.closing
+            if code:
                 try:
                     self.ws.close(code, reason)
                 except ConnectionClosed:
