@@ -231,7 +231,7 @@ async function submitOrder(ev) {
   try {
     const o = await api("POST", "/api/v1/orders", body);
     if (o.status === "rejected") showResult(`rejected: ${o.reject_reason}`, true);
-    else showResult(`order ${o.order_id} ${o.status}${o.filled_quantity && o.filled_quantity !== "0" ? ` · filled ${o.filled_quantity}` : ""}`, false);
+    else showResult(`order ${o.order_id} ${o.status}${o.filled_quantity && !/^0*\.?0*$/.test(o.filled_quantity) ? ` · filled ${o.filled_quantity}` : ""}`, false);
     if (o.status && OPEN.has(o.status)) { state.openOrders.set(String(o.order_id), o); renderOrders(); }
   } catch (e) { showResult(String(e.message), true); }
   finally { btn.disabled = false; }

@@ -1,0 +1,131 @@
+"""The trading page in a real headless Chromium against a real stack (redis, worker, gunicorn).
+
+Flow: account A's key entered on the page, an order placed from the page shows in open orders;
+account B crosses it over REST; the fill (private channel) and the trade (public tape) appear.
+A screenshot is saved to tests/browser/artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from bench.stack import Stack
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+ARTIFACTS = Path(__file__).with_name("artifacts")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    st = Stack(log_dir=tmp_path_factory.mktemp("page-stack"))
+    st.start()
+    yield st
+    st.stop()
+
+
+def test_place_see_open_cross_and_fill(stack, chromium):
+    from playwright.sync_api import expect, sync_playwright
+
+    alice = stack.create_account("alice")
+    bob = stack.create_account("bob")
+    # some depth for the ladder to show
+    for side, price in (("sell", "101.50"), ("sell", "102"), ("buy", "98"), ("buy", "97.25")):
+        r = requests.post(
+            stack.url + "/api/v1/orders",
+            json={
+                "symbol": "BTC-USDT",
+                "side": side,
+                "type": "limit",
+                "price": price,
+                "quantity": "0.35",
+            },  # fmt: skip
+            headers={"X-API-Key": bob["api_key"]},
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(stack.url + "/#BTC-USDT")
+            expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
+            expect(page.locator("#book-asks .lvl")).to_have_count(2)
+            expect(page.locator("#book-bids .lvl").first).to_have_attribute("data-price", "98.00")
+
+            page.fill("#api-key", alice["api_key"])
+            page.click("#save-key")
+            expect(page.locator("#account")).to_have_text(f"account {alice['account_id']}")
+            assert page.evaluate("localStorage.getItem('fairbook.apiKey')") == alice["api_key"]
+
+            page.click("#side-buy")
+            page.select_option("#type", "limit")
+            page.select_option("#tif", "GTC")
+            page.fill("#price", "99.50")
+            page.fill("#quantity", "0.2")
+            page.click("#submit")
+            expect(page.locator("#order-result")).to_contain_text("new")
+            row = page.locator("#open-orders tr")
+            expect(row).to_have_count(1)
+            order_id = row.first.get_attribute("data-order-id")
+            assert order_id
+            expect(row.first).to_contain_text("99.50")
+            expect(page.locator("#book-bids .lvl").first).to_have_attribute("data-price", "99.50")
+
+            # bob sells into it over REST
+            r = requests.post(
+                stack.url + "/api/v1/orders",
+                json={
+                    "symbol": "BTC-USDT",
+                    "side": "sell",
+                    "type": "limit",
+                    "price": "99.50",
+                    "quantity": "0.05",
+                    "time_in_force": "IOC",
+                },  # fmt: skip
+                headers={"X-API-Key": bob["api_key"]},
+                timeout=10,
+            )
+            assert r.status_code == 201 and r.json()["status"] == "filled", r.text
+
+            fill = page.locator(f"#fills tr[data-order-id='{order_id}']")
+            expect(fill).to_have_count(1)
+            expect(fill).to_contain_text("99.50")
+            expect(fill).to_contain_text("0.05000")
+            expect(fill).to_contain_text("maker")
+            trade = page.locator("#trades .tr").first
+            expect(trade).to_contain_text("99.50")
+            expect(trade).to_contain_text("0.05000")
+            expect(page.locator("#last-price")).to_have_text("99.50")
+            expect(page.locator("#open-orders tr").first).to_contain_text("partially filled")
+            expect(page.locator("#book-bids .lvl").first).to_contain_text("0.15000")
+
+            page.wait_for_timeout(500)  # let the flash animations settle
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / "trading-page.png"
+            page.screenshot(path=str(shot), full_page=False)
+            print(f"screenshot: {shot}")
+
+            # cancel from the page
+            page.locator("#open-orders tr").first.locator("button.cancel").click()
+            expect(page.locator("#open-orders tr")).to_have_count(0)
+            page.wait_for_timeout(300)
+
+            assert errors == [], errors
+        finally:
+            browser.close()
