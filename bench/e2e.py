@@ -239,7 +239,7 @@ def _listen(url: str, ready: Any, stop: Any, out: Any) -> None:
         except (ValueError, AttributeError):
             continue
         for event in events:
-            if event.get("type") == "fill":
+            if event.get("event") == "fill":
                 first_fill.setdefault(int(event["order_id"]), now)
     out.put(first_fill)
 

@@ -13,7 +13,8 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from engine.schema import (
     ErrorCode,
@@ -72,6 +73,21 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _read_body() -> bytes:
+    """The raw body, 413 past ``MAX_CONTENT_LENGTH`` even when it arrives chunked.
+
+    Werkzeug rejects a too-large Content-Length itself, but silently truncates a chunked body at
+    the limit; here a chunked body is read up to limit + 1 bytes so the excess is detected.
+    """
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def json_body() -> dict[str, Any]:
     """The request's JSON object, strictly: right content type, UTF-8, no NaN, no duplicate keys.
 
@@ -80,7 +96,7 @@ def json_body() -> dict[str, Any]:
     """
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    raw = _read_body()
     if not raw:
         raise ApiError(400, ErrorCode.MALFORMED_JSON, "the request body is empty")
     try:
@@ -407,8 +423,6 @@ def trades(symbol: str):
 @public.get("/healthz")
 def healthz():
     """Redis reachable, and per partition: a lease holder and how far the worker lags."""
-    from flask import current_app
-
     st = state()
     max_lag = int(current_app.config.get("FAIRBOOK_HEALTH_MAX_LAG", DEFAULT_HEALTH_MAX_LAG))
     try:

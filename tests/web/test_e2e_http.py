@@ -335,6 +335,17 @@ def test_error_paths(stack, accounts):
     big = json.dumps({**good, "client_order_id": "x" * 100_000})
     err(requests.post(url, data=big, headers={**h, "Content-Type": "application/json"}),
         413, "payload_too_large")
+
+    def chunked(size: int) -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding chunked
+        yield b'{"symbol": "BTC-USDT", "client_order_id": "'
+        for _ in range(size // 1000):
+            yield b"x" * 1000
+        yield b'"}'
+
+    hj = {**h, "Content-Type": "application/json"}
+    err(requests.post(url, data=chunked(100_000), headers=hj), 413, "payload_too_large")
+    # a small chunked body is read whole and validated (here: it lacks "side")
+    err(requests.post(url, data=chunked(1000), headers=hj), 400, "missing_field")
     err(requests.put(url, headers=h), 405, "method_not_allowed")
     err(requests.get(stack.url + "/nowhere"), 404, "not_found")
     assert alice.get("/api/v1/orders").json() == []  # nothing was placed by any of that
