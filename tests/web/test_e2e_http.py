@@ -7,6 +7,9 @@ empty for the next test (the last trade price carries over; stop tests set their
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -118,6 +121,18 @@ def test_public_routes(stack, accounts):
     err(requests.get(stack.url + "/api/v1/book/NOPE-X"), 404, "unknown_symbol")
     err(requests.get(stack.url + f"/api/v1/book/{SYM}?depth=501"), 400, "invalid_field")
     err(requests.get(stack.url + f"/api/v1/trades/{SYM}?limit=1001"), 400, "invalid_field")
+
+
+def test_cli_create_account_key_works_over_http(stack):
+    env = dict(os.environ, REDIS_URL=stack.redis_url)
+    out = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "create-account", "erin"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    acct = json.loads(out.stdout)
+    assert set(acct) == {"account_id", "api_key"}
+    resp = requests.get(stack.url + "/api/v1/orders", headers={"X-API-Key": acct["api_key"]})
+    assert resp.status_code == 200 and resp.json() == []
 
 
 # -- order types ----------------------------------------------------------------------------------
