@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -51,7 +52,9 @@ def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
     return last.decode() if isinstance(last, bytes) else last
 
 
-def run(n: int, seed: int, snapshot_every: int, batch: int) -> dict[str, Any]:
+def run(
+    n: int, seed: int, snapshot_every: int, batch: int, commit_process: bool | None = None
+) -> dict[str, Any]:
     markets = load_markets()
     server = _redis_server_class()()
     server.start()
@@ -62,8 +65,9 @@ def run(n: int, seed: int, snapshot_every: int, batch: int) -> dict[str, Any]:
         last = prefill(client, keys, markets, n, seed)
         fill_s = time.perf_counter() - started
         worker = PartitionWorker(
-            server.url, 0, markets, snapshot_every=snapshot_every, batch_size=batch
-        )
+            server.url, 0, markets, snapshot_every=snapshot_every, batch_size=batch,
+            commit_process=commit_process,
+        )  # fmt: skip
         thread = threading.Thread(target=worker.run, daemon=True)
         t0 = time.perf_counter()
         thread.start()
@@ -86,6 +90,8 @@ def run(n: int, seed: int, snapshot_every: int, batch: int) -> dict[str, Any]:
             "prefill_seconds": round(fill_s, 3),
             "batch": batch,
             "snapshot_every": snapshot_every,
+            "commit": "process" if worker.commit_process else "thread",
+            "cpus": os.cpu_count(),
             "seed": seed,
         }
     finally:
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker snapshot interval in entries (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=1000,
                         help="entries per batch (default: %(default)s)")
+    parser.add_argument("--commit", choices=("auto", "thread", "process"), default="auto",
+                        help="where the worker renders+commits (default: auto)")
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
     parser.add_argument("-v", "--verbose", action="store_true", help="show worker logs")
     args = parser.parse_args(argv)  # fmt: skip
@@ -109,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    result = run(args.entries, args.seed, args.snapshot_every, args.batch)
+    commit = None if args.commit == "auto" else args.commit == "process"
+    result = run(args.entries, args.seed, args.snapshot_every, args.batch, commit)
     print(
         f"worker drain: {result['entries']} entries in {result['seconds']} s = "
-        f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades)"
+        f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
+        f"commit on a {result['commit']}, {result['cpus']} CPUs)"
     )
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)

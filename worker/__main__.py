@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lease-ms", type=int, default=5000,
                      help="lease time-to-live; a standby takes over this long after a crash "
                      "(default: %(default)s)")
+    run.add_argument("--commit", choices=("auto", "thread", "process"), default="auto",
+                     help="render+commit batch k while matching k+1 on a thread or in a child "
+                     "process; auto = process with >= 4 CPUs (default: %(default)s)")
     run.add_argument("--batch", type=int, default=1000,
                      help="max journal entries per batch / atomic commit (default: %(default)s)")
     replay = sub.add_parser(
@@ -118,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trim=args.trim,
         lease_ms=args.lease_ms,
         batch_size=args.batch,
+        commit_process=None if args.commit == "auto" else args.commit == "process",
     )
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -149,7 +153,8 @@ def _run_children(args: argparse.Namespace, partitions: list[int]) -> int:
             "--namespace", args.namespace, "--snapshot-every", str(args.snapshot_every),
             "--snapshot-seconds", str(args.snapshot_seconds),
             "--keep-snapshots", str(args.keep_snapshots), "--lease-ms", str(args.lease_ms),
-            "--batch", str(args.batch), "--log-level", args.log_level]  # fmt: skip
+            "--batch", str(args.batch), "--log-level", args.log_level,
+            "--commit", args.commit]  # fmt: skip
     if args.symbols:
         base += ["--symbols", args.symbols]
     if args.partitions is not None:

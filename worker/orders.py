@@ -150,7 +150,7 @@ class OrderState:
         self.updated_at = updated_at or created_at
         self.fills: list[str] = fills if fills is not None else []
         self.persisted = persisted
-        self.new_fills: list[str] = []
+        self.new_fills = False  # fills grew since the hash was last written
         # the fields that never change, as the opening of the JSON object
         self.head = (
             f'"order_id":{id},"client_order_id":{jstr(client_order_id)},"symbol":"{symbol}",'
@@ -180,109 +180,31 @@ class OrderState:
         return cls(*fields, persisted=True)
 
     # -- public forms --------------------------------------------------------------------------
-    def body_json(self, fmt: MarketFormat) -> str:
-        """Every REST field but ``fills``, without braces (callers prepend / append)."""
-        reason = self.reason
+    def snap(self) -> tuple[Any, ...]:
+        """The state as a render.Snap tuple (what replies and order events are rendered from)."""
         return (
-            f'{self.head}"status":"{self.status}",'
-            f'"reject_reason":{"null" if reason is None else chr(34) + reason + chr(34)},'
-            f"{self.mid}"
-            f'"filled_quantity":"{fmt.qty(self.filled)}",'
-            f'"remaining_quantity":"{fmt.qty(self.remaining)}",'
-            f'"cum_quote":"{fmt.quote(self.cum_quote)}",'
-            f'"created_at":{self.created_at},"updated_at":{self.updated_at}'
-        )
+            self.head, self.status, self.reason, self.mid, self.symbol, self.filled,
+            self.remaining, self.cum_quote, self.created_at, self.updated_at,
+        )  # fmt: skip
 
-    def fills_json(self) -> str:
-        return "[" + ",".join(self.fills) + "]"
+    def hash_tuple(self) -> tuple[Any, ...]:
+        """Every hash field's source value, in render.hset_full's order."""
+        return (
+            self.id, self.account, self.client_order_id, self.symbol, self.side, self.type,
+            self.time_in_force, self.post_only, self.status, self.reason, self.price,
+            self.stop_price, self.quantity, self.quote_quantity, self.filled, self.remaining,
+            self.cum_quote, self.created_at, self.updated_at,
+        )  # fmt: skip
 
     def public_json(self, fmt: MarketFormat) -> str:
         """The complete REST order object as JSON text."""
-        return "{" + self.body_json(fmt) + ',"fills":' + self.fills_json() + "}"
+        from worker.render import render_order  # render imports this module
 
-    def event_json(self, fmt: MarketFormat) -> str:
-        """The pub/sub ``order`` event: ``event`` + the order object without fills.
-
-        (Not ``type``: that is the order object's own field, the order type.)"""
-        return '{"event":"order",' + self.body_json(fmt) + "}"
+        return render_order(fmt, self.snap(), self.fills)
 
     def public(self, fmt: MarketFormat) -> dict[str, Any]:
         """The REST order object as a dict (tests, tools)."""
         return json.loads(self.public_json(fmt))
-
-    def hset_full(self, key: str, fmt: MarketFormat) -> str:
-        """HSET of the whole order hash as one RESP command (DESIGN.md "Order hash encoding")."""
-        v0 = str(self.id)
-        v1 = self.account
-        v2 = self.client_order_id or ""
-        v3 = self.symbol
-        v4 = self.side
-        v5 = self.type
-        v6 = self.time_in_force
-        v7 = "true" if self.post_only else "false"
-        v8 = self.status
-        v9 = self.reason or ""
-        v10 = self.price or ""
-        v11 = self.stop_price or ""
-        v12 = self.quantity or ""
-        v13 = self.quote_quantity or ""
-        v14 = fmt.qty(self.filled)
-        v15 = fmt.qty(self.remaining)
-        v16 = fmt.quote(self.cum_quote)
-        v17 = str(self.created_at)
-        v18 = str(self.updated_at)
-        v19 = self.fills_json()
-        text = (
-            f"*42\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
-            f"$8\r\norder_id\r\n${len(v0)}\r\n{v0}\r\n"
-            f"$7\r\naccount\r\n${len(v1)}\r\n{v1}\r\n"
-            f"$15\r\nclient_order_id\r\n${len(v2)}\r\n{v2}\r\n"
-            f"$6\r\nsymbol\r\n${len(v3)}\r\n{v3}\r\n"
-            f"$4\r\nside\r\n${len(v4)}\r\n{v4}\r\n"
-            f"$4\r\ntype\r\n${len(v5)}\r\n{v5}\r\n"
-            f"$13\r\ntime_in_force\r\n${len(v6)}\r\n{v6}\r\n"
-            f"$9\r\npost_only\r\n${len(v7)}\r\n{v7}\r\n"
-            f"$6\r\nstatus\r\n${len(v8)}\r\n{v8}\r\n"
-            f"$13\r\nreject_reason\r\n${len(v9)}\r\n{v9}\r\n"
-            f"$5\r\nprice\r\n${len(v10)}\r\n{v10}\r\n"
-            f"$10\r\nstop_price\r\n${len(v11)}\r\n{v11}\r\n"
-            f"$8\r\nquantity\r\n${len(v12)}\r\n{v12}\r\n"
-            f"$14\r\nquote_quantity\r\n${len(v13)}\r\n{v13}\r\n"
-            f"$15\r\nfilled_quantity\r\n${len(v14)}\r\n{v14}\r\n"
-            f"$18\r\nremaining_quantity\r\n${len(v15)}\r\n{v15}\r\n"
-            f"$9\r\ncum_quote\r\n${len(v16)}\r\n{v16}\r\n"
-            f"$10\r\ncreated_at\r\n${len(v17)}\r\n{v17}\r\n"
-            f"$10\r\nupdated_at\r\n${len(v18)}\r\n{v18}\r\n"
-            f"$5\r\nfills\r\n${len(v19)}\r\n{v19}\r\n"
-        )
-        return text
-
-    def hset_progress(self, key: str, fmt: MarketFormat, with_fills: bool = False) -> str:
-        """HSET of the fields a later command can change (and the fills if they grew), as RESP."""
-        v0 = self.status
-        v1 = self.reason or ""
-        v2 = self.price or ""
-        v3 = self.quantity or ""
-        v4 = fmt.qty(self.filled)
-        v5 = fmt.qty(self.remaining)
-        v6 = fmt.quote(self.cum_quote)
-        v7 = str(self.updated_at)
-        count = 18 + (2 if with_fills else 0)
-        text = (
-            f"*{count}\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
-            f"$6\r\nstatus\r\n${len(v0)}\r\n{v0}\r\n"
-            f"$13\r\nreject_reason\r\n${len(v1)}\r\n{v1}\r\n"
-            f"$5\r\nprice\r\n${len(v2)}\r\n{v2}\r\n"
-            f"$8\r\nquantity\r\n${len(v3)}\r\n{v3}\r\n"
-            f"$15\r\nfilled_quantity\r\n${len(v4)}\r\n{v4}\r\n"
-            f"$18\r\nremaining_quantity\r\n${len(v5)}\r\n{v5}\r\n"
-            f"$9\r\ncum_quote\r\n${len(v6)}\r\n{v6}\r\n"
-            f"$10\r\nupdated_at\r\n${len(v7)}\r\n{v7}\r\n"
-        )
-        if with_fills:
-            fills = self.fills_json()
-            text += f"$5\r\nfills\r\n${len(fills)}\r\n{fills}\r\n"
-        return text
 
 
 _NULLABLE = frozenset(

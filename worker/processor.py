@@ -32,6 +32,7 @@ from engine.schema import (
 )
 from worker.keys import DEFAULT_NAMESPACE, Keys
 from worker.orders import MarketFormat, OrderState, jstr
+from worker.render import Plan, Renderer, resp
 
 log = logging.getLogger("worker")
 
@@ -48,13 +49,12 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
-def resp(args: list[str]) -> str:
-    """One command in RESP, the wire form the commit sends inside MULTI/EXEC.
-
-    Lengths are character counts: every argument is ASCII (JSON is ``ensure_ascii``, accounts,
-    symbols and client ids are validated); the committer verifies that before sending.
-    """
-    return f"*{len(args)}\r\n" + "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
+def _field(flat: list[Any], name: bytes) -> Any:
+    """Value of ``name`` in a flat [field, value, ...] list, None if absent."""
+    for i in range(0, len(flat) - 1, 2):
+        if flat[i] == name:
+            return flat[i + 1]
+    return None
 
 
 def parse_stream_id(stream_id: str | bytes) -> tuple[int, int]:
@@ -66,18 +66,22 @@ def parse_stream_id(stream_id: str | bytes) -> tuple[int, int]:
 
 
 class Batch:
-    """What one processed batch asks the runner to do."""
+    """What one processed batch produced.
 
-    __slots__ = ("first_id", "last_id", "count", "ops", "messages", "trades")
+    ``plan`` (emit mode only) describes every write and message; :class:`~worker.render.Renderer`
+    turns it into RESP commands (``render()`` here does it in-process). ``trades`` are the trade
+    records in order, in both modes: (trades stream id, record JSON, maker account, taker
+    account, symbol).
+    """
+
+    __slots__ = ("first_id", "last_id", "count", "plan", "trades")
 
     def __init__(self) -> None:
         self.first_id: str | None = None
         self.last_id: str | None = None
         self.count = 0
-        self.ops: list[str] = []  # the atomic commit's Redis commands, one RESP command each
-        self.messages: list[tuple[str, str]] = []  # (channel, JSON) published after the commit
-        # (trades stream id, record JSON, maker account, taker account), in order
-        self.trades: list[tuple[str, str, str, str]] = []
+        self.plan: Plan | None = None
+        self.trades: list[tuple[str, str, str, str, str]] = []
 
 
 class _SymbolBatch:
@@ -115,6 +119,8 @@ class Processor:
         self.recent_len = recent_len
         self.closed_len = closed_len
         self.reply_ttl = str(reply_ttl_s)
+        self.renderer = Renderer(markets, partition, namespace, recent_len, closed_len, reply_ttl_s)
+        self.render_config = (partition, namespace, recent_len, closed_len, reply_ttl_s)
         # -- state that lives in the worker snapshot ---------------------------------------
         self.orders: dict[int, OrderState] = {}  # open orders (plus, mid-batch, just closed)
         self.book_seq: dict[str, int] = dict.fromkeys(markets, 0)
@@ -130,7 +136,6 @@ class Processor:
         batch = Batch()
         if not entries:
             return batch
-        keys = self.keys
         engine = self.engine
         markets = self.markets
         fmts = self.fmt
@@ -140,16 +145,18 @@ class Processor:
         trades_out = batch.trades
         dirty: dict[int, OrderState] = {}
         symbols: dict[str, _SymbolBatch] = {}
-        accounts: dict[str, list[str]] = {}
-        replies: list[tuple[int, str]] = []
+        acct: list[tuple[str, Any]] = []  # (account, order Snap | rendered fill event)
+        replies: list[tuple[int, Any]] = []  # (command id, JSON | ("o", snap, fills) | ("c", ...))
         trade_no = self.trade_no
-        trade_symbols: list[str] = []
         account_ok = _ACCOUNT.match
 
         for raw_id, fields in entries:
             entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             ts = int(entry_id.partition("-")[0])
-            payload = fields.get(b"c") if b"c" in fields else fields.get("c")
+            if type(fields) is list:  # raw RESP: [field, value, ...]
+                payload = fields[1] if len(fields) == 2 else _field(fields, b"c")
+            else:  # redis-py: {field: value}
+                payload = fields.get(b"c") if b"c" in fields else fields.get("c")
             # -- parse -------------------------------------------------------------------------
             try:
                 wire = json.loads(payload)
@@ -224,12 +231,10 @@ class Processor:
                     elif kind is CancelAll and status == CANCELLED:
                         cancelled.append(st)
                     if emit:
-                        event = st.event_json(fmts[symbol])
-                        evs = accounts.get(account)
-                        if evs is None:
-                            accounts[account] = [event]
-                        else:
-                            evs.append(event)
+                        acct.append(
+                            (account, (st.head, status, st.reason, st.mid, symbol, filled,
+                                       remaining, cum_quote, st.created_at, ts))
+                        )  # fmt: skip
                 elif tag == TRADE:
                     (_, symbol, trade_id, price, qty, taker_side, maker_id, taker_id,
                      maker_account, taker_account, maker_fee, taker_fee, tts) = ev  # fmt: skip
@@ -247,19 +252,20 @@ class Processor:
                         f'"maker_fee":"{mf}","taker_fee":"{tf}","fee_asset":"{asset}",'
                         f'"timestamp":{tts}}}'
                     )
-                    trades_out.append((f"{tts}-{trade_no}", record, maker_account, taker_account))
-                    trade_symbols.append(symbol)
+                    trades_out.append(
+                        (f"{tts}-{trade_no}", record, maker_account, taker_account, symbol)
+                    )
                     common = f'{{"trade_id":{trade_id},"price":"{p}","quantity":"{q}","fee":"'
                     maker_fill = f'{common}{mf}","fee_asset":"{asset}","liquidity":"maker"}}'
                     taker_fill = f'{common}{tf}","fee_asset":"{asset}","liquidity":"taker"}}'
                     maker = orders.get(maker_id)
                     if maker is not None:
                         maker.fills.append(maker_fill)
-                        maker.new_fills.append(maker_fill)
+                        maker.new_fills = True
                     taker = orders.get(taker_id)
                     if taker is not None:
                         taker.fills.append(taker_fill)
-                        taker.new_fills.append(taker_fill)
+                        taker.new_fills = True
                     if emit:
                         maker_side = "sell" if taker_side == BUY else "buy"
                         for account, st, side, fill in (
@@ -267,16 +273,12 @@ class Processor:
                             (taker_account, taker, taker_side, taker_fill),
                         ):
                             coid = st.client_order_id if st is not None else None
-                            event = (
-                                f'{{"event":"fill","order_id":{st.id if st else 0},'
-                                f'"client_order_id":{jstr(coid)},"symbol":"{symbol}",'
-                                f'"side":"{side}",{fill[1:-1]},"timestamp":{tts}}}'
-                            )
-                            evs = accounts.get(account)
-                            if evs is None:
-                                accounts[account] = [event]
-                            else:
-                                evs.append(event)
+                            acct.append(
+                                (account,
+                                 f'{{"event":"fill","order_id":{st.id if st else 0},'
+                                 f'"client_order_id":{jstr(coid)},"symbol":"{symbol}",'
+                                 f'"side":"{side}",{fill[1:-1]},"timestamp":{tts}}}')
+                            )  # fmt: skip
                         sb = symbols.get(symbol)
                         if sb is None:
                             sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
@@ -296,26 +298,22 @@ class Processor:
                         sb = symbols.get(symbol)
                         if sb is None:
                             sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
-                        sb.bbo = ev
+                        sb.bbo = ev[2:]
                 elif tag == REJECT:
                     rejected = ev[3]
             # -- reply -----------------------------------------------------------------------------
             if emit:
                 if rejected is not None:
-                    reply = _dumps(
+                    reply: Any = _dumps(
                         {
                             "ok": False,
                             "error": {"code": rejected, "message": _reject_message(rejected)},
                         }
                     )
                 elif kind is CancelAll:
-                    reply = (
-                        '{"ok":true,"cancelled":['
-                        + ",".join(o.public_json(fmts[o.symbol]) for o in cancelled)
-                        + "]}"
-                    )
+                    reply = ("c", [(o.snap(), tuple(o.fills)) for o in cancelled])
                 elif touched is not None:
-                    reply = '{"ok":true,"order":' + touched.public_json(fmts[touched.symbol]) + "}"
+                    reply = ("o", touched.snap(), tuple(touched.fills))
                 else:  # cannot happen with a correct engine; never leave a client hanging
                     reply = '{"ok":false,"error":{"code":"internal_error","message":"no outcome"}}'
                 replies.append((cmd.id, reply))
@@ -327,83 +325,39 @@ class Processor:
         last = entries[-1][0]
         batch.first_id = first.decode() if isinstance(first, bytes) else first
         self.last_id = batch.last_id = last.decode() if isinstance(last, bytes) else last
-        # -- writes ------------------------------------------------------------------------------
-        ops = batch.ops
-        opened: dict[str, list[str]] = {}  # account -> ZADD open score/member pairs
-        unopened: dict[str, list[str]] = {}  # account -> ZREM open members
-        closed_by: dict[str, list[str]] = {}  # account -> ZADD closed score/member pairs
+        # -- writes (described, rendered elsewhere) ------------------------------------------------
+        hashes: list[tuple[Any, ...]] = []
         for oid, st in dirty.items():
             closed = st.status in CLOSED_STATUSES
             if emit:
-                fmt = fmts[st.symbol]
-                okey = keys.order(oid)
-                sid = str(oid)
-                if not st.persisted:
-                    ops.append(st.hset_full(okey, fmt))
-                    if not closed:
-                        opened.setdefault(st.account, []).extend((sid, sid))
-                else:
-                    ops.append(st.hset_progress(okey, fmt, bool(st.new_fills)))
-                    if closed:
-                        unopened.setdefault(st.account, []).append(sid)
-                if closed:
-                    closed_by.setdefault(st.account, []).extend((sid, sid))
+                fills_json = None
+                if not st.persisted or st.new_fills:
+                    fills_json = "[" + ",".join(st.fills) + "]"
+                hashes.append((st.hash_tuple(), st.persisted, closed, fills_json))
             st.persisted = True
-            if st.new_fills:
-                st.new_fills = []
+            st.new_fills = False
             if closed and orders.get(oid) is st:
                 del orders[oid]
         if not emit:
             return batch
-        for account, pairs in opened.items():
-            ops.append(resp(["ZADD", keys.open(account), *pairs]))
-        for account, members in unopened.items():
-            ops.append(resp(["ZREM", keys.open(account), *members]))
-        keep_closed = str(-self.closed_len - 1)
-        for account, pairs in closed_by.items():
-            ckey = keys.closed(account)
-            ops.append(resp(["ZADD", ckey, *pairs]))
-            ops.append(resp(["ZREMRANGEBYRANK", ckey, "0", keep_closed]))
-        if trades_out:
-            recent: dict[str, list[str]] = {}
-            tkey = keys.trades
-            tkey_head = f"*9\r\n$4\r\nXADD\r\n${len(tkey)}\r\n{tkey}\r\n"
-            for (stream_id, record, maker_account, taker_account), symbol in zip(
-                trades_out, trade_symbols, strict=True
-            ):
-                ops.append(
-                    f"{tkey_head}${len(stream_id)}\r\n{stream_id}\r\n$1\r\nt\r\n"
-                    f"${len(record)}\r\n{record}\r\n$2\r\nma\r\n"
-                    f"${len(maker_account)}\r\n{maker_account}\r\n$2\r\nta\r\n"
-                    f"${len(taker_account)}\r\n{taker_account}\r\n"
-                )
-                recent.setdefault(symbol, []).append(record)
-            for symbol, records in recent.items():
-                rkey = keys.recent(symbol)
-                ops.append(resp(["LPUSH", rkey, *records[-self.recent_len :]]))
-                ops.append(resp(["LTRIM", rkey, "0", str(self.recent_len - 1)]))
-        expire_tail = f"\r\n$2\r\n{self.reply_ttl}\r\n" if len(self.reply_ttl) == 2 else None
-        for cmd_id, text in replies:
-            rkey = keys.reply(cmd_id)
-            head = f"${len(rkey)}\r\n{rkey}"
-            if expire_tail is not None:
-                ops.append(f"*3\r\n$5\r\nRPUSH\r\n{head}\r\n${len(text)}\r\n{text}\r\n")
-                ops.append(f"*3\r\n$6\r\nEXPIRE\r\n{head}{expire_tail}")
-            else:
-                ops.append(resp(["RPUSH", rkey, text]))
-                ops.append(resp(["EXPIRE", rkey, self.reply_ttl]))
+        books = []
         for symbol in sorted(symbols):
             sb = symbols[symbol]
-            ops.append(resp(["SET", keys.book(symbol), self.book_json(symbol)]))
-            batch.messages.append((keys.md_channel(symbol), self._md_message(symbol, sb)))
-        for account, events in accounts.items():
-            batch.messages.append(
-                (
-                    keys.acct_channel(account),
-                    '{"account":"' + account + '","events":[' + ",".join(events) + "]}",
-                )
-            )
+            book = engine.book(symbol)
+            bids, asks = book.depth(self.book_depth)
+            books.append(
+                (symbol, book_seq[symbol], bids, asks, book.bbo(), bbo_seq[symbol],
+                 book.trade_seq, sb.trades, [(s, p, q) for (s, p), q in sb.levels.items()],
+                 sb.prev_sequence, sb.bbo)
+            )  # fmt: skip
+        batch.plan = (self.last_id, trades_out, acct, replies, hashes, books)
         return batch
+
+    def render(self, batch: Batch) -> tuple[list[str], list[tuple[str, str]]]:
+        """Render a batch's plan in this process: (RESP commands, pub/sub messages)."""
+        if batch.plan is None:
+            return [], []
+        return self.renderer.render(batch.plan)
 
     def _new_state(self, cmd: NewOrder, ts: int) -> OrderState:
         fmt = self.fmt[cmd.symbol]
@@ -423,65 +377,14 @@ class Processor:
             ts,
         )
 
-    def bbo_dict(self, symbol: str) -> dict[str, Any]:
-        fmt = self.fmt[symbol]
-        bid, bid_lots, ask, ask_lots = self.engine.book(symbol).bbo()
-        return {
-            "sequence": self.bbo_seq[symbol],
-            "bid_price": None if bid is None else fmt.price(bid),
-            "bid_qty": fmt.qty(bid_lots),
-            "ask_price": None if ask is None else fmt.price(ask),
-            "ask_qty": fmt.qty(ask_lots),
-        }
-
     def book_json(self, symbol: str) -> str:
-        """The ``book:<symbol>`` value: top levels plus the sequences a client syncs on."""
-        fmt = self.fmt[symbol]
+        """The ``book:<symbol>`` value as of now (same text the commits write)."""
         book = self.engine.book(symbol)
         bids, asks = book.depth(self.book_depth)
-        price, qty = fmt.price, fmt.qty
-        return _dumps(
-            {
-                "symbol": symbol,
-                "sequence": self.book_seq[symbol],
-                "bids": [[price(p), qty(q)] for p, q in bids],
-                "asks": [[price(p), qty(q)] for p, q in asks],
-                "bbo": self.bbo_dict(symbol),
-                "bbo_sequence": self.bbo_seq[symbol],
-                "last_trade_id": book.trade_seq,
-            }
-        )
-
-    def _md_message(self, symbol: str, sb: _SymbolBatch) -> str:
-        fmt = self.fmt[symbol]
-        book = "null"
-        if sb.levels:
-            bids = sorted(((p, q) for (s, p), q in sb.levels.items() if s == BUY), reverse=True)
-            asks = sorted((p, q) for (s, p), q in sb.levels.items() if s != BUY)
-            book = _dumps(
-                {
-                    "prev_sequence": sb.prev_sequence,
-                    "sequence": self.book_seq[symbol],
-                    "bids": [[fmt.price(p), fmt.qty(q)] for p, q in bids],
-                    "asks": [[fmt.price(p), fmt.qty(q)] for p, q in asks],
-                }
-            )
-        bbo = "null"
-        if sb.bbo is not None:
-            _, _, bid, bid_lots, ask, ask_lots = sb.bbo
-            bbo = _dumps(
-                {
-                    "sequence": self.bbo_seq[symbol],
-                    "bid_price": None if bid is None else fmt.price(bid),
-                    "bid_qty": fmt.qty(bid_lots),
-                    "ask_price": None if ask is None else fmt.price(ask),
-                    "ask_qty": fmt.qty(ask_lots),
-                }
-            )
-        return (
-            f'{{"symbol":"{symbol}","trades":[{",".join(sb.trades)}],'
-            f'"book":{book},"bbo":{bbo}}}'
-        )
+        return self.renderer.book_json(
+            self.fmt[symbol], symbol, self.book_seq[symbol], bids, asks, book.bbo(),
+            self.bbo_seq[symbol], book.trade_seq,
+        )  # fmt: skip
 
     def all_books_ops(self) -> list[str]:
         """SET every book key from memory (after recovery, so readers see the current books)."""

@@ -109,7 +109,7 @@ def replay_partition(
         batch = proc.process(entries, emit=False)
         result.entries += len(entries)
         last = proc.last_id or last
-        for trade_id, record, maker_account, taker_account in batch.trades:
+        for trade_id, record, maker_account, taker_account, _symbol in batch.trades:
             want = {"t": record, "ma": maker_account, "ta": taker_account}
             got = next(recorded, None)
             if got is None:

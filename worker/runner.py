@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import os
+import pickle
 import queue
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import hiredis
 import redis
@@ -347,22 +350,30 @@ class OutputWriter:
         self.conn.close()
 
 
-class Committer:
-    """Commits batches on a second thread so Redis runs batch k while Python matches batch k+1.
+class CommitterDied(RuntimeError):
+    """The commit process went away: its last batch may or may not be committed; recover."""
 
-    Depth is bounded (one queued, one in flight). After the first failure every later batch is
-    dropped, never committed: committing k+1 without k would lose k's outputs. The failure is
-    re-raised to the matching thread at its next :meth:`submit` or :meth:`drain`.
+
+class ThreadCommitter:
+    """Renders in the calling thread, commits on a second thread (Redis runs batch k while
+    Python matches batch k+1). Used when ``commit_process`` is off.
+
+    Depth is bounded. After the first failure every later batch is dropped, never committed:
+    committing k+1 without k would lose k's outputs. The failure is re-raised to the matching
+    thread at its next :meth:`check`, :meth:`submit` or :meth:`drain`.
     """
 
-    def __init__(self, writer: OutputWriter) -> None:
+    def __init__(self, writer: OutputWriter, proc: Processor) -> None:
         self.writer = writer
-        self.queue: queue.Queue[tuple[list[str], str | None, list[tuple[str, str]]] | None] = (
-            queue.Queue(maxsize=1)
-        )
+        self.proc = proc
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="committer", daemon=True)
         self.thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self.queue.unfinished_tasks
 
     def _run(self) -> None:
         while True:
@@ -383,9 +394,10 @@ class Committer:
         if self.error is not None:
             raise self.error
 
-    def submit(self, ops: list[str], last_id: str | None, messages: list[tuple[str, str]]) -> None:
+    def submit(self, batch: Any) -> None:
         self.check()
-        self.queue.put((ops, last_id, messages))
+        ops, messages = self.proc.render(batch)
+        self.queue.put((ops, batch.last_id, messages))
 
     def drain(self) -> None:
         """Wait until everything submitted is committed (or failed: then raise)."""
@@ -395,6 +407,133 @@ class Committer:
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join(timeout=30)
+
+
+class _Token:
+    """The lease as the commit process sees it: just our token (it never renews)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def _commit_process_main(
+    conn: Any, url: str, partition: int, namespace: str, markets: dict[str, Market],
+    render_config: tuple[Any, ...], token: str, committed: str | None, log_level: int,
+) -> None:  # fmt: skip
+    """Child process: receive pickled plans, render, commit (fenced), answer ok / error.
+
+    Exits when the parent closes the pipe (also when the parent was killed). After an error it
+    answers once and exits: nothing after a failed batch may be committed.
+    """
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+    )
+    from worker.render import Renderer
+
+    keys = Keys(partition, namespace)
+    writer = OutputWriter(url, connect(url), keys, _Token(token))  # type: ignore[arg-type]
+    writer.committed = committed
+    renderer = Renderer(markets, *render_config)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not data:
+            return
+        try:
+            plan = pickle.loads(data)
+            ops, messages = renderer.render(plan)
+            writer.commit(ops, plan[0], messages)
+            conn.send(("ok", plan[0]))
+        except LeaseLost as exc:
+            conn.send(("lease", str(exc)))
+            return
+        except StateMismatch as exc:
+            conn.send(("state", str(exc)))
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            conn.send(("conn", str(exc)))
+            return
+        except Exception as exc:
+            log.exception("commit process failed")
+            conn.send(("error", repr(exc)))
+            return
+
+
+class ProcessCommitter:
+    """Renders and commits in a child process: the matcher is CPU bound and the GIL would make
+    a thread share its core. Plans (plain tuples) are pickled over a pipe; at most ``depth``
+    batches are in flight; results come back in order."""
+
+    _errors: dict[str, type[Exception]] = {
+        "lease": LeaseLost,
+        "state": StateMismatch,
+        "conn": redis.ConnectionError,
+    }
+
+    def __init__(
+        self, url: str, keys: Keys, markets: dict[str, Market], proc: Processor, token: str,
+        committed: str | None, depth: int = 2,
+    ) -> None:  # fmt: skip
+        ctx = multiprocessing.get_context("spawn")  # no fork: we have threads and sockets
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_commit_process_main,
+            args=(child, url, keys.partition, keys.namespace, markets, proc.render_config,
+                  token, committed, logging.getLogger("worker").getEffectiveLevel()),
+            name=f"fairbook-commit-p{keys.partition}",
+            daemon=True,
+        )  # fmt: skip
+        self.process.start()
+        child.close()
+        self.depth = depth
+        self.pending = 0
+        self.error: BaseException | None = None
+
+    def _receive(self) -> None:
+        try:
+            kind, detail = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            self.error = CommitterDied(f"commit process died: {exc!r}")
+            raise self.error from None
+        self.pending -= 1
+        if kind != "ok":
+            self.error = self._errors.get(kind, CommitterDied)(detail)
+            raise self.error
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+        while self.pending and self.conn.poll():
+            self._receive()
+
+    def submit(self, batch: Any) -> None:
+        self.check()
+        while self.pending >= self.depth:
+            self._receive()
+        try:
+            self.conn.send_bytes(pickle.dumps(batch.plan, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:
+            self.error = CommitterDied(f"commit process gone: {exc!r}")
+            raise self.error from None
+        self.pending += 1
+
+    def drain(self) -> None:
+        self.check()
+        while self.pending:
+            self._receive()
+
+    def close(self) -> None:
+        try:
+            self.conn.send_bytes(b"")
+        except OSError:
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
 
 
 class SnapshotStore:
@@ -457,6 +596,7 @@ class PartitionWorker:
         batch_size: int = 1000,
         block_ms: int = 50,
         on_batch: Callable[[int], None] | None = None,
+        commit_process: bool | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.partition = partition
@@ -471,6 +611,11 @@ class PartitionWorker:
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.on_batch = on_batch
+        # Rendering + committing in a child process pays off only with a core to spare for it
+        # next to the matcher and redis-server; otherwise a thread (sharing the GIL) is faster.
+        if commit_process is None:
+            commit_process = (os.cpu_count() or 1) >= 4
+        self.commit_process = commit_process
         self.redis = connect(redis_url)
         self.lease = Lease(connect(redis_url), self.keys.lease, lease_ms, renew_s)
         self.writer = OutputWriter(redis_url, self.redis, self.keys, self.lease)
@@ -507,7 +652,7 @@ class PartitionWorker:
                 self._match_loop()
             except (LeaseLost, StateMismatch) as exc:
                 log.warning("partition %d: %s; back to standby", self.partition, exc)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, CommitterDied) as exc:
                 log.warning("partition %d: Redis unavailable (%s); will recover", self.partition,
                             exc)  # fmt: skip
                 self.stop_event.wait(0.2)
@@ -584,6 +729,7 @@ class PartitionWorker:
         if not self._frozen:
             gc.collect()
             gc.freeze()  # start-up objects never need scanning again
+            gc.set_threshold(50_000, 50, 100)  # matching allocates many short-lived tuples
             self._frozen = True
         return proc
 
@@ -593,25 +739,39 @@ class PartitionWorker:
         assert proc is not None
         stream = self.keys.stream
         last = proc.last_id or "0-0"
-        committer = Committer(self.writer)
+        committer: ThreadCommitter | ProcessCommitter
+        if self.commit_process:
+            committer = ProcessCommitter(
+                self.redis_url, self.keys, self.markets, proc, self.lease.token,
+                self.writer.committed,
+            )  # fmt: skip
+        else:
+            committer = ThreadCommitter(self.writer, proc)
+        # XREAD over a raw hiredis connection: entries arrive as plain lists, no per-entry
+        # redis-py post-processing
+        reader = RawConnection(self.redis_url)
+        count, block = str(self.batch_size), str(self.block_ms)
         try:
             while not self.stop_event.is_set():
                 if self.lease.lost.is_set():
                     raise LeaseLost("lease renewal failed")
                 committer.check()  # a failed commit ends matching at once, not at the next batch
                 # block only when nothing is in flight, so a lone batch is committed at once
-                block = self.block_ms if committer.queue.unfinished_tasks == 0 else None
-                resp = self.redis.xread({stream: last}, count=self.batch_size, block=block)
-                if resp:
-                    entries = resp[0][1]
+                if committer.pending == 0:
+                    reply = reader.call(["XREAD", "COUNT", count, "BLOCK", block, "STREAMS",
+                                         stream, last])  # fmt: skip
+                else:
+                    reply = reader.call(["XREAD", "COUNT", count, "STREAMS", stream, last])
+                if reply:
+                    entries = reply[0][1]  # type: ignore[index]
                     batch = proc.process(entries, emit=True)
-                    committer.submit(batch.ops, batch.last_id, batch.messages)
+                    committer.submit(batch)
                     last = batch.last_id or last
                     self._since_snapshot += len(entries)
                     self.applied_total += len(entries)
                     if self.on_batch is not None:
                         self.on_batch(len(entries))
-                elif committer.queue.unfinished_tasks:
+                elif committer.pending:
                     committer.drain()
                     continue
                 if self._since_snapshot and (
@@ -619,10 +779,12 @@ class PartitionWorker:
                     or time.monotonic() - self._last_snapshot >= self.snapshot_seconds
                 ):
                     committer.drain()  # a snapshot must never be ahead of ``applied``
+                    self.writer.committed = proc.last_id
                     self.snapshot()
             committer.drain()
         finally:
             committer.close()
+            reader.close()
 
     def snapshot(self) -> str | None:
         """Save the current state (between batches, after its commit), keep the newest N."""

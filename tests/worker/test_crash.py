@@ -36,8 +36,9 @@ PER_FEEDER = 2500
 class WorkerProcess:
     """``python -m worker`` as a child process, logging to a file."""
 
-    def __init__(self, url: str, log_path: Path) -> None:
+    def __init__(self, url: str, log_path: Path, commit: str) -> None:
         self.url = url
+        self.commit = commit
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -46,7 +47,7 @@ class WorkerProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "--redis-url", self.url, "--lease-ms", "1000",
-             "--snapshot-every", "700", "--batch", "200"],
+             "--snapshot-every", "700", "--batch", "200", "--commit", self.commit],
             cwd=ROOT, env=env, stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
@@ -93,11 +94,12 @@ def feeder(port: int, seed: int, acked: list[int], stop: threading.Event) -> Non
 
 
 @pytest.mark.slow
-def test_kill_dash_nine_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("commit", ["thread", "process"])
+def test_kill_dash_nine_everything(tmp_path: Path, commit: str) -> None:
     started = time.monotonic()
     server = RedisServer(dir=tmp_path / "redis", appendfsync="always")
     server.start()
-    worker = WorkerProcess(server.url, tmp_path / "worker.log")
+    worker = WorkerProcess(server.url, tmp_path / "worker.log", commit)
     stop = threading.Event()
     acked: list[list[int]] = [[] for _ in range(FEEDERS)]
     threads = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from wk_helpers import last_stream_id, wait_applied
 
 from worker.journal import Journal
@@ -26,8 +27,9 @@ def ask(journal: Journal, wire: dict) -> dict:
     return reply
 
 
-def test_order_lifecycle_writes(redis_client, start_worker) -> None:
-    start_worker()
+@pytest.mark.parametrize("commit_process", [False, True], ids=["commit-thread", "commit-process"])
+def test_order_lifecycle_writes(redis_client, start_worker, commit_process) -> None:
+    start_worker(commit_process=commit_process)
     j = Journal(redis_client, 0)
     maker = ask(j, new("1", "sell", "100.5", "0.1", client_order_id="m-1"))
     assert maker["ok"] is True
@@ -134,10 +136,11 @@ def test_replies_expire(redis_client, start_worker) -> None:
     assert redis_client.llen(K.reply(cmd_id)) == 1
 
 
-def test_pubsub_messages(redis_client, start_worker) -> None:
+@pytest.mark.parametrize("commit_process", [False, True], ids=["commit-thread", "commit-process"])
+def test_pubsub_messages(redis_client, start_worker, commit_process) -> None:
     pubsub = redis_client.pubsub()
     pubsub.psubscribe("fb:md:*", "fb:acct:*")
-    start_worker()
+    start_worker(commit_process=commit_process)
     j = Journal(redis_client, 0)
     maker = ask(j, new("1", "sell", "100.5", "0.1"))["order"]
     ask(j, new("2", "buy", "100.5", "0.03"))

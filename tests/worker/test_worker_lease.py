@@ -43,8 +43,10 @@ def test_two_workers_one_active_standby_takes_over(redis_client, start_worker, m
     assert replay_partition(redis_client, 0, markets).ok
 
 
-def test_stolen_lease_fences_writes(redis_client, start_worker, markets):
-    a = start_worker(lease_ms=1000, renew_s=5.0)  # slow renewal: the commit must notice first
+@pytest.mark.parametrize("commit_process", [False, True], ids=["commit-thread", "commit-process"])
+def test_stolen_lease_fences_writes(redis_client, start_worker, markets, commit_process):
+    # slow renewal: the commit must notice first
+    a = start_worker(lease_ms=1000, renew_s=5.0, commit_process=commit_process)
     assert a.worker.active.wait(10)
     journal = Journal(redis_client, 0)
     first = journal.append({"op": "new", "account": "1", "symbol": "BTC-USDT", "side": "buy",

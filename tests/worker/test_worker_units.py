@@ -21,6 +21,7 @@ from worker.keys import (
 )
 from worker.orders import Formatter, OrderState, order_from_hash
 from worker.processor import parse_stream_id
+from worker.render import hset_full
 
 
 def test_keys_layout() -> None:
@@ -123,7 +124,7 @@ def test_order_hash_round_trip(markets) -> None:
         fills=['{"trade_id":1,"price":"100.50","quantity":"0.04000","fee":"0.0040200",'
                '"fee_asset":"USDT","liquidity":"maker"}'],
     )  # fmt: skip
-    resp_text = st_.hset_full("k", fmt)
+    resp_text = hset_full("k", fmt, st_.hash_tuple(), "[" + ",".join(st_.fills) + "]")
     # decode the RESP command back into field/value pairs
     parts = resp_text.split("\r\n")
     args = parts[2::2][: int(parts[0][1:])]
