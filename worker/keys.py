@@ -24,6 +24,7 @@ class Keys:
         "stream",
         "next_id",
         "applied",
+        "applied_count",
         "trades",
         "snapshots",
         "lease",
@@ -42,6 +43,7 @@ class Keys:
         self.stream = p + "in"  # the journal: field "c" = wire command JSON
         self.next_id = p + "next_id"
         self.applied = p + "applied"
+        self.applied_count = p + "applied_count"  # journal entries consumed since genesis
         self.trades = p + "trades"
         self.snapshots = p + "snapshots"
         self.lease = p + "lease"

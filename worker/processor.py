@@ -127,7 +127,8 @@ class Processor:
         self.bbo_seq: dict[str, int] = dict.fromkeys(markets, 0)
         self.trade_no = 0  # every trade of the partition, from 1: the trades stream id's seq
         self.last_id: str | None = None  # last stream id applied
-        self.entries = 0  # entries applied since genesis
+        self.entries = 0  # valid commands applied since genesis
+        self.consumed = 0  # journal entries consumed since genesis (= fb:{pN}:applied_count)
 
     # ------------------------------------------------------------------------------------------
     def process(self, entries: list[Entry], emit: bool = True) -> Batch:
@@ -321,6 +322,7 @@ class Processor:
 
         self.trade_no = trade_no
         self.entries += batch.count
+        self.consumed += len(entries)
         first = entries[0][0]
         last = entries[-1][0]
         batch.first_id = first.decode() if isinstance(first, bytes) else first
@@ -350,7 +352,7 @@ class Processor:
                  book.trade_seq, sb.trades, [(s, p, q) for (s, p), q in sb.levels.items()],
                  sb.prev_sequence, sb.bbo)
             )  # fmt: skip
-        batch.plan = (self.last_id, trades_out, acct, replies, hashes, books)
+        batch.plan = (self.last_id, trades_out, acct, replies, hashes, books, self.consumed)
         return batch
 
     def render(self, batch: Batch) -> tuple[list[str], list[tuple[str, str]]]:
@@ -398,6 +400,7 @@ class Processor:
             "version": WORKER_SNAPSHOT_VERSION,
             "last_id": self.last_id,
             "entries": self.entries,
+            "consumed": self.consumed,
             "trade_no": self.trade_no,
             "book_seq": self.book_seq,
             "bbo_seq": self.bbo_seq,
@@ -430,6 +433,7 @@ class Processor:
         proc = cls(markets, partition, engine=engine, **kwargs)
         proc.last_id = state["last_id"]
         proc.entries = state["entries"]
+        proc.consumed = state.get("consumed", 0)
         proc.trade_no = state["trade_no"]
         for symbol, value in state["book_seq"].items():
             proc.book_seq[symbol] = value

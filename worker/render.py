@@ -19,7 +19,7 @@ from worker.orders import MarketFormat
 #: (head, status, reason, mid, symbol, filled, remaining, cum_quote, created_at, updated_at):
 #: an order's state at one moment; head/mid are the cached JSON pieces of OrderState.
 Snap = tuple[Any, ...]
-#: (last_id, trades, acct, replies, hashes, books), see Processor.process
+#: (last_id, trades, acct, replies, hashes, books, consumed), see Processor.process
 Plan = tuple[Any, ...]
 
 
@@ -134,7 +134,7 @@ class Renderer:
         self.reply_ttl = str(reply_ttl_s)
 
     def render(self, plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:
-        _last_id, trades, acct, replies, hashes, books = plan
+        _last_id, trades, acct, replies, hashes, books, consumed = plan
         keys = self.keys
         fmts = self.fmt
         ops: list[str] = []
@@ -203,6 +203,8 @@ class Renderer:
             head = f"${len(rkey)}\r\n{rkey}"
             ops.append(f"*3\r\n$5\r\nRPUSH\r\n{head}\r\n${len(reply)}\r\n{reply}\r\n")
             ops.append(f"*3\r\n$6\r\nEXPIRE\r\n{head}{expire_tail}")
+        # journal entries consumed since genesis: lag = XINFO entries-added - applied_count
+        ops.append(resp(["SET", keys.applied_count, str(consumed)]))
         # -- books and market data --------------------------------------------------------------
         for book in books:
             (symbol, seq, bids, asks, bbo4, bbo_seq, last_trade_id,

@@ -27,6 +27,7 @@ import redis
 import redis.connection
 
 from engine.schema import Market
+from worker.journal import dumps_compact
 from worker.keys import DEFAULT_NAMESPACE, Keys, symbols_of_partition
 from worker.processor import Processor, parse_stream_id, resp
 
@@ -718,7 +719,9 @@ class PartitionWorker:
         self.processor = proc
         # Readers may have seen nothing yet (fresh start) or a book key written before a crash:
         # rewrite every book from memory, fenced like any commit.
-        self.writer.commit(proc.all_books_ops(), None)
+        # Also tell the web hubs to resync: book sequences now continue from the replayed state.
+        resync = dumps_compact({"type": "resync", "partition": self.partition})
+        self.writer.commit(proc.all_books_ops(), None, [(self.keys.control, resync)])
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         log.info(

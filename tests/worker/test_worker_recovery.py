@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from wk_helpers import feed, last_stream_id, redis_state, trade_numbers, wait_applied
 
 from worker.keys import Keys
@@ -80,3 +82,18 @@ def test_trimmed_journal_recovers_and_replays(redis_client, start_worker, market
     result = replay_partition(redis_client, 0, markets)
     assert result.ok, result.summary()
     assert result.start.startswith("snapshot")
+
+
+def test_applied_count_and_resync_on_recovery(redis_client, start_worker, markets):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(K.control)
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    feed(redis_client, markets, 300, seed=4)
+    redis_client.xadd(K.stream, {"c": "garbage"})  # consumed too, though not a command
+    a = start_worker()
+    wait_applied(redis_client, last_stream_id(redis_client))
+    msg = pubsub.get_message(timeout=2)
+    assert msg is not None and json.loads(msg["data"]) == {"type": "resync", "partition": 0}
+    assert int(redis_client.get(K.applied_count)) == redis_client.xlen(K.stream) == 301
+    a.stop()
+    pubsub.close()
