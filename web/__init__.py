@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.utils
 from flask import Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -163,6 +164,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             socket_connect_timeout=2,
             health_check_interval=30,
         )
+        if not redis.utils.HIREDIS_AVAILABLE:
+            app.logger.warning("hiredis is not installed: Redis replies parse in pure Python")
     from worker.keys import all_partitions
 
     app.extensions["fairbook"] = Fairbook(

@@ -379,6 +379,9 @@ def test_accepted_while_worker_down_then_processed(stack, accounts):
         assert body["status"] == "accepted"
         oid = body["order_id"]
         err(alice.get(f"/api/v1/orders/{oid}"), 404, "unknown_order")  # not applied yet
+        health = requests.get(stack.url + "/healthz")  # lease released on clean stop, lag 1
+        assert health.status_code == 503, health.text
+        assert health.json()["partitions"][0]["lag"] >= 1
     finally:
         stack.start_worker()
     deadline = time.monotonic() + 20
