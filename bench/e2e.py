@@ -406,6 +406,17 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         stack.stop()
 
 
+def one_line(r: dict[str, Any]) -> str:
+    """A human summary of one run."""
+    p, f = r["post_to_result_ms"], r["post_to_fill_published_ms"]
+    return (
+        f"[{r['config']['gunicorn']}] {r['accepted_orders_per_s']} orders/s "
+        f"({r['requests_per_s']} req/s, {r['orders_202']} x 202, errors {r['errors']}); "
+        f"POST->result p50 {p['p50']} p99 {p['p99']} ms; POST->fill published p50 {f['p50']} "
+        f"p99 {f['p99']} ms; lag at end {r['worker_lag_at_end']}"
+    )
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.splitlines()[0])
     ap.add_argument("--json", metavar="PATH", help="write the result as JSON here")
@@ -414,12 +425,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured lead-in seconds")
     ap.add_argument("--rate", type=float, default=None, help="total orders/s (default: max)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--gunicorn", default="-k sync -w 2", help="gunicorn worker options")
+    ap.add_argument(
+        "--gunicorn",
+        action="append",
+        help='gunicorn worker options (default "-k sync -w 2"); repeat to compare several',
+    )
     ap.add_argument("--reply-timeout", type=float, default=2.0)
     opts = ap.parse_args(argv)
     if opts.clients < 1 or opts.seconds <= 0:
         ap.error("--clients must be >= 1 and --seconds > 0")
-    result = run_bench(opts)
+    runs = []
+    for gunicorn in opts.gunicorn or ["-k sync -w 2"]:
+        one = argparse.Namespace(**{**vars(opts), "gunicorn": gunicorn})
+        runs.append(run_bench(one))
+        print(one_line(runs[-1]), file=sys.stderr)
+    result: dict[str, Any] = runs[0] if len(runs) == 1 else {"bench": "e2e", "runs": runs}
     text = json.dumps(result, indent=2)
     print(text)
     if opts.json:
