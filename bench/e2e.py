@@ -247,6 +247,14 @@ def _listen(url: str, ready: Any, stop: Any, out: Any) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
+def _loadavg() -> list[float] | None:
+    """Host load when the run started: other work on the machine skews every latency."""
+    try:
+        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
+    except OSError:
+        return None
+
+
 def _proc_cpu(pid: int) -> float:
     """utime + stime of one process in seconds (0 if it is gone)."""
     try:
@@ -372,6 +380,7 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
                 "gunicorn": opts.gunicorn,
                 "reply_timeout": opts.reply_timeout,
                 "cpus": os.cpu_count(),
+                "loadavg_at_start": _loadavg(),
                 "python": platform.python_version(),
             },
             "elapsed_s": round(elapsed, 3),
