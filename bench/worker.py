@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
 import threading
 import time
@@ -52,6 +53,19 @@ def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
     return last.decode() if isinstance(last, bytes) else last
 
 
+def _cpu(client: Any) -> dict[str, float]:
+    """CPU seconds so far: this process (matcher + threads), reaped children (the commit
+    process), redis-server."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    info = client.info("cpu")
+    return {
+        "worker": me.ru_utime + me.ru_stime,
+        "commit_process": kids.ru_utime + kids.ru_stime,
+        "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+    }
+
+
 def run(
     n: int, seed: int, snapshot_every: int, batch: int, commit_process: bool | None = None
 ) -> dict[str, Any]:
@@ -69,6 +83,7 @@ def run(
             commit_process=commit_process,
         )  # fmt: skip
         thread = threading.Thread(target=worker.run, daemon=True)
+        cpu0 = _cpu(client)
         t0 = time.perf_counter()
         thread.start()
         while True:
@@ -80,7 +95,9 @@ def run(
             time.sleep(0.01)
         seconds = time.perf_counter() - t0
         worker.stop()
-        thread.join(30)
+        thread.join(30)  # also joins the commit process, so its CPU time is counted
+        cpu1 = _cpu(client)
+        cpu = {k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0}
         trades = client.xlen(keys.trades)
         return {
             "entries_per_s": round(n / seconds, 1),
@@ -92,6 +109,9 @@ def run(
             "snapshot_every": snapshot_every,
             "commit": "process" if worker.commit_process else "thread",
             "cpus": os.cpu_count(),
+            # CPU time per entry: robust on a busy machine where wall-clock rates are not
+            "cpu_us_per_entry": cpu,
+            "load_average": os.getloadavg()[0],
             "seed": seed,
         }
     finally:
@@ -122,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"worker drain: {result['entries']} entries in {result['seconds']} s = "
         f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
-        f"commit on a {result['commit']}, {result['cpus']} CPUs)"
+        f"commit on a {result['commit']}, {result['cpus']} CPUs, load {result['load_average']:.1f})"
+        f"\nCPU us per entry: {result['cpu_us_per_entry']}"
     )
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)

@@ -160,7 +160,8 @@ class Processor:
                 payload = fields.get(b"c") if b"c" in fields else fields.get("c")
             # -- parse -------------------------------------------------------------------------
             try:
-                wire = json.loads(payload)
+                # str, not bytes: json.loads(bytes) first sniffs the encoding
+                wire = json.loads(payload.decode() if type(payload) is bytes else payload)
                 if not isinstance(wire, dict):
                     raise ValueError("not a JSON object")
             except (TypeError, ValueError) as exc:
