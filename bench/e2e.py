@@ -310,6 +310,7 @@ def setup_clients(stack: Stack, count: int, seed: int) -> list[Client]:
 
 
 def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
+    load_at_start = _loadavg()
     gunicorn_args = shlex.split(opts.gunicorn)
     stack = Stack(gunicorn_args=gunicorn_args, reply_timeout=opts.reply_timeout)
     stack.start()
@@ -380,7 +381,7 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
                 "gunicorn": opts.gunicorn,
                 "reply_timeout": opts.reply_timeout,
                 "cpus": os.cpu_count(),
-                "loadavg_at_start": _loadavg(),
+                "loadavg_at_start": load_at_start,
                 "python": platform.python_version(),
             },
             "elapsed_s": round(elapsed, 3),
