@@ -41,7 +41,8 @@ MAX_ORDERS = 1000
 #: /healthz fails when a partition's worker is further behind than this many commands.
 DEFAULT_HEALTH_MAX_LAG = 10_000
 
-_ORDER_ID = re.compile(r"^[0-9]{1,19}$")
+_ORDER_ID = re.compile(r"^[0-9]{1,19}$")  # ASCII only: str.isdigit() accepts "²"
+_SMALL_INT = re.compile(r"^[0-9]{1,9}$")
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def _int_arg(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not _SMALL_INT.match(raw) or not 1 <= int(raw) <= maximum:
         raise ApiError(
             400, ErrorCode.INVALID_FIELD, f"{name} must be an integer from 1 to {maximum}"
         )
@@ -175,7 +176,13 @@ def _error_from_reply(reply: dict[str, Any]) -> ApiError:
     error = reply.get("error") or {}
     code = str(error.get("code") or Reason.INVALID_ORDER)
     message = str(error.get("message") or code)
-    return ApiError(404 if code == Reason.UNKNOWN_ORDER else 400, code, message)
+    if code == Reason.UNKNOWN_ORDER:
+        status = 404
+    elif code == "internal_error":  # the worker caught an engine bug: not the client's fault
+        status = 500
+    else:
+        status = 400
+    return ApiError(status, code, message)
 
 
 def _submit(partition: int, wire: dict[str, Any], timeout: float) -> tuple[int, dict | None]:

@@ -77,7 +77,7 @@ def test_book_empty_and_seeded(client, rdb):
     assert bbo["bid_price"] == "100.5" and bbo["ask_qty"] == "0.5" and bbo["sequence"] == 3
 
 
-@pytest.mark.parametrize("depth", ["0", "501", "abc", "-1", "1.5", ""])
+@pytest.mark.parametrize("depth", ["0", "501", "abc", "-1", "1.5", "", "²", "١٢", "9" * 30])
 def test_book_bad_depth(client, depth):
     resp = client.get(f"/api/v1/book/BTC-USDT?depth={depth}")
     assert resp.status_code == 400
