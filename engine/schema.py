@@ -130,12 +130,62 @@ def parse_decimal(value: Any, field: str) -> Decimal:
     return number
 
 
-def _format(units: int, step: Decimal) -> str:
-    """Render ``units * step`` exactly with the step's number of decimals."""
-    exponent = step.as_tuple().exponent
-    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    text = f"{Decimal(units) * step:.{places}f}"
-    return text
+class Step:
+    """One increment (a tick, a lot or a quote atom) in exact integer arithmetic.
+
+    ``step == k * 10**-places``; converting and rendering are string slicing plus integer
+    ``divmod``, several times faster than ``Decimal`` and just as exact. Rendered strings are
+    cached (bounded): prices and sizes repeat a lot.
+    """
+
+    __slots__ = ("step", "places", "k", "_cache")
+
+    CACHE_LIMIT = 100_000
+
+    def __init__(self, step: Decimal) -> None:
+        exponent = step.as_tuple().exponent
+        assert isinstance(exponent, int)
+        self.step = step
+        self.places = -exponent if exponent < 0 else 0
+        self.k = int(step.scaleb(self.places))
+        self._cache: dict[int, str] = {}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Step) and other.step == self.step
+
+    def __hash__(self) -> int:
+        return hash(self.step)
+
+    def __repr__(self) -> str:
+        return f"Step({str(self.step)!r})"
+
+    def units(self, text: str) -> int | None:
+        """``text`` (already a plain decimal) as a whole number of steps, None if off-step."""
+        whole, _, frac = text.partition(".")
+        places = self.places
+        if len(frac) > places:
+            if frac[places:].strip("0"):
+                return None
+            frac = frac[:places]
+        units, rest = divmod(int(whole + frac.ljust(places, "0")), self.k)
+        return None if rest else units
+
+    def format(self, units: int) -> str:
+        text = self._cache.get(units)
+        if text is None:
+            text = self._render(units)
+            if len(self._cache) < self.CACHE_LIMIT:
+                self._cache[units] = text
+        return text
+
+    def _render(self, units: int) -> str:
+        value = units * self.k
+        places = self.places
+        if not places:
+            return str(value)
+        sign = "-" if value < 0 else ""
+        digits = str(abs(value)).rjust(places + 1, "0")
+        return sign + digits[:-places] + "." + digits[-places:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +245,9 @@ class Market:
     maker_rate: Rate
     taker_rate: Rate
     atom: Decimal
+    tick: Step
+    lot: Step
+    quote: Step
     min_lots: int
     max_lots: int
     min_notional_atoms: int
@@ -252,6 +305,9 @@ class Market:
             maker_rate=Rate.parse(raw["maker_fee_rate"]),
             taker_rate=Rate.parse(raw["taker_fee_rate"]),
             atom=atom,
+            tick=Step(dec["tick_size"]),
+            lot=Step(lot),
+            quote=Step(atom),
             min_lots=int(dec["min_quantity"] / lot),
             max_lots=int(dec["max_quantity"] / lot),
             min_notional_atoms=int(-(-dec["min_notional"] // atom)),
@@ -263,23 +319,33 @@ class Market:
         return {f: str(getattr(self, f)) for f in MARKET_FIELDS}
 
     # -- decimal string -> integer units --------------------------------------------------------
-    def _units(self, value: Any, step: Decimal, field: str, code: str) -> int:
-        number = parse_decimal(value, field)
-        try:
-            units, rest = divmod(number, step)
-        except InvalidOperation:
-            raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} is too large", field) from None
-        if rest:
-            raise SchemaError(code, f"{field} {value} is not a multiple of {step}", field)
+    def _units(self, value: Any, step: Step, field: str, code: str) -> int:
+        if not isinstance(value, str):
+            raise SchemaError(
+                ErrorCode.INVALID_DECIMAL, f'{field} must be a decimal string, e.g. "1.5"', field
+            )
+        if not _DECIMAL_TEXT.match(value):
+            raise SchemaError(
+                ErrorCode.INVALID_DECIMAL,
+                f"{field} must be a plain positive decimal string, got {value!r}",
+                field,
+            )
+        units = step.units(value)
+        if units is None:
+            raise SchemaError(code, f"{field} {value} is not a multiple of {step.step}", field)
+        if units <= 0:
+            raise SchemaError(
+                ErrorCode.INVALID_DECIMAL, f"{field} must be greater than zero", field
+            )
         if units > MAX_UNITS:
             raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} is too large", field)
-        return int(units)
+        return units
 
     def price_to_ticks(self, value: Any, field: str = "price") -> int:
-        return self._units(value, self.tick_size, field, ErrorCode.OFF_TICK)
+        return self._units(value, self.tick, field, ErrorCode.OFF_TICK)
 
     def qty_to_lots(self, value: Any, field: str = "quantity") -> int:
-        lots = self._units(value, self.lot_size, field, ErrorCode.OFF_LOT)
+        lots = self._units(value, self.lot, field, ErrorCode.OFF_LOT)
         if lots < self.min_lots:
             raise SchemaError(
                 ErrorCode.QUANTITY_TOO_SMALL,
@@ -295,17 +361,17 @@ class Market:
         return lots
 
     def quote_to_atoms(self, value: Any, field: str = "quote_quantity") -> int:
-        return self._units(value, self.atom, field, ErrorCode.OFF_QUOTE_INCREMENT)
+        return self._units(value, self.quote, field, ErrorCode.OFF_QUOTE_INCREMENT)
 
     # -- integer units -> canonical decimal strings ---------------------------------------------
     def format_price(self, ticks: int) -> str:
-        return _format(ticks, self.tick_size)
+        return self.tick.format(ticks)
 
     def format_qty(self, lots: int) -> str:
-        return _format(lots, self.lot_size)
+        return self.lot.format(lots)
 
     def format_quote(self, atoms: int) -> str:
-        return _format(atoms, self.atom)
+        return self.quote.format(atoms)
 
 
 DEFAULT_SYMBOLS_FILE = Path(__file__).with_name("symbols.json")
@@ -484,22 +550,25 @@ def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...], default:
     return value
 
 
-def validate_order_request(
-    body: Any, markets: dict[str, Market]
-) -> tuple[dict[str, Any], NewOrder]:
-    """Check a client's order body; return its canonical wire form and the engine command.
+def _refuse(field: str, why: str) -> SchemaError:
+    return SchemaError(ErrorCode.INVALID_FIELD, f"{field} is not allowed {why}", field)
 
-    The wire form keeps the client's decimal strings (canonicalised) so the journal reads like
-    the request; ``id``, ``ts`` and ``account`` are filled in by the caller / worker.
-    """
+
+def _require(field: str, why: str) -> SchemaError:
+    return SchemaError(ErrorCode.MISSING_FIELD, f"{field} is required {why}", field)
+
+
+def parse_order_request(body: Any, markets: dict[str, Market]) -> NewOrder:
+    """Check a client's order body and give the engine command (id, ts, account left blank)."""
     if not isinstance(body, dict):
         raise SchemaError(ErrorCode.MALFORMED_JSON, "the body must be a JSON object")
-    unknown = sorted(set(body) - ORDER_REQUEST_FIELDS)
-    if unknown:
+    if not ORDER_REQUEST_FIELDS.issuperset(body):
+        unknown = sorted(set(body) - ORDER_REQUEST_FIELDS)
         raise SchemaError(
             ErrorCode.UNKNOWN_FIELD, f"unknown field(s): {', '.join(unknown)}", unknown[0]
         )
-    symbol = body.get("symbol")
+    get = body.get
+    symbol = get("symbol")
     if symbol is None:
         raise SchemaError(ErrorCode.MISSING_FIELD, "symbol is required", "symbol")
     if not isinstance(symbol, str) or symbol not in markets:
@@ -509,48 +578,41 @@ def validate_order_request(
     type_ = _choice(body, "type", ORDER_TYPES, LIMIT)
     tif = _choice(body, "time_in_force", TIME_IN_FORCES, GTC)
     stp = _choice(body, "stp", STP_MODES, DEFAULT_STP)
-    post_only = body.get("post_only", False)
+    post_only = get("post_only", False)
     if not isinstance(post_only, bool):
         raise SchemaError(ErrorCode.INVALID_FIELD, "post_only must be true or false", "post_only")
-    coid = body.get("client_order_id")
+    coid = get("client_order_id")
     if coid is not None and (not isinstance(coid, str) or not _CLIENT_ORDER_ID.match(coid)):
         raise SchemaError(
             ErrorCode.INVALID_FIELD,
             "client_order_id must be 1-64 characters of A-Z a-z 0-9 _ . : -",
             "client_order_id",
         )
-
-    def present(field: str) -> bool:
-        return body.get(field) is not None
-
-    def forbid(field: str, why: str) -> None:
-        if present(field):
-            raise SchemaError(ErrorCode.INVALID_FIELD, f"{field} is not allowed {why}", field)
-
-    def need(field: str, why: str) -> None:
-        if not present(field):
-            raise SchemaError(ErrorCode.MISSING_FIELD, f"{field} is required {why}", field)
-
+    why = f"for {type_} orders"
     price = stop_price = quantity = quote_quantity = None
     priced = type_ in PRICED_TYPES
     if priced:
-        need("price", f"for {type_} orders")
+        if get("price") is None:
+            raise _require("price", why)
         price = market.price_to_ticks(body["price"])
-    else:
-        forbid("price", f"for {type_} orders")
+    elif get("price") is not None:
+        raise _refuse("price", why)
     if type_ in STOP_TYPES:
-        need("stop_price", f"for {type_} orders")
+        if get("stop_price") is None:
+            raise _require("stop_price", why)
         stop_price = market.price_to_ticks(body["stop_price"], "stop_price")
-    else:
-        forbid("stop_price", f"for {type_} orders")
+    elif get("stop_price") is not None:
+        raise _refuse("stop_price", why)
+    has_quote = get("quote_quantity") is not None
     if type_ == MARKET:
-        if present("quantity") == present("quote_quantity"):
+        has_quantity = get("quantity") is not None
+        if has_quantity == has_quote:
             raise SchemaError(
-                ErrorCode.MISSING_FIELD if not present("quantity") else ErrorCode.INVALID_FIELD,
+                ErrorCode.INVALID_FIELD if has_quantity else ErrorCode.MISSING_FIELD,
                 "a market order needs exactly one of quantity or quote_quantity",
                 "quantity",
             )
-        if present("quote_quantity"):
+        if has_quote:
             quote_quantity = market.quote_to_atoms(body["quote_quantity"])
             if quote_quantity < market.min_notional_atoms:
                 raise SchemaError(
@@ -558,45 +620,31 @@ def validate_order_request(
                     f"quote_quantity is below the minimum notional {market.min_notional}",
                     "quote_quantity",
                 )
-    else:
-        forbid("quote_quantity", f"for {type_} orders")
+    elif has_quote:
+        raise _refuse("quote_quantity", why)
     if quote_quantity is None:
-        need("quantity", f"for {type_} orders")
+        if get("quantity") is None:
+            raise _require("quantity", why)
         quantity = market.qty_to_lots(body["quantity"])
-    if priced and price is not None and quantity is not None:
-        if price * quantity < market.min_notional_atoms:
-            raise SchemaError(
-                ErrorCode.MIN_NOTIONAL,
-                f"price * quantity is below the minimum notional {market.min_notional}",
-                "price",
-            )
+    if (
+        price is not None
+        and quantity is not None
+        and (price * quantity < market.min_notional_atoms)
+    ):
+        raise SchemaError(
+            ErrorCode.MIN_NOTIONAL,
+            f"price * quantity is below the minimum notional {market.min_notional}",
+            "price",
+        )
     if type_ in (MARKET, STOP_LOSS, TAKE_PROFIT):
-        if present("time_in_force") and tif != IOC:
+        if get("time_in_force") is not None and tif != IOC:
             raise SchemaError(
                 ErrorCode.INVALID_FIELD, f"{type_} orders are always IOC", "time_in_force"
             )
         tif = IOC
-    if post_only:
-        if type_ not in (LIMIT, STOP_LIMIT, TAKE_PROFIT_LIMIT) or tif != GTC:
-            raise SchemaError(
-                ErrorCode.INVALID_FIELD, "post_only needs a GTC limit order", "post_only"
-            )
-
-    wire: dict[str, Any] = {
-        "op": "new",
-        "symbol": symbol,
-        "side": side,
-        "type": type_,
-        "time_in_force": tif,
-        "post_only": post_only,
-        "price": None if price is None else market.format_price(price),
-        "quantity": None if quantity is None else market.format_qty(quantity),
-        "quote_quantity": None if quote_quantity is None else market.format_quote(quote_quantity),
-        "stop_price": None if stop_price is None else market.format_price(stop_price),
-        "client_order_id": coid,
-        "stp": stp,
-    }
-    command = NewOrder(
+    if post_only and (not priced or tif != GTC):
+        raise SchemaError(ErrorCode.INVALID_FIELD, "post_only needs a GTC limit order", "post_only")
+    return NewOrder(
         0,
         0,
         "",
@@ -612,7 +660,40 @@ def validate_order_request(
         coid,
         stp,
     )
-    return wire, command
+
+
+def wire_from_order(command: NewOrder, market: Market) -> dict[str, Any]:
+    """The canonical journal form of a new order: the request's fields as decimal strings."""
+    return {
+        "op": "new",
+        "symbol": command.symbol,
+        "side": command.side,
+        "type": command.type,
+        "time_in_force": command.time_in_force,
+        "post_only": command.post_only,
+        "price": None if command.price is None else market.format_price(command.price),
+        "quantity": None if command.quantity is None else market.format_qty(command.quantity),
+        "quote_quantity": (
+            None if command.quote_quantity is None else market.format_quote(command.quote_quantity)
+        ),
+        "stop_price": (
+            None if command.stop_price is None else market.format_price(command.stop_price)
+        ),
+        "client_order_id": command.client_order_id,
+        "stp": command.stp,
+    }
+
+
+def validate_order_request(
+    body: Any, markets: dict[str, Market]
+) -> tuple[dict[str, Any], NewOrder]:
+    """Check a client's order body; return its canonical wire form and the engine command.
+
+    The wire form keeps the client's decimal strings (canonicalised) so the journal reads like
+    the request; ``id``, ``ts`` and ``account`` are filled in by the caller / worker.
+    """
+    command = parse_order_request(body, markets)
+    return wire_from_order(command, markets[command.symbol]), command
 
 
 def validate_amend_request(body: Any, market: Market) -> dict[str, Any]:
@@ -647,8 +728,8 @@ def command_from_wire(wire: dict[str, Any], ts: int, markets: dict[str, Market])
     except (KeyError, TypeError, ValueError):
         raise SchemaError(ErrorCode.INVALID_FIELD, "command lacks a valid id or account") from None
     if op == "new":
-        body = {k: v for k, v in wire.items() if k in ORDER_REQUEST_FIELDS and v is not None}
-        _, command = validate_order_request(body, markets)
+        body = {k: v for k, v in wire.items() if v is not None and k in ORDER_REQUEST_FIELDS}
+        command = parse_order_request(body, markets)
         command.id = cmd_id
         command.ts = ts
         command.account = account

@@ -8,59 +8,20 @@ REST order object or the order hash is cheap and exact.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import Any
 
 from engine.schema import Market
 
 
-class Formatter:
-    """``units * step`` as a canonical decimal string, in pure integer arithmetic.
-
-    Gives exactly ``engine.schema._format`` (what ``Market.format_*`` return) several times
-    faster, with a bounded cache: prices and sizes repeat a lot and every batch re-renders up to
-    1,000 book levels.
-    """
-
-    __slots__ = ("k", "places", "cache", "limit")
-
-    def __init__(self, step: Decimal, limit: int = 200_000) -> None:
-        exponent = step.as_tuple().exponent
-        assert isinstance(exponent, int)
-        self.places = -exponent if exponent < 0 else 0
-        self.k = int(step.scaleb(self.places))  # step == k * 10**-places exactly
-        self.cache: dict[int, str] = {}
-        self.limit = limit
-
-    def __call__(self, units: int) -> str:
-        text = self.cache.get(units)
-        if text is None:
-            text = self.render(units)
-            if len(self.cache) < self.limit:
-                self.cache[units] = text
-        return text
-
-    def render(self, units: int) -> str:
-        value = units * self.k
-        places = self.places
-        if not places:
-            return str(value)
-        if value < 0:
-            text = str(-value).rjust(places + 1, "0")
-            return "-" + text[:-places] + "." + text[-places:]
-        text = str(value).rjust(places + 1, "0")
-        return text[:-places] + "." + text[-places:]
-
-
 class MarketFormat:
-    """The three formatters and quote asset of one market."""
+    """The integer -> decimal string renderers (``engine.schema.Step``) of one market."""
 
     __slots__ = ("price", "qty", "quote", "quote_asset")
 
     def __init__(self, market: Market) -> None:
-        self.price = Formatter(market.tick_size)
-        self.qty = Formatter(market.lot_size)
-        self.quote = Formatter(market.atom)
+        self.price = market.tick.format
+        self.qty = market.lot.format
+        self.quote = market.quote.format
         self.quote_asset = market.quote_asset
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from engine.schema import (
     NewOrder,
     Rate,
     SchemaError,
+    Step,
     command_from_wire,
     load_markets,
     make_public_id,
@@ -526,3 +527,35 @@ def test_malformed_markets_files(tmp_path: Path) -> None:
     assert "cannot read" in str(
         pytest.raises(SystemExit, load_markets, tmp_path / "missing.json").value
     )
+
+
+# -- Step: the integer conversion must agree with Decimal arithmetic exactly ----------------------
+
+_STEPS = ["0.01", "0.00001", "1", "0.25", "5", "0.0000001", "10", "1E+1", "0.010"]
+
+
+@given(
+    step_text=st.sampled_from(_STEPS),
+    units=st.integers(min_value=-(10**20), max_value=10**20),
+)
+def test_step_format_matches_decimal(step_text: str, units: int) -> None:
+    step = Step(Decimal(step_text))
+    exponent = Decimal(step_text).as_tuple().exponent
+    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    with localcontext() as ctx:
+        ctx.prec = 60
+        expected = f"{Decimal(units) * Decimal(step_text):.{places}f}"
+    assert step.format(units) == expected
+    assert step.format(units) == step.format(units)  # the cached answer is the same
+
+
+@given(
+    step_text=st.sampled_from(_STEPS),
+    whole=st.integers(min_value=0, max_value=10**12),
+    frac=st.text(alphabet="0123456789", min_size=0, max_size=12),
+)
+def test_step_units_matches_decimal(step_text: str, whole: int, frac: str) -> None:
+    text = f"{whole}.{frac}" if frac else str(whole)
+    quotient, rest = divmod(Decimal(text), Decimal(step_text))
+    expected = int(quotient) if not rest else None
+    assert Step(Decimal(step_text)).units(text) == expected

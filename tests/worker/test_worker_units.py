@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from engine.schema import make_public_id
 from worker.journal import Journal
@@ -19,7 +16,7 @@ from worker.keys import (
     partition_of_id,
     symbols_of_partition,
 )
-from worker.orders import Formatter, OrderState, order_from_hash
+from worker.orders import OrderState, order_from_hash
 from worker.processor import parse_stream_id
 from worker.render import hset_full
 
@@ -93,24 +90,6 @@ def test_journal_big_counter(redis_client) -> None:
     journal = Journal(redis_client, 255)
     redis_client.set(journal.keys.next_id, 2**44)
     assert journal.append({"op": "x"}) == ((2**44 + 1) << 8) | 255
-
-
-@given(st.integers(min_value=-(10**20), max_value=10**20), st.sampled_from(
-    ["0.01", "0.00001", "1", "0.5", "25", "0.0000001", "1E+1", "0.010"]
-))  # fmt: skip
-def test_formatter_matches_schema(units: int, step_text: str) -> None:
-    step = Decimal(step_text)
-    exponent = step.as_tuple().exponent
-    places = -exponent if exponent < 0 else 0
-    with_decimal = f"{Decimal(units) * step:.{places}f}"
-    with __import__("decimal").localcontext() as ctx:
-        ctx.prec = 60
-        exact = f"{Decimal(units) * step:.{places}f}"
-    fmt = Formatter(step)
-    assert fmt(units) == exact
-    if abs(units) < 10**15:
-        assert fmt(units) == with_decimal
-    assert fmt(units) == fmt.render(units)
 
 
 def test_order_hash_round_trip(markets) -> None:
