@@ -446,17 +446,33 @@ def healthz():
 
 
 def _partition_health(partition: int, max_lag: int) -> dict[str, Any]:
-    """Lag = journal entries after the last applied id (counted up to ``max_lag + 1``)."""
+    """Lag = journal entries the worker has not consumed yet.
+
+    O(1) from ``XINFO STREAM entries-added - applied_count`` (both count since genesis, so
+    trimming does not matter); without ``applied_count`` (an older worker) the entries after
+    ``applied`` are counted with a bounded XRANGE instead.
+    """
     client = state().redis
     k = keys(partition)
     pipe = client.pipeline(transaction=False)
     pipe.get(k.applied)
+    pipe.get(k.applied_count)
     pipe.exists(k.lease)
-    pipe.xlen(k.stream)
-    applied, lease, length = pipe.execute()
+    pipe.exists(k.stream)
+    applied, applied_count, lease, has_stream = pipe.execute()
     applied = _text(applied) if applied else None
-    start = f"({applied}" if applied else "-"
-    lag = len(client.xrange(k.stream, min=start, max="+", count=max_lag + 1))
+    length = 0
+    if not has_stream:
+        lag = 0
+    else:
+        info = client.xinfo_stream(k.stream)
+        length = info.get("length", 0)
+        added = info.get("entries-added")
+        if added is not None and (applied_count is not None or applied is None):
+            lag = max(0, int(added) - int(applied_count or 0))
+        else:
+            start = f"({applied}" if applied else "-"
+            lag = len(client.xrange(k.stream, min=start, max="+", count=max_lag + 1))
     return {
         "partition": partition,
         "lease": bool(lease),

@@ -118,6 +118,12 @@ def test_healthz(client, rdb):
     rdb.set(K.applied, ids[-1])
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.get_json()["partitions"][0]["lag"] == 0
+    # with the worker's applied_count the lag is O(1): entries-added - applied_count
+    rdb.set(K.applied_count, 1)
+    part = client.get("/healthz").get_json()["partitions"][0]
+    assert part["lag"] == 2 and part["stream_length"] == 3
+    client.application.config["FAIRBOOK_HEALTH_MAX_LAG"] = 1
+    assert client.get("/healthz").status_code == 503
 
 
 def test_unknown_route_and_method_are_json(client, alice):
