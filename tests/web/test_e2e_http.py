@@ -394,3 +394,25 @@ def test_accepted_while_worker_down_then_processed(stack, accounts):
     assert got.json()["status"] == "new"
     health = requests.get(stack.url + "/healthz")
     assert health.status_code == 200 and health.json()["partitions"][0]["lag"] == 0
+
+
+def test_redis_down_is_503_then_recovers(stack, accounts):
+    alice = accounts("alice")
+    before = alice.order(side="buy", price="29000", quantity="0.01")
+    stack.redis_server.stop()  # clean SHUTDOWN: the AOF keeps everything
+    try:
+        resp = alice.post({"symbol": SYM, "side": "buy", "price": "29000", "quantity": "0.01"})
+        err(resp, 503, "unavailable")
+        err(requests.get(stack.url + f"/api/v1/book/{SYM}"), 503, "unavailable")
+        assert requests.get(stack.url + "/healthz").status_code == 503
+    finally:
+        stack.redis_server.start()
+    stack.wait_worker()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        resp = alice.post({"symbol": SYM, "side": "buy", "price": "28999", "quantity": "0.01"})
+        if resp.status_code == 201:
+            break
+        time.sleep(0.2)
+    assert resp.status_code == 201, resp.text
+    assert alice.get(f"/api/v1/orders/{before['order_id']}").json()["status"] == "new"
