@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--entries", type=int, default=200_000,
                         help="journal entries to drain (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1, help="order flow seed (default: 1)")
-    parser.add_argument("--snapshot-every", type=int, default=10_000,
+    parser.add_argument("--snapshot-every", type=int, default=50_000,
                         help="worker snapshot interval in entries (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=1000,
                         help="entries per batch (default: %(default)s)")

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(run)
     run.add_argument("--partition", type=int, default=None, help="run only this partition")
-    run.add_argument("--snapshot-every", type=int, default=10_000,
+    run.add_argument("--snapshot-every", type=int, default=50_000,
                      help="snapshot after this many journal entries (default: %(default)s)")
     run.add_argument("--snapshot-seconds", type=float, default=30.0,
                      help="... or after this many seconds with new entries (default: %(default)s)")

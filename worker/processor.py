@@ -14,6 +14,8 @@ import struct
 import zlib
 from typing import Any
 
+import orjson
+
 from engine.events import BBO, LEVEL, ORDER, REJECT, TRADE
 from engine.matcher import MatchingEngine
 from engine.schema import (
@@ -160,8 +162,7 @@ class Processor:
                 payload = fields.get(b"c") if b"c" in fields else fields.get("c")
             # -- parse -------------------------------------------------------------------------
             try:
-                # str, not bytes: json.loads(bytes) first sniffs the encoding
-                wire = json.loads(payload.decode() if type(payload) is bytes else payload)
+                wire = orjson.loads(payload)  # ~3x json.loads: this is per journal entry
                 if not isinstance(wire, dict):
                     raise ValueError("not a JSON object")
             except (TypeError, ValueError) as exc:

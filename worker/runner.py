@@ -590,7 +590,7 @@ class PartitionWorker:
         markets: dict[str, Market],
         namespace: str = DEFAULT_NAMESPACE,
         partitions_config: str | None = None,
-        snapshot_every: int = 10_000,
+        snapshot_every: int = 50_000,
         snapshot_seconds: float = 30.0,
         keep_snapshots: int = 2,
         trim: bool = False,
