@@ -145,6 +145,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """
     config = dict(config or {})
     app = Flask(__name__)
+    # No HTML redirects for "//" or a missing trailing slash: a client gets JSON 404 instead.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_BODY
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # keep the documented field order

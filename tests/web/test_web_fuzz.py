@@ -65,3 +65,12 @@ def test_query_strings_never_500(client, alice, q):
     for path in ("/api/v1/orders", "/api/v1/book/BTC-USDT", "/api/v1/trades/BTC-USDT"):
         resp = client.get(path, query_string=q, headers=alice["headers"])
         assert resp.status_code in (200, 400), (path, q, resp.data)
+
+
+def test_double_slash_and_trailing_slash_get_json_not_html_redirects(client, alice):
+    for path in ("/api/v1/orders//0", "/api/v1/orders/256/", "/api/v1//symbols"):
+        resp = client.patch(path, data="{}", headers={**alice["headers"],
+                                                      "Content-Type": "application/json"})
+        assert resp.status_code in (400, 404, 405), (path, resp.status_code)
+        assert resp.is_json, path
+    assert client.get("/api/v1/symbols/").status_code == 200
