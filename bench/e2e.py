@@ -438,14 +438,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--gunicorn",
         action="append",
-        help='gunicorn worker options (default "-k sync -w 2"); repeat to compare several',
+        help='gunicorn worker options (default "-k gevent -w 1", the shipped choice); '
+        "repeat to compare several",
     )
     ap.add_argument("--reply-timeout", type=float, default=2.0)
     opts = ap.parse_args(argv)
     if opts.clients < 1 or opts.seconds <= 0:
         ap.error("--clients must be >= 1 and --seconds > 0")
     runs = []
-    for gunicorn in opts.gunicorn or ["-k sync -w 2"]:
+    for gunicorn in opts.gunicorn or ["-k gevent -w 1"]:
         one = argparse.Namespace(**{**vars(opts), "gunicorn": gunicorn})
         runs.append(run_bench(one))
         print(one_line(runs[-1]), file=sys.stderr)

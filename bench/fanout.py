@@ -238,7 +238,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--messages", type=float, default=20000, help="target total messages/s (rate = this / N)"
     )
-    ap.add_argument("--gunicorn-args", default="-k gevent -w 2", help="web worker options")
+    ap.add_argument("--gunicorn-args", default="-k gevent -w 1", help="web worker options")
     ap.add_argument("--json", dest="json_path", help="write the results here")
     opts = ap.parse_args(argv)
 

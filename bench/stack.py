@@ -26,7 +26,7 @@ from web.accounts import create_account
 from worker.keys import Keys, all_partitions
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_GUNICORN_ARGS = ("-k", "gevent", "-w", "2")
+DEFAULT_GUNICORN_ARGS = ("-k", "gevent", "-w", "1")
 #: The worker command line; ``FAIRBOOK_WORKER_CMD`` overrides it (e.g. a profiler wrapper).
 DEFAULT_WORKER_CMD = (sys.executable, "-m", "worker")
 
