@@ -342,38 +342,12 @@ class MatchingEngine:
             dry = book.best_ask is None if order.side == BUY else book.best_bid is None
             spare = order.quote_quantity - order.cum_quote
             if order.filled and not (dry and spare >= (book.last_price or 1)):
-                order.status = FILLED
-                events.append(
-                    (
-                        ORDER,
-                        symbol,
-                        order.id,
-                        order.account,
-                        FILLED,
-                        order.filled,
-                        0,
-                        order.cum_quote,
-                        None,
-                    )
-                )
+                self._close(order, FILLED, None, events)
             else:
                 self._close(order, CANCELLED, Reason.NO_LIQUIDITY, events)
             return
         if not order.remaining:
-            order.status = FILLED
-            events.append(
-                (
-                    ORDER,
-                    symbol,
-                    order.id,
-                    order.account,
-                    FILLED,
-                    order.filled,
-                    0,
-                    order.cum_quote,
-                    None,
-                )
-            )
+            self._close(order, FILLED, None, events)
             return
         if limit is None or tif != GTC:
             reason = Reason.NO_LIQUIDITY if limit is None else Reason.IOC_EXPIRED

@@ -521,21 +521,8 @@ Command = NewOrder | CancelOrder | CancelAll | AmendOrder
 # Wire orders: validation of what a client sends, and wire command <-> engine command.
 # ---------------------------------------------------------------------------------------------
 
-ORDER_REQUEST_FIELDS = frozenset(
-    (
-        "symbol",
-        "side",
-        "type",
-        "time_in_force",
-        "post_only",
-        "price",
-        "quantity",
-        "quote_quantity",
-        "stop_price",
-        "client_order_id",
-        "stp",
-    )
-)
+#: What a client may send for a new order: the command's fields but those the system assigns.
+ORDER_REQUEST_FIELDS = frozenset(NewOrder.__slots__) - {"id", "ts", "account"}
 AMEND_REQUEST_FIELDS = frozenset(("quantity", "price"))
 
 

@@ -193,6 +193,16 @@ def _submit(partition: int, wire: dict[str, Any], timeout: float) -> tuple[int, 
     return command_id, reply
 
 
+def _order_command(partition: int, wire: dict[str, Any], oid: int, timeout: float):
+    """Submit a cancel/amend of one order: 200 with the order, 202 on timeout, or its error."""
+    command_id, reply = _submit(partition, wire, timeout)
+    if reply is None:
+        return _accepted(oid, command_id=command_id)
+    if not reply.get("ok"):
+        raise _error_from_reply(reply)
+    return jsonify(reply["order"])
+
+
 def _accepted(order_id: int, **extra: Any):
     body = {"order_id": order_id, "status": "accepted", **extra}
     response = jsonify(body)
@@ -231,12 +241,7 @@ def cancel_order(order_id: str):
     if owner is not None and _text(owner) != g.account:
         raise _unknown_order(oid)
     wire = {"op": "cancel", "account": g.account, "order_id": oid}
-    command_id, reply = _submit(partition, wire, st.reply_timeout)
-    if reply is None:
-        return _accepted(oid, command_id=command_id)
-    if not reply.get("ok"):
-        raise _error_from_reply(reply)
-    return jsonify(reply["order"])
+    return _order_command(partition, wire, oid, st.reply_timeout)
 
 
 @private.delete("/orders")
@@ -293,12 +298,7 @@ def amend_order(order_id: str):
         "quantity": changes["quantity"],
         "price": changes["price"],
     }
-    command_id, reply = _submit(partition, wire, st.reply_timeout)
-    if reply is None:
-        return _accepted(oid, command_id=command_id)
-    if not reply.get("ok"):
-        raise _error_from_reply(reply)
-    return jsonify(reply["order"])
+    return _order_command(partition, wire, oid, st.reply_timeout)
 
 
 @private.get("/orders/<order_id>")
