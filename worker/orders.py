@@ -8,21 +8,56 @@ REST order object or the order hash is cheap and exact.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from engine.schema import Market
 
+TEXT_CACHE_MAX = 100_000  # entries per cache below; a full cache is cleared (values repeat)
+
+
+class Memo(dict):  # type: ignore[type-arg]
+    """``key -> text`` memo filled on first use: ``memo[n]`` is one dict subscript where
+    ``Step.format(n)`` is a Python call (the renderers format several numbers per order)."""
+
+    __slots__ = ("render",)
+
+    def __init__(self, render: Callable[[Any], str]) -> None:
+        super().__init__()
+        self.render = render
+
+    def __missing__(self, key: Any) -> str:
+        text = self.render(key)
+        if len(self) >= TEXT_CACHE_MAX:
+            self.clear()
+        self[key] = text
+        return text
+
 
 class MarketFormat:
-    """The integer -> decimal string renderers (``engine.schema.Step``) of one market."""
+    """The integer -> decimal string renderers (``engine.schema.Step``) of one market.
 
-    __slots__ = ("price", "qty", "quote", "quote_asset")
+    ``qty_t``/``quote_t`` are memoized forms of ``qty``/``quote``; ``qty_b``/``quote_b`` give
+    the RESP bulk string (``$<len>\r\n<text>\r\n``) of the same text.
+    """
+
+    __slots__ = ("price", "qty", "quote", "quote_asset", "qty_t", "quote_t", "qty_b", "quote_b")
 
     def __init__(self, market: Market) -> None:
         self.price = market.tick.format
         self.qty = market.lot.format
         self.quote = market.quote.format
         self.quote_asset = market.quote_asset
+        qty, quote = self.qty, self.quote
+        self.qty_t = Memo(qty)
+        self.quote_t = Memo(quote)
+        self.qty_b = Memo(lambda n: bulk(qty(n)))
+        self.quote_b = Memo(lambda n: bulk(quote(n)))
+
+
+def bulk(text: str) -> str:
+    """One RESP bulk string (lengths are character counts: see render.resp)."""
+    return f"${len(text)}\r\n{text}\r\n"
 
 
 def jstr(value: str | None) -> str:
@@ -64,6 +99,8 @@ class OrderState:
         "mid",
         "persisted",
         "new_fills",
+        "last_snap",
+        "fill_head",
     )
 
     def __init__(
@@ -112,6 +149,8 @@ class OrderState:
         self.fills: list[str] = fills if fills is not None else []
         self.persisted = persisted
         self.new_fills = False  # fills grew since the hash was last written
+        self.last_snap: tuple[Any, ...] | None = None  # snap() as of its last order event
+        self.fill_head: str | None = None  # cached opening of its fill events (processor)
         # the fields that never change, as the opening of the JSON object
         self.head = (
             f'"order_id":{id},"client_order_id":{jstr(client_order_id)},"symbol":"{symbol}",'

@@ -45,10 +45,31 @@ WORKER_SNAPSHOT_VERSION = 1
 
 Entry = tuple[Any, Any]  # (stream id, {field: value}) as redis-py returns it (bytes or str)
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_OK_ACCOUNTS_MAX = 100_000  # accounts known to pass _ACCOUNT (cleared when full: a cache)
+DUPLICATE_ORDER_ID = Reason.DUPLICATE_ORDER_ID
 
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fill_head(st: OrderState | None, symbol: str, side: str) -> str:
+    """The opening of a fill event up to the fill's own fields; cached on the order (an order's
+    id, client id, symbol and side never change)."""
+    if st is None:
+        return (
+            f'{{"event":"fill","order_id":0,"client_order_id":null,"symbol":"{symbol}",'
+            f'"side":"{side}",'
+        )
+    head = st.fill_head = (
+        f'{{"event":"fill","order_id":{st.id},"client_order_id":{jstr(st.client_order_id)},'
+        f'"symbol":"{symbol}","side":"{side}",'
+    )
+    return head
 
 
 def _field(flat: list[Any], name: bytes) -> Any:
@@ -131,6 +152,7 @@ class Processor:
         self.last_id: str | None = None  # last stream id applied
         self.entries = 0  # valid commands applied since genesis
         self.consumed = 0  # journal entries consumed since genesis (= fb:{pN}:applied_count)
+        self._ok_accounts: set[str] = set()
 
     # ------------------------------------------------------------------------------------------
     def process(self, entries: list[Entry], emit: bool = True) -> Batch:
@@ -153,9 +175,14 @@ class Processor:
         trade_no = self.trade_no
         account_ok = _ACCOUNT.match
 
+        count = 0
+        ok_accounts = self._ok_accounts
         for raw_id, fields in entries:
-            entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            ts = int(entry_id.partition("-")[0])
+            # ms straight from the id (bytes from XREAD): the text form is only needed for logs
+            if isinstance(raw_id, bytes):
+                ts = int(raw_id.partition(b"-")[0])
+            else:
+                ts = int(raw_id.partition("-")[0])
             if type(fields) is list:  # raw RESP: [field, value, ...]
                 payload = fields[1] if len(fields) == 2 else _field(fields, b"c")
             else:  # redis-py: {field: value}
@@ -166,45 +193,51 @@ class Processor:
                 if not isinstance(wire, dict):
                     raise ValueError("not a JSON object")
             except (TypeError, ValueError) as exc:
-                log.warning("entry %s: unreadable command (%s), skipped", entry_id, exc)
+                log.warning("entry %s: unreadable command (%s), skipped", _text(raw_id), exc)
                 continue
             try:
                 cmd = command_from_wire(wire, ts, markets)
-                if not account_ok(cmd.account):
-                    raise SchemaError(
-                        "invalid_field", "account must be 1-64 characters of A-Za-z0-9_.:-",
-                        "account",
-                    )  # fmt: skip
+                account = cmd.account
+                if account not in ok_accounts:  # the regex once per account, not per command
+                    if not account_ok(account):
+                        raise SchemaError(
+                            "invalid_field", "account must be 1-64 characters of A-Za-z0-9_.:-",
+                            "account",
+                        )  # fmt: skip
+                    if len(ok_accounts) >= _OK_ACCOUNTS_MAX:
+                        ok_accounts.clear()
+                    ok_accounts.add(account)
             except SchemaError as exc:
                 cmd_id = wire.get("id")
                 if isinstance(cmd_id, int) and not isinstance(cmd_id, bool):
                     if emit:
                         replies.append((cmd_id, _dumps({"ok": False, "error": exc.as_dict()})))
                 else:
-                    log.warning("entry %s: invalid command without id: %s", entry_id, exc)
+                    log.warning("entry %s: invalid command without id: %s", _text(raw_id), exc)
                 continue
             try:
                 events = engine.apply(cmd)
             except Exception:  # an engine bug must not wedge the partition forever
-                log.exception("entry %s: engine failed on %r", entry_id, cmd)
+                log.exception("entry %s: engine failed on %r", _text(raw_id), cmd)
                 if emit:
                     err = {"code": "internal_error", "message": "the matching engine failed"}
                     replies.append((cmd.id, _dumps({"ok": False, "error": err})))
                 continue
             kind = type(cmd)
+            is_new = kind is NewOrder
             touched: OrderState | None = None  # the order a new/cancel/amend reply shows
             cancelled: list[OrderState] = []
             rejected: str | None = None
-            target = cmd.id if kind is NewOrder else getattr(cmd, "order_id", None)
-            # -- events --------------------------------------------------------------------------
+            target = cmd.id if is_new else getattr(cmd, "order_id", None)
+            # -- events (most frequent kinds first) ----------------------------------------------
             for ev in events:
                 tag = ev[0]
                 if tag == ORDER:
                     _, symbol, oid, account, status, filled, remaining, cum_quote, reason = ev
                     st = orders.get(oid)
                     detached = False
-                    if kind is NewOrder and oid == target:
-                        if reason == Reason.DUPLICATE_ORDER_ID:
+                    if oid == target and is_new:
+                        if reason == DUPLICATE_ORDER_ID:
                             # a hand-made entry reusing a live id: answer, touch nothing
                             st = self._new_state(cmd, ts)  # type: ignore[arg-type]
                             detached = True
@@ -212,21 +245,22 @@ class Processor:
                             st = self._new_state(cmd, ts)  # type: ignore[arg-type]
                             orders[oid] = st
                     elif st is None:
-                        log.error("entry %s: order event for unknown order %s", entry_id, oid)
+                        log.error("entry %s: order event for unknown order %s", _text(raw_id), oid)
                         continue
                     st.status = status
                     st.filled = filled
                     st.remaining = remaining
                     st.cum_quote = cum_quote
                     st.updated_at = ts
-                    if reason == AMENDED:
-                        fmt = fmts[symbol]
-                        new_price = st.price
-                        if kind is AmendOrder and cmd.price is not None:  # type: ignore[union-attr]
-                            new_price = fmt.price(cmd.price)  # type: ignore[union-attr]
-                        st.set_terms(new_price, fmt.qty(filled + remaining))
-                    elif reason is not None:
-                        st.reason = reason
+                    if reason is not None:
+                        if reason == AMENDED:
+                            fmt = fmts[symbol]
+                            new_price = st.price
+                            if kind is AmendOrder and cmd.price is not None:  # type: ignore[union-attr]
+                                new_price = fmt.price(cmd.price)  # type: ignore[union-attr]
+                            st.set_terms(new_price, fmt.qty(filled + remaining))
+                        else:
+                            st.reason = reason
                     if not detached:
                         dirty[oid] = st
                     if oid == target:
@@ -234,10 +268,20 @@ class Processor:
                     elif kind is CancelAll and status == CANCELLED:
                         cancelled.append(st)
                     if emit:
-                        acct.append(
-                            (account, (st.head, status, st.reason, st.mid, symbol, filled,
-                                       remaining, cum_quote, st.created_at, ts))
-                        )  # fmt: skip
+                        # == st.snap() now; replies reuse this very tuple, so the renderer
+                        # renders the order body once for the event and the reply
+                        snap = (st.head, status, st.reason, st.mid, symbol, filled, remaining,
+                                cum_quote, st.created_at, ts)  # fmt: skip
+                        st.last_snap = snap
+                        acct.append((account, snap))
+                elif tag == LEVEL:
+                    symbol = ev[1]
+                    if emit:
+                        sb = symbols.get(symbol)
+                        if sb is None:
+                            sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
+                        sb.levels[(ev[2], ev[3])] = ev[4]
+                    book_seq[symbol] += 1
                 elif tag == TRADE:
                     (_, symbol, trade_id, price, qty, taker_side, maker_id, taker_id,
                      maker_account, taker_account, maker_fee, taker_fee, tts) = ev  # fmt: skip
@@ -258,42 +302,32 @@ class Processor:
                     trades_out.append(
                         (f"{tts}-{trade_no}", record, maker_account, taker_account, symbol)
                     )
-                    common = f'{{"trade_id":{trade_id},"price":"{p}","quantity":"{q}","fee":"'
-                    maker_fill = f'{common}{mf}","fee_asset":"{asset}","liquidity":"maker"}}'
-                    taker_fill = f'{common}{tf}","fee_asset":"{asset}","liquidity":"taker"}}'
+                    common = f'"trade_id":{trade_id},"price":"{p}","quantity":"{q}","fee":"'
+                    maker_body = f'{common}{mf}","fee_asset":"{asset}","liquidity":"maker"'
+                    taker_body = f'{common}{tf}","fee_asset":"{asset}","liquidity":"taker"'
                     maker = orders.get(maker_id)
                     if maker is not None:
-                        maker.fills.append(maker_fill)
+                        maker.fills.append("{" + maker_body + "}")
                         maker.new_fills = True
                     taker = orders.get(taker_id)
                     if taker is not None:
-                        taker.fills.append(taker_fill)
+                        taker.fills.append("{" + taker_body + "}")
                         taker.new_fills = True
                     if emit:
-                        maker_side = "sell" if taker_side == BUY else "buy"
-                        for account, st, side, fill in (
-                            (maker_account, maker, maker_side, maker_fill),
-                            (taker_account, taker, taker_side, taker_fill),
-                        ):
-                            coid = st.client_order_id if st is not None else None
-                            acct.append(
-                                (account,
-                                 f'{{"event":"fill","order_id":{st.id if st else 0},'
-                                 f'"client_order_id":{jstr(coid)},"symbol":"{symbol}",'
-                                 f'"side":"{side}",{fill[1:-1]},"timestamp":{tts}}}')
-                            )  # fmt: skip
+                        # fill events: per-order cached head + this fill + timestamp
+                        tail = f',"timestamp":{tts}}}'
+                        head = maker.fill_head if maker is not None else None
+                        if head is None:
+                            head = _fill_head(maker, symbol, "sell" if taker_side == BUY else "buy")
+                        acct.append((maker_account, head + maker_body + tail))
+                        head = taker.fill_head if taker is not None else None
+                        if head is None:
+                            head = _fill_head(taker, symbol, taker_side)
+                        acct.append((taker_account, head + taker_body + tail))
                         sb = symbols.get(symbol)
                         if sb is None:
                             sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
                         sb.trades.append(record)
-                elif tag == LEVEL:
-                    symbol = ev[1]
-                    if emit:
-                        sb = symbols.get(symbol)
-                        if sb is None:
-                            sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
-                        sb.levels[(ev[2], ev[3])] = ev[4]
-                    book_seq[symbol] += 1
                 elif tag == BBO:
                     symbol = ev[1]
                     bbo_seq[symbol] += 1
@@ -307,20 +341,16 @@ class Processor:
             # -- reply -----------------------------------------------------------------------------
             if emit:
                 if rejected is not None:
-                    reply: Any = _dumps(
-                        {
-                            "ok": False,
-                            "error": {"code": rejected, "message": _reject_message(rejected)},
-                        }
-                    )
+                    reply: Any = _reject_reply(rejected)
                 elif kind is CancelAll:
-                    reply = ("c", [(o.snap(), tuple(o.fills)) for o in cancelled])
+                    reply = ("c", [(o.last_snap, tuple(o.fills)) for o in cancelled])
                 elif touched is not None:
-                    reply = ("o", touched.snap(), tuple(touched.fills))
+                    reply = ("o", touched.last_snap, tuple(touched.fills))
                 else:  # cannot happen with a correct engine; never leave a client hanging
                     reply = '{"ok":false,"error":{"code":"internal_error","message":"no outcome"}}'
                 replies.append((cmd.id, reply))
-            batch.count += 1
+            count += 1
+        batch.count = count
 
         self.trade_no = trade_no
         self.entries += batch.count
@@ -458,6 +488,20 @@ _REJECT_MESSAGES = {
 
 def _reject_message(reason: str) -> str:
     return _REJECT_MESSAGES.get(reason, reason.replace("_", " "))
+
+
+_REJECT_REPLIES: dict[str, str] = {}
+
+
+def _reject_reply(reason: str) -> str:
+    """The reply JSON for an engine ``reject`` (one per reason, cached: json.dumps per cancel of
+    an unknown order was ~1 us/entry)."""
+    text = _REJECT_REPLIES.get(reason)
+    if text is None:
+        text = _dumps({"ok": False, "error": {"code": reason, "message": _reject_message(reason)}})
+        if len(_REJECT_REPLIES) < 1000:
+            _REJECT_REPLIES[reason] = text
+    return text
 
 
 def command_kinds() -> tuple[type, ...]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.schema import BUY, Market
 from worker.keys import DEFAULT_NAMESPACE, Keys
-from worker.orders import MarketFormat
+from worker.orders import MarketFormat, Memo, bulk
 
 #: (head, status, reason, mid, symbol, filled, remaining, cum_quote, created_at, updated_at):
 #: an order's state at one moment; head/mid are the cached JSON pieces of OrderState.
@@ -32,17 +32,25 @@ def resp(args: list[str]) -> str:
     return f"*{len(args)}\r\n" + "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
 
 
+_EMPTY_BULK = "$0\r\n\r\n"
+#: text -> its RESP bulk string (codes, decimals, accounts: few distinct values)
+_BULK = Memo(bulk)
+#: integer (ms timestamps repeat within a batch) -> RESP bulk string of its decimal form
+_INT_BULK = Memo(lambda n: bulk(str(n)))
+#: reject reason or None -> its JSON value
+_REASON_JSON = Memo(lambda r: "null" if r is None else '"' + r + '"')
+#: (symbol, side, type, time_in_force, post_only) -> those five hash fields as RESP
+_FIXED: dict[tuple[Any, ...], str] = {}
+
+
 def render_body(fmt: MarketFormat, snap: Snap) -> str:
     """Every REST order field but ``fills``, without the braces."""
     head, status, reason, mid, _symbol, filled, remaining, cum_quote, created, updated = snap
+    qty = fmt.qty_t
     return (
-        f'{head}"status":"{status}",'
-        f'"reject_reason":{"null" if reason is None else chr(34) + reason + chr(34)},'
-        f"{mid}"
-        f'"filled_quantity":"{fmt.qty(filled)}",'
-        f'"remaining_quantity":"{fmt.qty(remaining)}",'
-        f'"cum_quote":"{fmt.quote(cum_quote)}",'
-        f'"created_at":{created},"updated_at":{updated}'
+        f'{head}"status":"{status}","reject_reason":{_REASON_JSON[reason]},{mid}'
+        f'"filled_quantity":"{qty[filled]}","remaining_quantity":"{qty[remaining]}",'
+        f'"cum_quote":"{fmt.quote_t[cum_quote]}","created_at":{created},"updated_at":{updated}'
     )
 
 
@@ -51,44 +59,49 @@ def render_order(fmt: MarketFormat, snap: Snap, fills: tuple[str, ...] | list[st
     return "{" + render_body(fmt, snap) + ',"fills":[' + ",".join(fills) + "]}"
 
 
+def _fixed(key: tuple[Any, ...]) -> str:
+    symbol, side, type_, tif, post_only = key
+    text = (
+        f"$6\r\nsymbol\r\n{bulk(symbol)}$4\r\nside\r\n{bulk(side)}$4\r\ntype\r\n{bulk(type_)}"
+        f"$13\r\ntime_in_force\r\n{bulk(tif)}"
+        f"$9\r\npost_only\r\n{bulk('true' if post_only else 'false')}"
+    )
+    if len(_FIXED) >= 10_000:
+        _FIXED.clear()
+    _FIXED[key] = text
+    return text
+
+
 def hset_full(key: str, fmt: MarketFormat, h: tuple[Any, ...], fills_json: str) -> str:
-    """HSET of the whole order hash (DESIGN.md "Order hash encoding") as one RESP command."""
+    """HSET of the whole order hash (DESIGN.md "Order hash encoding") as one RESP command.
+
+    Pieces come from memos (order fields take few distinct values): formatting ~40 values per
+    new order was the renderer's biggest cost.
+    """
     (oid, account, coid, symbol, side, type_, tif, post_only, status, reason, price, stop, qty,
      qq, filled, remaining, cum_quote, created, updated) = h  # fmt: skip
+    b = _BULK
+    fixed = _FIXED.get((symbol, side, type_, tif, post_only))
+    if fixed is None:
+        fixed = _fixed((symbol, side, type_, tif, post_only))
     v0 = str(oid)
-    v2 = coid or ""
-    v7 = "true" if post_only else "false"
-    v9 = reason or ""
-    v10 = price or ""
-    v11 = stop or ""
-    v12 = qty or ""
-    v13 = qq or ""
-    v14 = fmt.qty(filled)
-    v15 = fmt.qty(remaining)
-    v16 = fmt.quote(cum_quote)
-    v17 = str(created)
-    v18 = str(updated)
     return (
         f"*42\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
         f"$8\r\norder_id\r\n${len(v0)}\r\n{v0}\r\n"
-        f"$7\r\naccount\r\n${len(account)}\r\n{account}\r\n"
-        f"$15\r\nclient_order_id\r\n${len(v2)}\r\n{v2}\r\n"
-        f"$6\r\nsymbol\r\n${len(symbol)}\r\n{symbol}\r\n"
-        f"$4\r\nside\r\n${len(side)}\r\n{side}\r\n"
-        f"$4\r\ntype\r\n${len(type_)}\r\n{type_}\r\n"
-        f"$13\r\ntime_in_force\r\n${len(tif)}\r\n{tif}\r\n"
-        f"$9\r\npost_only\r\n${len(v7)}\r\n{v7}\r\n"
-        f"$6\r\nstatus\r\n${len(status)}\r\n{status}\r\n"
-        f"$13\r\nreject_reason\r\n${len(v9)}\r\n{v9}\r\n"
-        f"$5\r\nprice\r\n${len(v10)}\r\n{v10}\r\n"
-        f"$10\r\nstop_price\r\n${len(v11)}\r\n{v11}\r\n"
-        f"$8\r\nquantity\r\n${len(v12)}\r\n{v12}\r\n"
-        f"$14\r\nquote_quantity\r\n${len(v13)}\r\n{v13}\r\n"
-        f"$15\r\nfilled_quantity\r\n${len(v14)}\r\n{v14}\r\n"
-        f"$18\r\nremaining_quantity\r\n${len(v15)}\r\n{v15}\r\n"
-        f"$9\r\ncum_quote\r\n${len(v16)}\r\n{v16}\r\n"
-        f"$10\r\ncreated_at\r\n${len(v17)}\r\n{v17}\r\n"
-        f"$10\r\nupdated_at\r\n${len(v18)}\r\n{v18}\r\n"
+        f"$7\r\naccount\r\n{b[account]}"
+        f"$15\r\nclient_order_id\r\n{bulk(coid) if coid else _EMPTY_BULK}"
+        f"{fixed}"
+        f"$6\r\nstatus\r\n{b[status]}"
+        f"$13\r\nreject_reason\r\n{b[reason or '']}"
+        f"$5\r\nprice\r\n{b[price or '']}"
+        f"$10\r\nstop_price\r\n{b[stop or '']}"
+        f"$8\r\nquantity\r\n{b[qty or '']}"
+        f"$14\r\nquote_quantity\r\n{b[qq or '']}"
+        f"$15\r\nfilled_quantity\r\n{fmt.qty_b[filled]}"
+        f"$18\r\nremaining_quantity\r\n{fmt.qty_b[remaining]}"
+        f"$9\r\ncum_quote\r\n{fmt.quote_b[cum_quote]}"
+        f"$10\r\ncreated_at\r\n{_INT_BULK[created]}"
+        f"$10\r\nupdated_at\r\n{_INT_BULK[updated]}"
         f"$5\r\nfills\r\n${len(fills_json)}\r\n{fills_json}\r\n"
     )
 
@@ -97,18 +110,17 @@ def hset_progress(
     key: str, fmt: MarketFormat, h: tuple[Any, ...], fills_json: str | None
 ) -> str:
     """HSET of the fields a later command can change (and the fills if they grew)."""
-    status, reason, price, qty = h[8], h[9] or "", h[10] or "", h[12] or ""
-    fq, rq, cq, updated = fmt.qty(h[14]), fmt.qty(h[15]), fmt.quote(h[16]), str(h[18])
+    b = _BULK
     text = (
         f"*{18 if fills_json is None else 20}\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
-        f"$6\r\nstatus\r\n${len(status)}\r\n{status}\r\n"
-        f"$13\r\nreject_reason\r\n${len(reason)}\r\n{reason}\r\n"
-        f"$5\r\nprice\r\n${len(price)}\r\n{price}\r\n"
-        f"$8\r\nquantity\r\n${len(qty)}\r\n{qty}\r\n"
-        f"$15\r\nfilled_quantity\r\n${len(fq)}\r\n{fq}\r\n"
-        f"$18\r\nremaining_quantity\r\n${len(rq)}\r\n{rq}\r\n"
-        f"$9\r\ncum_quote\r\n${len(cq)}\r\n{cq}\r\n"
-        f"$10\r\nupdated_at\r\n${len(updated)}\r\n{updated}\r\n"
+        f"$6\r\nstatus\r\n{b[h[8]]}"
+        f"$13\r\nreject_reason\r\n{b[h[9] or '']}"
+        f"$5\r\nprice\r\n{b[h[10] or '']}"
+        f"$8\r\nquantity\r\n{b[h[12] or '']}"
+        f"$15\r\nfilled_quantity\r\n{fmt.qty_b[h[14]]}"
+        f"$18\r\nremaining_quantity\r\n{fmt.qty_b[h[15]]}"
+        f"$9\r\ncum_quote\r\n{fmt.quote_b[h[16]]}"
+        f"$10\r\nupdated_at\r\n{_INT_BULK[h[18]]}"
     )
     if fills_json is not None:
         text += f"$5\r\nfills\r\n${len(fills_json)}\r\n{fills_json}\r\n"
@@ -143,18 +155,16 @@ class Renderer:
         opened: dict[str, list[str]] = {}
         unopened: dict[str, list[str]] = {}
         closed_by: dict[str, list[str]] = {}
+        order_prefix = keys.prefix + "order:"
         for h, persisted, closed, fills_json in hashes:
-            oid = h[0]
             account = h[1]
-            fmt = fmts[h[3]]
-            okey = keys.order(oid)
-            sid = str(oid)
+            sid = str(h[0])
             if not persisted:
-                ops.append(hset_full(okey, fmt, h, fills_json))
+                ops.append(hset_full(order_prefix + sid, fmts[h[3]], h, fills_json))
                 if not closed:
                     opened.setdefault(account, []).extend((sid, sid))
             else:
-                ops.append(hset_progress(okey, fmt, h, fills_json))
+                ops.append(hset_progress(order_prefix + sid, fmts[h[3]], h, fills_json))
                 if closed:
                     unopened.setdefault(account, []).append(sid)
             if closed:
@@ -185,21 +195,39 @@ class Renderer:
                 rkey = keys.recent(symbol)
                 ops.append(resp(["LPUSH", rkey, *records[-self.recent_len :]]))
                 ops.append(resp(["LTRIM", rkey, "0", str(self.recent_len - 1)]))
+        # -- private account messages (rendered first: replies reuse their order bodies) ---------
+        bodies: dict[int, str] = {}  # id(snap) -> render_body(snap); the plan keeps snaps alive
+        grouped: dict[str, list[str]] = {}
+        for account, item in acct:
+            if type(item) is not str:
+                body = bodies[id(item)] = render_body(fmts[item[4]], item)
+                item = '{"event":"order",' + body + "}"
+            events = grouped.get(account)
+            if events is None:
+                grouped[account] = [item]
+            else:
+                events.append(item)
         # -- replies ----------------------------------------------------------------------------
         ttl = self.reply_ttl
         expire_tail = f"\r\n${len(ttl)}\r\n{ttl}\r\n"
+        reply_prefix = keys.prefix + "reply:"
         for cmd_id, reply in replies:
             if type(reply) is not str:
                 if reply[0] == "o":
                     _, snap, fills = reply
-                    reply = '{"ok":true,"order":' + render_order(fmts[snap[4]], snap, fills) + "}"
+                    body = bodies.get(id(snap))
+                    if body is None:
+                        body = render_body(fmts[snap[4]], snap)
+                    reply = '{"ok":true,"order":{' + body + ',"fills":[' + ",".join(fills) + "]}}"
                 else:  # cancel_all
-                    reply = (
-                        '{"ok":true,"cancelled":['
-                        + ",".join(render_order(fmts[s[4]], s, f) for s, f in reply[1])
-                        + "]}"
-                    )
-            rkey = keys.reply(cmd_id)
+                    parts = []
+                    for snap, fills in reply[1]:
+                        body = bodies.get(id(snap))
+                        if body is None:
+                            body = render_body(fmts[snap[4]], snap)
+                        parts.append("{" + body + ',"fills":[' + ",".join(fills) + "]}")
+                    reply = '{"ok":true,"cancelled":[' + ",".join(parts) + "]}"
+            rkey = f"{reply_prefix}{cmd_id}"
             head = f"${len(rkey)}\r\n{rkey}"
             ops.append(f"*3\r\n$5\r\nRPUSH\r\n{head}\r\n${len(reply)}\r\n{reply}\r\n")
             ops.append(f"*3\r\n$6\r\nEXPIRE\r\n{head}{expire_tail}")
@@ -219,15 +247,6 @@ class Renderer:
                  self.md_json(fmt, symbol, md_trades, md_levels, prev_seq, seq, md_bbo, bbo_seq))
             )  # fmt: skip
         # -- private account messages, in engine order ------------------------------------------
-        grouped: dict[str, list[str]] = {}
-        for account, item in acct:
-            if type(item) is not str:
-                item = '{"event":"order",' + render_body(fmts[item[4]], item) + "}"
-            events = grouped.get(account)
-            if events is None:
-                grouped[account] = [item]
-            else:
-                events.append(item)
         for account, events in grouped.items():
             messages.append(
                 (keys.acct_channel(account),
