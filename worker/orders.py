@@ -37,22 +37,28 @@ class Memo(dict):  # type: ignore[type-arg]
 class MarketFormat:
     """The integer -> decimal string renderers (``engine.schema.Step``) of one market.
 
-    ``qty_t``/``quote_t`` are memoized forms of ``qty``/``quote``; ``qty_b``/``quote_b`` give
-    the RESP bulk string (``$<len>\r\n<text>\r\n``) of the same text.
+    ``price_t``/``qty_t``/``quote_t`` are memoized forms of ``price``/``qty``/``quote``;
+    ``qty_b``/``quote_b`` give the RESP bulk string (``$<len>\r\n<text>\r\n``) of the same text.
     """
 
-    __slots__ = ("price", "qty", "quote", "quote_asset", "qty_t", "quote_t", "qty_b", "quote_b")
+    __slots__ = (
+        "price", "qty", "quote", "quote_asset", "price_t", "qty_t", "quote_t", "qty_b", "quote_b",
+        "level_t",
+    )  # fmt: skip
 
     def __init__(self, market: Market) -> None:
         self.price = market.tick.format
         self.qty = market.lot.format
         self.quote = market.quote.format
         self.quote_asset = market.quote_asset
-        qty, quote = self.qty, self.quote
+        price, qty, quote = self.price, self.qty, self.quote
+        self.price_t = Memo(price)
         self.qty_t = Memo(qty)
         self.quote_t = Memo(quote)
         self.qty_b = Memo(lambda n: bulk(qty(n)))
         self.quote_b = Memo(lambda n: bulk(quote(n)))
+        # (ticks, lots) -> '["price","qty"]', a book level as the book/md JSON shows it
+        self.level_t = Memo(lambda pq: f'["{price(pq[0])}","{qty(pq[1])}"]')
 
 
 def bulk(text: str) -> str:

@@ -287,10 +287,10 @@ class Processor:
                      maker_account, taker_account, maker_fee, taker_fee, tts) = ev  # fmt: skip
                     fmt = fmts[symbol]
                     trade_no += 1
-                    p = fmt.price(price)
-                    q = fmt.qty(qty)
-                    mf = fmt.quote(maker_fee)
-                    tf = fmt.quote(taker_fee)
+                    p = fmt.price_t[price]
+                    q = fmt.qty_t[qty]
+                    mf = fmt.quote_t[maker_fee]
+                    tf = fmt.quote_t[taker_fee]
                     asset = fmt.quote_asset
                     record = (
                         f'{{"trade_id":{trade_id},"symbol":"{symbol}","price":"{p}",'
@@ -403,10 +403,10 @@ class Processor:
             cmd.type,
             cmd.time_in_force,
             cmd.post_only,
-            None if cmd.price is None else fmt.price(cmd.price),
-            None if cmd.stop_price is None else fmt.price(cmd.stop_price),
-            None if cmd.quantity is None else fmt.qty(cmd.quantity),
-            None if cmd.quote_quantity is None else fmt.quote(cmd.quote_quantity),
+            None if cmd.price is None else fmt.price_t[cmd.price],
+            None if cmd.stop_price is None else fmt.price_t[cmd.stop_price],
+            None if cmd.quantity is None else fmt.qty_t[cmd.quantity],
+            None if cmd.quote_quantity is None else fmt.quote_t[cmd.quote_quantity],
             cmd.client_order_id,
             ts,
         )

@@ -183,12 +183,12 @@ class Renderer:
             recent: dict[str, list[str]] = {}
             tkey = keys.trades
             tkey_head = f"*9\r\n$4\r\nXADD\r\n${len(tkey)}\r\n{tkey}\r\n"
+            b = _BULK
             for stream_id, record, maker_account, taker_account, symbol in trades:
                 ops.append(
                     f"{tkey_head}${len(stream_id)}\r\n{stream_id}\r\n$1\r\nt\r\n"
-                    f"${len(record)}\r\n{record}\r\n$2\r\nma\r\n"
-                    f"${len(maker_account)}\r\n{maker_account}\r\n$2\r\nta\r\n"
-                    f"${len(taker_account)}\r\n{taker_account}\r\n"
+                    f"${len(record)}\r\n{record}\r\n$2\r\nma\r\n{b[maker_account]}"
+                    f"$2\r\nta\r\n{b[taker_account]}"
                 )
                 recent.setdefault(symbol, []).append(record)
             for symbol, records in recent.items():
@@ -266,8 +266,8 @@ class Renderer:
 
     @staticmethod
     def levels_json(fmt: MarketFormat, levels: list[tuple[int, int]]) -> str:
-        price, qty = fmt.price, fmt.qty
-        return "[" + ",".join([f'["{price(p)}","{qty(q)}"]' for p, q in levels]) + "]"
+        level = fmt.level_t
+        return "[" + ",".join([level[pq] for pq in levels]) + "]"
 
     def book_json(
         self, fmt: MarketFormat, symbol: str, seq: int, bids: list[tuple[int, int]],
