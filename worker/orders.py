@@ -107,6 +107,7 @@ class OrderState:
         "new_fills",
         "last_snap",
         "fill_head",
+        "terms_dirty",
     )
 
     def __init__(
@@ -169,6 +170,7 @@ class OrderState:
         """Price and quantity (the fields an amend changes) and their cached JSON."""
         self.price = price
         self.quantity = quantity
+        self.terms_dirty = True  # price/quantity not yet in the order hash
         self.mid = (
             f'"price":{jstr(price)},"stop_price":{jstr(self.stop_price)},'
             f'"quantity":{jstr(quantity)},"quote_quantity":{jstr(self.quote_quantity)},'

@@ -367,9 +367,12 @@ class Processor:
                 fills_json = None
                 if not st.persisted or st.new_fills:
                     fills_json = "[" + ",".join(st.fills) + "]"
-                hashes.append((st.hash_tuple(), st.persisted, closed, fills_json))
+                hashes.append(
+                    (st.hash_tuple(), st.persisted, closed, fills_json, st.terms_dirty)
+                )
             st.persisted = True
             st.new_fills = False
+            st.terms_dirty = False
             if closed and orders.get(oid) is st:
                 del orders[oid]
         if not emit:

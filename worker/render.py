@@ -107,16 +107,30 @@ def hset_full(key: str, fmt: MarketFormat, h: tuple[Any, ...], fills_json: str) 
 
 
 def hset_progress(
-    key: str, fmt: MarketFormat, h: tuple[Any, ...], fills_json: str | None
+    key: str, fmt: MarketFormat, h: tuple[Any, ...], fills_json: str | None, terms: bool = True
 ) -> str:
-    """HSET of the fields a later command can change (and the fills if they grew)."""
+    """HSET of the fields a later command changed (and the fills if they grew).
+
+    Unchanged fields are left out (fewer bytes and field writes for Redis, same hash):
+    ``reject_reason`` while there is none (the hash holds "" since its first write; a reason
+    is never taken back), ``price``/``quantity`` unless ``terms`` (an amend changed them).
+    """
     b = _BULK
+    reason = h[9]
+    argc = 12
+    if reason is not None:
+        argc += 2
+        text = f"$13\r\nreject_reason\r\n{b[reason]}"
+    else:
+        text = ""
+    if terms:
+        argc += 4
+        text += f"$5\r\nprice\r\n{b[h[10] or '']}$8\r\nquantity\r\n{b[h[12] or '']}"
+    if fills_json is not None:
+        argc += 2
     text = (
-        f"*{18 if fills_json is None else 20}\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
-        f"$6\r\nstatus\r\n{b[h[8]]}"
-        f"$13\r\nreject_reason\r\n{b[h[9] or '']}"
-        f"$5\r\nprice\r\n{b[h[10] or '']}"
-        f"$8\r\nquantity\r\n{b[h[12] or '']}"
+        f"*{argc}\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
+        f"$6\r\nstatus\r\n{b[h[8]]}{text}"
         f"$15\r\nfilled_quantity\r\n{fmt.qty_b[h[14]]}"
         f"$18\r\nremaining_quantity\r\n{fmt.qty_b[h[15]]}"
         f"$9\r\ncum_quote\r\n{fmt.quote_b[h[16]]}"
@@ -156,7 +170,7 @@ class Renderer:
         unopened: dict[str, list[str]] = {}
         closed_by: dict[str, list[str]] = {}
         order_prefix = keys.prefix + "order:"
-        for h, persisted, closed, fills_json in hashes:
+        for h, persisted, closed, fills_json, terms in hashes:
             account = h[1]
             sid = str(h[0])
             if not persisted:
@@ -164,7 +178,7 @@ class Renderer:
                 if not closed:
                     opened.setdefault(account, []).extend((sid, sid))
             else:
-                ops.append(hset_progress(order_prefix + sid, fmts[h[3]], h, fills_json))
+                ops.append(hset_progress(order_prefix + sid, fmts[h[3]], h, fills_json, terms))
                 if closed:
                     unopened.setdefault(account, []).append(sid)
             if closed:
