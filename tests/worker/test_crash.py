@@ -171,8 +171,10 @@ def test_kill_dash_nine_everything(tmp_path: Path, commit: str) -> None:
         result = replay_partition(client, 0, load_markets())
         assert result.ok, result.summary()
         assert result.trades == len(numbers)
-        recoveries = worker.log_tail()
-        assert "recovered from" in recoveries
+        # the whole log, not its tail: a killed commit child's traceback can be longer than that
+        recoveries = worker.log_path.read_text(errors="replace").count("recovered from")
+        # (a restart killed while still waiting for the lease never gets to recover)
+        assert 1 <= recoveries <= kills + 1, f"{recoveries} recoveries for {kills} restarts"
     finally:
         stop.set()
         worker.stop()
