@@ -138,7 +138,7 @@ class Step:
     cached (bounded): prices and sizes repeat a lot.
     """
 
-    __slots__ = ("step", "places", "k", "_cache")
+    __slots__ = ("step", "places", "k", "_cache", "_parsed")
 
     CACHE_LIMIT = 100_000
 
@@ -149,6 +149,7 @@ class Step:
         self.places = -exponent if exponent < 0 else 0
         self.k = int(step.scaleb(self.places))
         self._cache: dict[int, str] = {}
+        self._parsed: dict[str, int | None] = {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Step) and other.step == self.step
@@ -161,6 +162,16 @@ class Step:
 
     def units(self, text: str) -> int | None:
         """``text`` (already a plain decimal) as a whole number of steps, None if off-step."""
+        try:
+            return self._parsed[text]
+        except KeyError:
+            pass
+        units = self._units(text)
+        if len(self._parsed) < self.CACHE_LIMIT:
+            self._parsed[text] = units
+        return units
+
+    def _units(self, text: str) -> int | None:
         whole, _, frac = text.partition(".")
         places = self.places
         if len(frac) > places:
@@ -524,10 +535,14 @@ Command = NewOrder | CancelOrder | CancelAll | AmendOrder
 #: What a client may send for a new order: the command's fields but those the system assigns.
 ORDER_REQUEST_FIELDS = frozenset(NewOrder.__slots__) - {"id", "ts", "account"}
 AMEND_REQUEST_FIELDS = frozenset(("quantity", "price"))
+#: A journaled new order: the request's fields plus what the web and journal assign.
+WIRE_ORDER_FIELDS = ORDER_REQUEST_FIELDS | {"op", "id", "account"}
 
 
 def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...], default: str | None) -> str:
-    value = body.get(field, default)
+    value = body.get(field)
+    if value is None:
+        value = default
     if value is None:
         raise SchemaError(ErrorCode.MISSING_FIELD, f"{field} is required", field)
     if value not in choices:
@@ -545,12 +560,17 @@ def _require(field: str, why: str) -> SchemaError:
     return SchemaError(ErrorCode.MISSING_FIELD, f"{field} is required {why}", field)
 
 
-def parse_order_request(body: Any, markets: dict[str, Market]) -> NewOrder:
-    """Check a client's order body and give the engine command (id, ts, account left blank)."""
+def parse_order_request(
+    body: Any, markets: dict[str, Market], allowed: frozenset[str] = ORDER_REQUEST_FIELDS
+) -> NewOrder:
+    """Check a client's order body and give the engine command (id, ts, account left blank).
+
+    A field set to null counts as absent. ``allowed`` lets the worker pass a whole journal entry.
+    """
     if not isinstance(body, dict):
         raise SchemaError(ErrorCode.MALFORMED_JSON, "the body must be a JSON object")
-    if not ORDER_REQUEST_FIELDS.issuperset(body):
-        unknown = sorted(set(body) - ORDER_REQUEST_FIELDS)
+    if not allowed.issuperset(body):
+        unknown = sorted(set(body) - allowed)
         raise SchemaError(
             ErrorCode.UNKNOWN_FIELD, f"unknown field(s): {', '.join(unknown)}", unknown[0]
         )
@@ -565,8 +585,10 @@ def parse_order_request(body: Any, markets: dict[str, Market]) -> NewOrder:
     type_ = _choice(body, "type", ORDER_TYPES, LIMIT)
     tif = _choice(body, "time_in_force", TIME_IN_FORCES, GTC)
     stp = _choice(body, "stp", STP_MODES, DEFAULT_STP)
-    post_only = get("post_only", False)
-    if not isinstance(post_only, bool):
+    post_only = get("post_only")
+    if post_only is None:
+        post_only = False
+    elif not isinstance(post_only, bool):
         raise SchemaError(ErrorCode.INVALID_FIELD, "post_only must be true or false", "post_only")
     coid = get("client_order_id")
     if coid is not None and (not isinstance(coid, str) or not _CLIENT_ORDER_ID.match(coid)):
@@ -715,8 +737,7 @@ def command_from_wire(wire: dict[str, Any], ts: int, markets: dict[str, Market])
     except (KeyError, TypeError, ValueError):
         raise SchemaError(ErrorCode.INVALID_FIELD, "command lacks a valid id or account") from None
     if op == "new":
-        body = {k: v for k, v in wire.items() if v is not None and k in ORDER_REQUEST_FIELDS}
-        command = parse_order_request(body, markets)
+        command = parse_order_request(wire, markets, WIRE_ORDER_FIELDS)
         command.id = cmd_id
         command.ts = ts
         command.account = account
