@@ -112,8 +112,8 @@ _DECIMAL_TEXT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,18})?$")
 MAX_UNITS = 10**18
 
 
-def parse_decimal(value: Any, field: str) -> Decimal:
-    """Accept only plain positive decimal strings: no floats, exponents, signs, NaN or Inf."""
+def check_decimal_text(value: Any, field: str) -> str:
+    """Accept only plain decimal strings: no floats, exponents, signs, NaN, Inf or spaces."""
     if not isinstance(value, str):
         raise SchemaError(
             ErrorCode.INVALID_DECIMAL, f'{field} must be a decimal string, e.g. "1.5"', field
@@ -124,7 +124,12 @@ def parse_decimal(value: Any, field: str) -> Decimal:
             f"{field} must be a plain positive decimal string, got {value!r}",
             field,
         )
-    number = Decimal(value)
+    return value
+
+
+def parse_decimal(value: Any, field: str) -> Decimal:
+    """A plain positive decimal string as a Decimal (for configuration, never the hot path)."""
+    number = Decimal(check_decimal_text(value, field))
     if number <= 0:
         raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} must be greater than zero", field)
     return number
@@ -331,17 +336,7 @@ class Market:
 
     # -- decimal string -> integer units --------------------------------------------------------
     def _units(self, value: Any, step: Step, field: str, code: str) -> int:
-        if not isinstance(value, str):
-            raise SchemaError(
-                ErrorCode.INVALID_DECIMAL, f'{field} must be a decimal string, e.g. "1.5"', field
-            )
-        if not _DECIMAL_TEXT.match(value):
-            raise SchemaError(
-                ErrorCode.INVALID_DECIMAL,
-                f"{field} must be a plain positive decimal string, got {value!r}",
-                field,
-            )
-        units = step.units(value)
+        units = step.units(check_decimal_text(value, field))
         if units is None:
             raise SchemaError(code, f"{field} {value} is not a multiple of {step.step}", field)
         if units <= 0:
