@@ -324,12 +324,7 @@ class MatchingEngine:
             self._close(order, CANCELLED, Reason.FOK_NOT_FILLABLE, events)
             return
         if limit is not None and tif == GTC and not order.filled:
-            # A passive limit that cannot cross skips the matching loop altogether.
-            if order.side == BUY:
-                passive = book.best_ask is None or limit < book.best_ask
-            else:
-                passive = book.best_bid is None or limit > book.best_bid
-            if passive:
+            if not book.would_cross(order.side, limit):  # passive: skip the matching loop
                 book.rest(order, events)
                 return
         stop_reason = book.match(order, limit, ts, events)

@@ -125,7 +125,8 @@ def _register_error_handlers(app: Flask) -> None:
         return error_response(500, "internal_error", "internal error")
 
 
-def _config_float(config: dict[str, Any], key: str, default: float) -> float:
+def config_float(config: Any, key: str, default: float) -> float:
+    """A numeric setting from the app config, else the environment, else ``default``."""
     raw = config.get(key, os.environ.get(key, default))
     try:
         value = float(raw)
@@ -155,7 +156,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update({k: v for k, v in config.items() if k.isupper()})
 
     markets = config.get("FAIRBOOK_MARKETS") or load_markets(config.get("FAIRBOOK_SYMBOLS"))
-    reply_timeout = _config_float(config, "FAIRBOOK_REPLY_TIMEOUT", DEFAULT_REPLY_TIMEOUT)
+    reply_timeout = config_float(config, "FAIRBOOK_REPLY_TIMEOUT", DEFAULT_REPLY_TIMEOUT)
     client = config.get("FAIRBOOK_REDIS")
     if client is None:
         url = config.get("REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"

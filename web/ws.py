@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -28,6 +27,7 @@ from flask import Flask, current_app, request, send_from_directory
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from web import config_float
 from web.pubsub import ChannelError, Hub, dumps, text_frame
 
 log = logging.getLogger("fairbook.ws")
@@ -50,15 +50,7 @@ SETTINGS: dict[str, tuple[float, str]] = {
 
 def setting(name: str) -> float:
     """A numeric WebSocket setting from app.config or the environment (fail loudly)."""
-    default = SETTINGS[name][0]
-    raw = current_app.config.get(name, os.environ.get(name, default))
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise SystemExit(f"fairbook: {name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise SystemExit(f"fairbook: {name} must be >= 0")
-    return value
+    return config_float(current_app.config, name, SETTINGS[name][0])
 
 
 class LockedSocket:
