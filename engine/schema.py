@@ -531,7 +531,7 @@ Command = NewOrder | CancelOrder | CancelAll | AmendOrder
 ORDER_REQUEST_FIELDS = frozenset(NewOrder.__slots__) - {"id", "ts", "account"}
 AMEND_REQUEST_FIELDS = frozenset(("quantity", "price"))
 #: A journaled new order: the request's fields plus what the web and journal assign.
-WIRE_ORDER_FIELDS = ORDER_REQUEST_FIELDS | {"op", "id", "account"}
+WIRE_ORDER_FIELDS = ORDER_REQUEST_FIELDS | {"op", "id", "account", "reply_to"}
 
 
 def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...], default: str | None) -> str:

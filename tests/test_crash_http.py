@@ -143,7 +143,7 @@ def test_acknowledged_orders_survive_kill_dash_nine_of_worker_and_web(tmp_path: 
         pipe = client.pipeline(transaction=False)
         for oid in ids:
             pipe.hget(K.order(oid), "status")
-            pipe.llen(K.reply(oid))
+            pipe.llen(K.reply(by_id[oid].get("reply_to") or oid))
         got = pipe.execute()
         statuses, replies = got[0::2], dict(zip(ids, got[1::2], strict=True))
         assert None not in statuses, "a journaled order was never processed"

@@ -187,10 +187,7 @@ def _error_from_reply(reply: dict[str, Any]) -> ApiError:
 
 def _submit(partition: int, wire: dict[str, Any], timeout: float) -> tuple[int, dict | None]:
     """Append one command to the partition's journal; wait up to ``timeout`` for the reply."""
-    journal = state().journal(partition)
-    command_id = journal.append(wire)
-    reply = journal.wait_reply(command_id, timeout) if timeout > 0 else None
-    return command_id, reply
+    return state().journal(partition).submit(wire, timeout)
 
 
 def _order_command(partition: int, wire: dict[str, Any], oid: int, timeout: float):

@@ -7,6 +7,7 @@ equals the journal order and one append is one round trip.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable
 from typing import Any
 
@@ -78,6 +79,28 @@ class Journal:
         for wire, cmd_id in zip(wires, ids, strict=True):
             wire["id"] = cmd_id
         return ids
+
+    def submit(self, wire: dict[str, Any], timeout_s: float) -> tuple[int, dict[str, Any] | None]:
+        """Journal a command and wait for its reply, in ONE round trip.
+
+        The reply key is a fresh token (``reply_to``) chosen here, so the BLPOP can travel in the
+        same pipeline as the append instead of waiting for the id the append returns. Returns
+        the id and the reply, or None if the worker did not answer within ``timeout_s``.
+        """
+        if timeout_s <= 0:
+            return self.append(wire), None
+        token = secrets.token_hex(8)
+        wire["reply_to"] = token
+        pipe = self.redis.pipeline(transaction=False)
+        # EVAL, not EVALSHA: a pipelined Script costs an extra SCRIPT EXISTS round trip, and a
+        # NOSCRIPT (after a Redis restart) would leave the BLPOP waiting out its whole timeout.
+        pipe.eval(APPEND_LUA, 2, self.keys.next_id, self.keys.stream, self.partition,
+                  self._body(wire))  # fmt: skip
+        pipe.blpop([self.keys.reply(token)], timeout=timeout_s)
+        result, item = pipe.execute()
+        cmd_id = int(result)
+        wire["id"] = cmd_id
+        return cmd_id, None if item is None else json.loads(item[1])
 
     def wait_reply(self, cmd_id: int, timeout_s: float) -> dict[str, Any] | None:
         """Block until the worker answered command ``cmd_id``; None on timeout.

@@ -45,6 +45,7 @@ WORKER_SNAPSHOT_VERSION = 1
 
 Entry = tuple[Any, Any]  # (stream id, {field: value}) as redis-py returns it (bytes or str)
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_REPLY_TO = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _OK_ACCOUNTS_MAX = 100_000  # accounts known to pass _ACCOUNT (cleared when full: a cache)
 DUPLICATE_ORDER_ID = Reason.DUPLICATE_ORDER_ID
 
@@ -171,7 +172,8 @@ class Processor:
         dirty: dict[int, OrderState] = {}
         symbols: dict[str, _SymbolBatch] = {}
         acct: list[tuple[str, Any]] = []  # (account, order Snap | rendered fill event)
-        replies: list[tuple[int, Any]] = []  # (command id, JSON | ("o", snap, fills) | ("c", ...))
+        # (reply key: reply_to token or command id, JSON | ("o", snap, fills) | ("c", ...))
+        replies: list[tuple[int | str, Any]] = []
         trade_no = self.trade_no
         account_ok = _ACCOUNT.match
 
@@ -211,7 +213,8 @@ class Processor:
                 cmd_id = wire.get("id")
                 if isinstance(cmd_id, int) and not isinstance(cmd_id, bool):
                     if emit:
-                        replies.append((cmd_id, _dumps({"ok": False, "error": exc.as_dict()})))
+                        body = _dumps({"ok": False, "error": exc.as_dict()})
+                        replies.append((_reply_key(wire, cmd_id), body))
                 else:
                     log.warning("entry %s: invalid command without id: %s", _text(raw_id), exc)
                 continue
@@ -221,7 +224,7 @@ class Processor:
                 log.exception("entry %s: engine failed on %r", _text(raw_id), cmd)
                 if emit:
                     err = {"code": "internal_error", "message": "the matching engine failed"}
-                    replies.append((cmd.id, _dumps({"ok": False, "error": err})))
+                    replies.append((_reply_key(wire, cmd.id), _dumps({"ok": False, "error": err})))
                 continue
             kind = type(cmd)
             is_new = kind is NewOrder
@@ -348,7 +351,7 @@ class Processor:
                     reply = ("o", touched.last_snap, tuple(touched.fills))
                 else:  # cannot happen with a correct engine; never leave a client hanging
                     reply = '{"ok":false,"error":{"code":"internal_error","message":"no outcome"}}'
-                replies.append((cmd.id, reply))
+                replies.append((_reply_key(wire, cmd.id), reply))
             count += 1
         batch.count = count
 
@@ -494,6 +497,14 @@ def _reject_message(reason: str) -> str:
 
 
 _REJECT_REPLIES: dict[str, str] = {}
+
+
+def _reply_key(wire: dict[str, Any], cmd_id: int) -> int | str:
+    """Where the reply goes: the web's ``reply_to`` token if it sent a sane one, else the id."""
+    token = wire.get("reply_to")
+    if token is None:
+        return cmd_id
+    return token if type(token) is str and _REPLY_TO.match(token) else cmd_id
 
 
 def _reject_reply(reason: str) -> str:

@@ -225,7 +225,7 @@ class Renderer:
         ttl = self.reply_ttl
         expire_tail = f"\r\n${len(ttl)}\r\n{ttl}\r\n"
         reply_prefix = keys.prefix + "reply:"
-        for cmd_id, reply in replies:
+        for reply_key, reply in replies:
             if type(reply) is not str:
                 if reply[0] == "o":
                     _, snap, fills = reply
@@ -241,7 +241,7 @@ class Renderer:
                             body = render_body(fmts[snap[4]], snap)
                         parts.append("{" + body + ',"fills":[' + ",".join(fills) + "]}")
                     reply = '{"ok":true,"cancelled":[' + ",".join(parts) + "]}"
-            rkey = f"{reply_prefix}{cmd_id}"
+            rkey = f"{reply_prefix}{reply_key}"
             head = f"${len(rkey)}\r\n{rkey}"
             ops.append(f"*3\r\n$5\r\nRPUSH\r\n{head}\r\n${len(reply)}\r\n{reply}\r\n")
             ops.append(f"*3\r\n$6\r\nEXPIRE\r\n{head}{expire_tail}")

@@ -79,7 +79,7 @@ class FakeWorker:
                     self.seen.append(wire)
                     reply = self.responder(wire)
                     if reply is not None:
-                        key = self.keys.reply(wire["id"])
+                        key = self.keys.reply(wire.get("reply_to") or wire["id"])
                         self.client.rpush(key, json.dumps(reply))
                         self.client.expire(key, 60)
 

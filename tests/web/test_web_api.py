@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -266,6 +267,8 @@ def test_order_without_worker_is_202_and_journaled(client, alice, rdb):
     entries = rdb.xrange(K.stream)
     assert len(entries) == 1
     wire = json.loads(entries[0][1]["c"])
+    # the web's reply key token travels with the command (one round trip for append + wait)
+    assert re.fullmatch(r"[0-9a-f]{16}", wire.pop("reply_to"))
     assert wire == {"id": body["order_id"], "op": "new", "symbol": "BTC-USDT", "side": "buy",
                     "type": "limit", "time_in_force": "GTC", "post_only": False,
                     "price": "100.50", "quantity": "0.01000", "quote_quantity": None,
@@ -375,6 +378,7 @@ def test_amend(client, alice, bob, rdb, fake_worker):
     resp = client.patch("/api/v1/orders/512", json={"quantity": "0.005"}, headers=h)
     assert resp.status_code == 200 and resp.get_json()["quantity"] == "0.005"
     assert worker.seen[-1] == {"id": worker.seen[-1]["id"], "op": "amend",
+                               "reply_to": worker.seen[-1]["reply_to"],
                                "account": alice["account_id"], "order_id": 512,
                                "symbol": "BTC-USDT", "quantity": "0.00500", "price": None}
     resp = client.patch("/api/v1/orders/512", json={"price": "101"}, headers=h)
