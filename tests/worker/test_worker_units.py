@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -84,6 +86,38 @@ def test_journal_append_and_reply(redis_client) -> None:
     assert journal.wait_reply(first, 0.05) is None
     redis_client.rpush(journal.keys.reply(first), '{"ok":true}')
     assert journal.wait_reply(first, 1) == {"ok": True}
+
+
+def test_journal_submit_is_append_plus_wait_on_a_reply_to_token(redis_client) -> None:
+    journal = Journal(redis_client, 1)
+    # nobody answers: None after the timeout, but the command is journaled with its token
+    wire = {"op": "cancel", "account": "1", "order_id": 5}
+    cmd_id, reply = journal.submit(wire, 0.05)
+    assert reply is None and wire["id"] == cmd_id == make_public_id(1, 1)
+    (_, fields), = redis_client.xrange(journal.keys.stream)
+    body = json.loads(fields[b"c"])
+    token = body["reply_to"]
+    assert body == {"id": cmd_id, "op": "cancel", "account": "1", "order_id": 5,
+                    "reply_to": token} and len(token) == 16
+    # a "worker" answering at the token's key is what the next submit's BLPOP receives
+    def answer() -> None:
+        for _ in range(200):
+            entries = redis_client.xrange(journal.keys.stream)
+            if len(entries) == 2:
+                token2 = json.loads(entries[1][1][b"c"])["reply_to"]
+                redis_client.rpush(journal.keys.reply(token2), '{"ok":true,"n":2}')
+                return
+            time.sleep(0.01)
+
+    helper = threading.Thread(target=answer)
+    helper.start()
+    cmd_id2, reply2 = journal.submit({"op": "cancel", "account": "1", "order_id": 6}, 5)
+    helper.join()
+    assert cmd_id2 == make_public_id(2, 1) and reply2 == {"ok": True, "n": 2}
+    # no timeout means no waiting and no token
+    wire3 = {"op": "cancel", "account": "1", "order_id": 7}
+    assert journal.submit(wire3, 0) == (make_public_id(3, 1), None)
+    assert "reply_to" not in wire3
 
 
 def test_journal_big_counter(redis_client) -> None:
