@@ -143,7 +143,7 @@ class Step:
     cached (bounded): prices and sizes repeat a lot.
     """
 
-    __slots__ = ("step", "places", "k", "_cache", "_parsed")
+    __slots__ = ("step", "places", "k", "_cache", "valid")
 
     CACHE_LIMIT = 100_000
 
@@ -154,7 +154,8 @@ class Step:
         self.places = -exponent if exponent < 0 else 0
         self.k = int(step.scaleb(self.places))
         self._cache: dict[int, str] = {}
-        self._parsed: dict[str, int | None] = {}
+        #: texts already accepted in full by ``Market._units``: the per-order fast path
+        self.valid: dict[str, int] = {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Step) and other.step == self.step
@@ -167,16 +168,6 @@ class Step:
 
     def units(self, text: str) -> int | None:
         """``text`` (already a plain decimal) as a whole number of steps, None if off-step."""
-        try:
-            return self._parsed[text]
-        except KeyError:
-            pass
-        units = self._units(text)
-        if len(self._parsed) < self.CACHE_LIMIT:
-            self._parsed[text] = units
-        return units
-
-    def _units(self, text: str) -> int | None:
         whole, _, frac = text.partition(".")
         places = self.places
         if len(frac) > places:
@@ -336,6 +327,10 @@ class Market:
 
     # -- decimal string -> integer units --------------------------------------------------------
     def _units(self, value: Any, step: Step, field: str, code: str) -> int:
+        if type(value) is str:
+            known = step.valid.get(value)
+            if known is not None:  # seen and accepted before: prices and sizes repeat a lot
+                return known
         units = step.units(check_decimal_text(value, field))
         if units is None:
             raise SchemaError(code, f"{field} {value} is not a multiple of {step.step}", field)
@@ -345,6 +340,8 @@ class Market:
             )
         if units > MAX_UNITS:
             raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} is too large", field)
+        if len(step.valid) < Step.CACHE_LIMIT:
+            step.valid[value] = units
         return units
 
     def price_to_ticks(self, value: Any, field: str = "price") -> int:
