@@ -2,7 +2,7 @@
 
 A private redis-server (AOF on, everysec) is filled with N seeded mixed commands by pipelined
 XADD; then a worker starts and the clock runs until ``applied`` reaches the last entry, i.e.
-every trade, order hash, book, reply and snapshot of the run is committed.
+every trade, order record, book, reply and snapshot of the run is committed.
 """
 
 from __future__ import annotations

@@ -139,14 +139,15 @@ def test_acknowledged_orders_survive_kill_dash_nine_of_worker_and_web(tmp_path: 
         by_id = {w["id"]: w for w in journal}
         for oid, ack in every_ack.items():
             assert by_id[oid]["client_order_id"] == ack["client_order_id"]
-        # processed exactly once: one order hash and one reply per journaled order
+        # processed exactly once: one order record and one reply per journaled order
         pipe = client.pipeline(transaction=False)
         for oid in ids:
-            pipe.hget(K.order(oid), "status")
+            pipe.get(K.order(oid))
             pipe.llen(K.reply(by_id[oid].get("reply_to") or oid))
         got = pipe.execute()
-        statuses, replies = got[0::2], dict(zip(ids, got[1::2], strict=True))
-        assert None not in statuses, "a journaled order was never processed"
+        records, replies = got[0::2], dict(zip(ids, got[1::2], strict=True))
+        assert None not in records, "a journaled order was never processed"
+        assert [json.loads(r)["order_id"] for r in records] == ids
         # a reply the web consumed (201) is gone; one nobody waited for (202) is there once
         for oid, ack in every_ack.items():
             assert replies[oid] == (0 if ack["status"] == 201 else 1), (oid, ack["status"])

@@ -27,7 +27,7 @@ from engine.schema import (
 from web import ApiError, state
 from web.accounts import require_account
 from worker.keys import Keys, partition_for_symbol
-from worker.orders import order_from_hash
+from worker.orders import parse_order_record
 
 public = Blueprint("public", __name__)
 private = Blueprint("private", __name__, url_prefix="/api/v1")
@@ -157,14 +157,11 @@ def _text(value: Any) -> str:
 
 
 def _load_owned_order(order_id: int, partition: int, account: str) -> dict[str, Any] | None:
-    """The raw order hash if it exists and belongs to ``account``; another's is None too."""
-    raw = state().redis.hgetall(keys(partition).order(order_id))
-    if not raw:
+    """The REST order object if the order exists and belongs to ``account``; another's is None."""
+    record = parse_order_record(state().redis.get(keys(partition).order(order_id)))
+    if record is None or record[0] != account:
         return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    if fields.get("account") != account:
-        return None
-    return fields
+    return record[1]
 
 
 def _unknown_order(order_id: int) -> ApiError:
@@ -234,8 +231,8 @@ def cancel_order(order_id: str):
     """Cancel one order; the engine is the judge of ownership, Redis gives a fast 404."""
     oid, partition = _parse_order_id(order_id)
     st = state()
-    owner = st.redis.hget(keys(partition).order(oid), "account")
-    if owner is not None and _text(owner) != g.account:
+    record = parse_order_record(st.redis.get(keys(partition).order(oid)))
+    if record is not None and record[0] != g.account:
         raise _unknown_order(oid)
     wire = {"op": "cancel", "account": g.account, "order_id": oid}
     return _order_command(partition, wire, oid, st.reply_timeout)
@@ -279,10 +276,11 @@ def amend_order(order_id: str):
     """Amend quantity (new total) and/or price of an own open order."""
     oid, partition = _parse_order_id(order_id)
     st = state()
-    fields = _load_owned_order(oid, partition, g.account)
-    if fields is None:
+    order = _load_owned_order(oid, partition, g.account)
+    if order is None:
         raise _unknown_order(oid)
-    market = st.markets.get(fields.get("symbol", ""))
+    symbol = order.get("symbol")
+    market = st.markets.get(symbol) if isinstance(symbol, str) else None
     if market is None:  # a symbol dropped from the symbols file since the order was placed
         raise ApiError(400, Reason.NOT_AMENDABLE, "the order's symbol is no longer listed")
     body = json_body()
@@ -303,10 +301,10 @@ def amend_order(order_id: str):
 def get_order(order_id: str):
     """One own order as the worker last committed it."""
     oid, partition = _parse_order_id(order_id)
-    fields = _load_owned_order(oid, partition, g.account)
-    if fields is None:
+    order = _load_owned_order(oid, partition, g.account)
+    if order is None:
         raise _unknown_order(oid)
-    return jsonify(order_from_hash(fields) or {})
+    return jsonify(order)
 
 
 @private.get("/orders")
@@ -341,15 +339,11 @@ def _scan_orders(key: str, partition: int, symbol: str | None, limit: int) -> li
         ids = st.redis.zrevrange(key, start, start + chunk - 1)
         if not ids:
             break
-        pipe = st.redis.pipeline(transaction=False)
-        for raw_id in ids:
-            pipe.hgetall(keys(partition).order(_text(raw_id)))
-        for raw in pipe.execute():
-            if not raw:
-                continue  # trimmed or expired between the two reads
-            order = order_from_hash(raw)
-            if order is not None and (symbol is None or order["symbol"] == symbol):
-                found.append(order)
+        order_keys = [keys(partition).order(_text(raw_id)) for raw_id in ids]
+        for raw in st.redis.mget(order_keys):
+            record = parse_order_record(raw)  # None: gone between the two reads
+            if record is not None and (symbol is None or record[1].get("symbol") == symbol):
+                found.append(record[1])
         if len(ids) < chunk:
             break
         start += chunk

@@ -363,19 +363,18 @@ class Processor:
         batch.first_id = first.decode() if isinstance(first, bytes) else first
         self.last_id = batch.last_id = last.decode() if isinstance(last, bytes) else last
         # -- writes (described, rendered elsewhere) ------------------------------------------------
-        hashes: list[tuple[Any, ...]] = []
+        records: list[tuple[Any, ...]] = []
         for oid, st in dirty.items():
             closed = st.status in CLOSED_STATUSES
+            if st.new_fills:
+                st.fills_json = None
+                st.new_fills = False
             if emit:
-                fills_json = None
-                if not st.persisted or st.new_fills:
-                    fills_json = "[" + ",".join(st.fills) + "]"
-                hashes.append(
-                    (st.hash_tuple(), st.persisted, closed, fills_json, st.terms_dirty)
-                )
+                fills_json = st.fills_json
+                if fills_json is None:
+                    fills_json = st.fills_json = "[" + ",".join(st.fills) + "]"
+                records.append((oid, st.account, st.last_snap, fills_json, st.persisted, closed))
             st.persisted = True
-            st.new_fills = False
-            st.terms_dirty = False
             if closed and orders.get(oid) is st:
                 del orders[oid]
         if not emit:
@@ -390,7 +389,7 @@ class Processor:
                  book.trade_seq, sb.trades, [(s, p, q) for (s, p), q in sb.levels.items()],
                  sb.prev_sequence, sb.bbo)
             )  # fmt: skip
-        batch.plan = (self.last_id, trades_out, acct, replies, hashes, books, self.consumed)
+        batch.plan = (self.last_id, trades_out, acct, replies, records, books, self.consumed)
         return batch
 
     def render(self, batch: Batch) -> tuple[list[str], list[tuple[str, str]]]:

@@ -14,12 +14,12 @@ from typing import Any
 
 from engine.schema import BUY, Market
 from worker.keys import DEFAULT_NAMESPACE, Keys
-from worker.orders import MarketFormat, Memo, bulk
+from worker.orders import MarketFormat, Memo, bulk, order_record
 
 #: (head, status, reason, mid, symbol, filled, remaining, cum_quote, created_at, updated_at):
 #: an order's state at one moment; head/mid are the cached JSON pieces of OrderState.
 Snap = tuple[Any, ...]
-#: (last_id, trades, acct, replies, hashes, books, consumed), see Processor.process
+#: (last_id, trades, acct, replies, records, books, consumed), see Processor.process
 Plan = tuple[Any, ...]
 
 
@@ -32,15 +32,10 @@ def resp(args: list[str]) -> str:
     return f"*{len(args)}\r\n" + "".join([f"${len(a)}\r\n{a}\r\n" for a in args])
 
 
-_EMPTY_BULK = "$0\r\n\r\n"
 #: text -> its RESP bulk string (codes, decimals, accounts: few distinct values)
 _BULK = Memo(bulk)
-#: integer (ms timestamps repeat within a batch) -> RESP bulk string of its decimal form
-_INT_BULK = Memo(lambda n: bulk(str(n)))
 #: reject reason or None -> its JSON value
 _REASON_JSON = Memo(lambda r: "null" if r is None else '"' + r + '"')
-#: (symbol, side, type, time_in_force, post_only) -> those five hash fields as RESP
-_FIXED: dict[tuple[Any, ...], str] = {}
 
 
 def render_body(fmt: MarketFormat, snap: Snap) -> str:
@@ -57,88 +52,6 @@ def render_body(fmt: MarketFormat, snap: Snap) -> str:
 def render_order(fmt: MarketFormat, snap: Snap, fills: tuple[str, ...] | list[str]) -> str:
     """The complete REST order object."""
     return "{" + render_body(fmt, snap) + ',"fills":[' + ",".join(fills) + "]}"
-
-
-def _fixed(key: tuple[Any, ...]) -> str:
-    symbol, side, type_, tif, post_only = key
-    text = (
-        f"$6\r\nsymbol\r\n{bulk(symbol)}$4\r\nside\r\n{bulk(side)}$4\r\ntype\r\n{bulk(type_)}"
-        f"$13\r\ntime_in_force\r\n{bulk(tif)}"
-        f"$9\r\npost_only\r\n{bulk('true' if post_only else 'false')}"
-    )
-    if len(_FIXED) >= 10_000:
-        _FIXED.clear()
-    _FIXED[key] = text
-    return text
-
-
-def hset_full(key: str, fmt: MarketFormat, h: tuple[Any, ...], fills_json: str) -> str:
-    """HSET of the whole order hash (DESIGN.md "Order hash encoding") as one RESP command.
-
-    Pieces come from memos (order fields take few distinct values): formatting ~40 values per
-    new order was the renderer's biggest cost.
-    """
-    (oid, account, coid, symbol, side, type_, tif, post_only, status, reason, price, stop, qty,
-     qq, filled, remaining, cum_quote, created, updated) = h  # fmt: skip
-    b = _BULK
-    fixed = _FIXED.get((symbol, side, type_, tif, post_only))
-    if fixed is None:
-        fixed = _fixed((symbol, side, type_, tif, post_only))
-    v0 = str(oid)
-    return (
-        f"*42\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
-        f"$8\r\norder_id\r\n${len(v0)}\r\n{v0}\r\n"
-        f"$7\r\naccount\r\n{b[account]}"
-        f"$15\r\nclient_order_id\r\n{bulk(coid) if coid else _EMPTY_BULK}"
-        f"{fixed}"
-        f"$6\r\nstatus\r\n{b[status]}"
-        f"$13\r\nreject_reason\r\n{b[reason or '']}"
-        f"$5\r\nprice\r\n{b[price or '']}"
-        f"$10\r\nstop_price\r\n{b[stop or '']}"
-        f"$8\r\nquantity\r\n{b[qty or '']}"
-        f"$14\r\nquote_quantity\r\n{b[qq or '']}"
-        f"$15\r\nfilled_quantity\r\n{fmt.qty_b[filled]}"
-        f"$18\r\nremaining_quantity\r\n{fmt.qty_b[remaining]}"
-        f"$9\r\ncum_quote\r\n{fmt.quote_b[cum_quote]}"
-        f"$10\r\ncreated_at\r\n{_INT_BULK[created]}"
-        f"$10\r\nupdated_at\r\n{_INT_BULK[updated]}"
-        f"$5\r\nfills\r\n${len(fills_json)}\r\n{fills_json}\r\n"
-    )
-
-
-def hset_progress(
-    key: str, fmt: MarketFormat, h: tuple[Any, ...], fills_json: str | None, terms: bool = True
-) -> str:
-    """HSET of the fields a later command changed (and the fills if they grew).
-
-    Unchanged fields are left out (fewer bytes and field writes for Redis, same hash):
-    ``reject_reason`` while there is none (the hash holds "" since its first write; a reason
-    is never taken back), ``price``/``quantity`` unless ``terms`` (an amend changed them).
-    """
-    b = _BULK
-    reason = h[9]
-    argc = 12
-    if reason is not None:
-        argc += 2
-        text = f"$13\r\nreject_reason\r\n{b[reason]}"
-    else:
-        text = ""
-    if terms:
-        argc += 4
-        text += f"$5\r\nprice\r\n{b[h[10] or '']}$8\r\nquantity\r\n{b[h[12] or '']}"
-    if fills_json is not None:
-        argc += 2
-    text = (
-        f"*{argc}\r\n$4\r\nHSET\r\n${len(key)}\r\n{key}\r\n"
-        f"$6\r\nstatus\r\n{b[h[8]]}{text}"
-        f"$15\r\nfilled_quantity\r\n{fmt.qty_b[h[14]]}"
-        f"$18\r\nremaining_quantity\r\n{fmt.qty_b[h[15]]}"
-        f"$9\r\ncum_quote\r\n{fmt.quote_b[h[16]]}"
-        f"$10\r\nupdated_at\r\n{_INT_BULK[h[18]]}"
-    )
-    if fills_json is not None:
-        text += f"$5\r\nfills\r\n${len(fills_json)}\r\n{fills_json}\r\n"
-    return text
 
 
 class Renderer:
@@ -160,27 +73,43 @@ class Renderer:
         self.reply_ttl = str(reply_ttl_s)
 
     def render(self, plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:
-        _last_id, trades, acct, replies, hashes, books, consumed = plan
+        _last_id, trades, acct, replies, records, books, consumed = plan
         keys = self.keys
         fmts = self.fmt
         ops: list[str] = []
         messages: list[tuple[str, str]] = []
-        # -- order hashes and the open/closed indexes ---------------------------------------
+        # -- private account messages (rendered first: records and replies reuse the bodies) ----
+        bodies: dict[int, str] = {}  # id(snap) -> render_body(snap); the plan keeps snaps alive
+        grouped: dict[str, list[str]] = {}
+        for account, item in acct:
+            if type(item) is not str:
+                body = bodies[id(item)] = render_body(fmts[item[4]], item)
+                item = '{"event":"order",' + body + "}"
+            events = grouped.get(account)
+            if events is None:
+                grouped[account] = [item]
+            else:
+                events.append(item)
+        # -- order records and the open/closed indexes --------------------------------------
         opened: dict[str, list[str]] = {}
         unopened: dict[str, list[str]] = {}
         closed_by: dict[str, list[str]] = {}
         order_prefix = keys.prefix + "order:"
-        for h, persisted, closed, fills_json, terms in hashes:
-            account = h[1]
-            sid = str(h[0])
+        for oid, account, snap, fills_json, persisted, closed in records:
+            sid = str(oid)
+            body = bodies.get(id(snap))
+            if body is None:
+                body = render_body(fmts[snap[4]], snap)
+            key = order_prefix + sid
+            value = order_record(account, body, fills_json)
+            ops.append(
+                f"*3\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n${len(value)}\r\n{value}\r\n"
+            )
             if not persisted:
-                ops.append(hset_full(order_prefix + sid, fmts[h[3]], h, fills_json))
                 if not closed:
                     opened.setdefault(account, []).extend((sid, sid))
-            else:
-                ops.append(hset_progress(order_prefix + sid, fmts[h[3]], h, fills_json, terms))
-                if closed:
-                    unopened.setdefault(account, []).append(sid)
+            elif closed:
+                unopened.setdefault(account, []).append(sid)
             if closed:
                 closed_by.setdefault(account, []).extend((sid, sid))
         for account, pairs in opened.items():
@@ -209,18 +138,6 @@ class Renderer:
                 rkey = keys.recent(symbol)
                 ops.append(resp(["LPUSH", rkey, *records[-self.recent_len :]]))
                 ops.append(resp(["LTRIM", rkey, "0", str(self.recent_len - 1)]))
-        # -- private account messages (rendered first: replies reuse their order bodies) ---------
-        bodies: dict[int, str] = {}  # id(snap) -> render_body(snap); the plan keeps snaps alive
-        grouped: dict[str, list[str]] = {}
-        for account, item in acct:
-            if type(item) is not str:
-                body = bodies[id(item)] = render_body(fmts[item[4]], item)
-                item = '{"event":"order",' + body + "}"
-            events = grouped.get(account)
-            if events is None:
-                grouped[account] = [item]
-            else:
-                events.append(item)
         # -- replies ----------------------------------------------------------------------------
         ttl = self.reply_ttl
         expire_tail = f"\r\n${len(ttl)}\r\n{ttl}\r\n"

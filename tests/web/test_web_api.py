@@ -37,12 +37,9 @@ def order_object(order_id: int, account_status: str = "new", **over) -> dict:
 
 def seed_order(rdb, order_id: int, account: str, status: str = "new", symbol: str = "BTC-USDT",
                created_at: int = 1) -> None:
-    """Write an order hash the way the worker stores it (strings, fills as JSON)."""
+    """Write an order record the way the worker stores it (the REST object plus account)."""
     obj = order_object(order_id, status, symbol=symbol, created_at=created_at)
-    mapping = {k: ("" if v is None else json.dumps(v) if k == "fills" else str(v).lower()
-                   if isinstance(v, bool) else str(v)) for k, v in obj.items()}
-    mapping["account"] = account
-    rdb.hset(K.order(order_id), mapping=mapping)
+    rdb.set(K.order(order_id), json.dumps({"account": account, **obj}))
     target = K.open(account) if status in ("new", "partially_filled") else K.closed(account)
     rdb.zadd(target, {str(order_id): order_id})
 

@@ -49,8 +49,8 @@ def test_post_raw_bytes_never_500(client, alice, raw):
                       values),
        oid=st.text(max_size=25))
 def test_patch_and_ids_never_500(client, alice, rdb, body, oid):
-    rdb.hset("fb:{p0}:order:256", mapping={"account": alice["account_id"],
-                                            "symbol": "BTC-USDT"})
+    rdb.set("fb:{p0}:order:256", json.dumps({"account": alice["account_id"],
+                                             "symbol": "BTC-USDT"}))
     for path in ("/api/v1/orders/256", f"/api/v1/orders/{oid}"):
         resp = client.patch(path, data=json.dumps(body),
                             headers={**alice["headers"], "Content-Type": "application/json"})

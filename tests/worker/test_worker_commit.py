@@ -1,4 +1,4 @@
-"""One worker, real redis-server: replies, order hashes, indexes, trades, books, pub/sub."""
+"""One worker, real redis-server: replies, order records, indexes, trades, books, pub/sub."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from wk_helpers import last_stream_id, wait_applied
 
 from worker.journal import Journal
 from worker.keys import Keys
-from worker.orders import order_from_hash
+from worker.orders import parse_order_record
 
 K = Keys(0)
 
@@ -51,11 +51,12 @@ def test_order_lifecycle_writes(redis_client, start_worker, commit_process) -> N
     assert redis_client.zcard(K.open("2")) == 0
 
     # the maker's hash follows: partially filled with one maker fill
-    stored = order_from_hash(redis_client.hgetall(K.order(mid)))
-    assert stored is not None
+    record = parse_order_record(redis_client.get(K.order(mid)))
+    assert record is not None
+    owner, stored = record
+    assert owner == "1"
     assert stored["status"] == "partially_filled" and stored["filled_quantity"] == "0.04000"
     assert stored["fills"][0]["liquidity"] == "maker"
-    assert redis_client.hget(K.order(mid), "account") == b"1"
 
     amended = ask(j, {"op": "amend", "account": "1", "order_id": mid, "symbol": "BTC-USDT",
                       "quantity": "0.08", "price": "100.6"})  # fmt: skip
@@ -67,8 +68,8 @@ def test_order_lifecycle_writes(redis_client, start_worker, commit_process) -> N
     cancelled = ask(j, {"op": "cancel", "account": "1", "order_id": mid})["order"]
     assert cancelled["status"] == "cancelled" and cancelled["reject_reason"] == "user_cancelled"
     assert [f["trade_id"] for f in cancelled["fills"]] == [1, 2]
-    stored = order_from_hash(redis_client.hgetall(K.order(mid)))
-    assert stored == cancelled  # hash and reply agree, fills appended in place
+    assert parse_order_record(redis_client.get(K.order(mid))) == ("1", cancelled)
+    # record and reply agree, fills appended in place
     assert redis_client.zcard(K.open("1")) == 0
     assert redis_client.zrange(K.closed("1"), 0, -1) == [str(mid).encode()]
 

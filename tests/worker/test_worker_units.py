@@ -18,9 +18,9 @@ from worker.keys import (
     partition_of_id,
     symbols_of_partition,
 )
-from worker.orders import OrderState, order_from_hash
+from worker.orders import OrderState, order_record, parse_order_record
 from worker.processor import parse_stream_id
-from worker.render import hset_full
+from worker.render import render_body
 
 
 def test_keys_layout() -> None:
@@ -137,18 +137,17 @@ def test_order_hash_round_trip(markets) -> None:
         fills=['{"trade_id":1,"price":"100.50","quantity":"0.04000","fee":"0.0040200",'
                '"fee_asset":"USDT","liquidity":"maker"}'],
     )  # fmt: skip
-    resp_text = hset_full("k", fmt, st_.hash_tuple(), "[" + ",".join(st_.fills) + "]")
-    # decode the RESP command back into field/value pairs
-    parts = resp_text.split("\r\n")
-    args = parts[2::2][: int(parts[0][1:])]
-    assert args[:2] == ["HSET", "k"]
-    raw = dict(zip(args[2::2], args[3::2], strict=True))
-    assert raw["account"] == "7" and raw["stop_price"] == "" and raw["post_only"] == "true"
-    obj = order_from_hash({k.encode(): v.encode() for k, v in raw.items()})
+    text = order_record("7", render_body(fmt, st_.snap()), "[" + ",".join(st_.fills) + "]")
+    assert json.loads(text)["account"] == "7"
+    account, obj = parse_order_record(text.encode())  # type: ignore[misc]
+    assert account == "7"
     assert obj == st_.public(fmt)
+    assert "account" not in obj and obj["post_only"] is True
     assert obj["fills"][0]["liquidity"] == "maker"
     assert obj["stop_price"] is None and obj["quote_quantity"] is None
-    assert order_from_hash({}) is None
+    # absent or damaged records read as "no such order", never as an exception
+    for bad in (None, b"", b"not json", b"[1]", b'{"order_id":1}', b'{"account":5}'):
+        assert parse_order_record(bad) is None
 
 
 def test_parse_stream_id() -> None:
