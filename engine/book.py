@@ -9,7 +9,7 @@ when it reaches the head of its queue, so cancel-by-id is O(1) instead of ``dequ
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from sortedcontainers import SortedDict
 
@@ -31,30 +31,34 @@ if TYPE_CHECKING:
     from engine.matcher import OrderIndex
 
 
+#: An order's attributes, in snapshot order (``Order.to_list``).
+ORDER_FIELDS: Final = (
+    "id",
+    "seq",
+    "account",
+    "symbol",
+    "side",
+    "type",
+    "time_in_force",
+    "post_only",
+    "price",
+    "stop_price",
+    "quantity",
+    "quote_quantity",
+    "remaining",
+    "filled",
+    "cum_quote",
+    "client_order_id",
+    "stp",
+    "ts",
+    "status",
+)
+
+
 class Order:
     """A live order. ``remaining == 0`` while still queued means "dead, skip me"."""
 
-    __slots__ = (
-        "id",
-        "seq",
-        "account",
-        "symbol",
-        "side",
-        "type",
-        "time_in_force",
-        "post_only",
-        "price",
-        "stop_price",
-        "quantity",
-        "quote_quantity",
-        "remaining",
-        "filled",
-        "cum_quote",
-        "client_order_id",
-        "stp",
-        "ts",
-        "status",
-    )
+    __slots__ = ORDER_FIELDS
 
     def __init__(
         self,
@@ -99,7 +103,7 @@ class Order:
         self.status = status
 
     def to_list(self) -> list[object]:
-        return [getattr(self, name) for name in Order.__slots__]
+        return [getattr(self, name) for name in ORDER_FIELDS]
 
     @classmethod
     def from_list(cls, fields: list[object]) -> Order:
@@ -249,6 +253,7 @@ class OrderBook:
         """Take a resting order off its level (lazy: it stays queued with remaining 0)."""
         levels = self.bids if order.side == BUY else self.asks
         price = order.price
+        assert price is not None  # only limit prices rest
         level = levels[price]
         level.total -= order.remaining
         level.count -= 1

@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from engine import DEFAULT_SYMBOLS_FILE
 
 BUY = "buy"
 SELL = "sell"
@@ -58,40 +60,40 @@ _CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 class Reason:
     """Why the engine rejected or cancelled something (``reason`` in events and REST)."""
 
-    UNKNOWN_SYMBOL = "unknown_symbol"
-    UNKNOWN_ORDER = "unknown_order"
-    DUPLICATE_CLIENT_ORDER_ID = "duplicate_client_order_id"
-    DUPLICATE_ORDER_ID = "duplicate_order_id"
-    POST_ONLY_WOULD_TAKE = "post_only_would_take"
-    FOK_NOT_FILLABLE = "fok_not_fillable"
-    NO_LIQUIDITY = "no_liquidity"  # market order or IOC remainder that found nothing to take
-    IOC_EXPIRED = "ioc_expired"
-    SELF_TRADE_PREVENTION = "self_trade_prevention"
-    WOULD_TRIGGER_IMMEDIATELY = "would_trigger_immediately"
-    USER_CANCELLED = "user_cancelled"
-    NOT_AMENDABLE = "not_amendable"
-    INVALID_AMEND = "invalid_amend"
-    MIN_NOTIONAL = "min_notional"
-    INVALID_ORDER = "invalid_order"
+    UNKNOWN_SYMBOL: Final = "unknown_symbol"
+    UNKNOWN_ORDER: Final = "unknown_order"
+    DUPLICATE_CLIENT_ORDER_ID: Final = "duplicate_client_order_id"
+    DUPLICATE_ORDER_ID: Final = "duplicate_order_id"
+    POST_ONLY_WOULD_TAKE: Final = "post_only_would_take"
+    FOK_NOT_FILLABLE: Final = "fok_not_fillable"
+    NO_LIQUIDITY: Final = "no_liquidity"  # market order or IOC remainder that found nothing to take
+    IOC_EXPIRED: Final = "ioc_expired"
+    SELF_TRADE_PREVENTION: Final = "self_trade_prevention"
+    WOULD_TRIGGER_IMMEDIATELY: Final = "would_trigger_immediately"
+    USER_CANCELLED: Final = "user_cancelled"
+    NOT_AMENDABLE: Final = "not_amendable"
+    INVALID_AMEND: Final = "invalid_amend"
+    MIN_NOTIONAL: Final = "min_notional"
+    INVALID_ORDER: Final = "invalid_order"
 
 
 class ErrorCode:
     """Validation codes (HTTP 400 family); the engine's :class:`Reason` covers the rest."""
 
-    MALFORMED_JSON = "malformed_json"
-    INVALID_FIELD = "invalid_field"
-    MISSING_FIELD = "missing_field"
-    UNKNOWN_FIELD = "unknown_field"
-    UNKNOWN_SYMBOL = "unknown_symbol"
-    INVALID_DECIMAL = "invalid_decimal"
-    OFF_TICK = "off_tick"
-    OFF_LOT = "off_lot"
-    OFF_QUOTE_INCREMENT = "off_quote_increment"
-    QUANTITY_TOO_SMALL = "quantity_too_small"
-    QUANTITY_TOO_LARGE = "quantity_too_large"
-    MIN_NOTIONAL = "min_notional"
-    UNAUTHORIZED = "unauthorized"
-    NOT_FOUND = "not_found"
+    MALFORMED_JSON: Final = "malformed_json"
+    INVALID_FIELD: Final = "invalid_field"
+    MISSING_FIELD: Final = "missing_field"
+    UNKNOWN_FIELD: Final = "unknown_field"
+    UNKNOWN_SYMBOL: Final = "unknown_symbol"
+    INVALID_DECIMAL: Final = "invalid_decimal"
+    OFF_TICK: Final = "off_tick"
+    OFF_LOT: Final = "off_lot"
+    OFF_QUOTE_INCREMENT: Final = "off_quote_increment"
+    QUANTITY_TOO_SMALL: Final = "quantity_too_small"
+    QUANTITY_TOO_LARGE: Final = "quantity_too_large"
+    MIN_NOTIONAL: Final = "min_notional"
+    UNAUTHORIZED: Final = "unauthorized"
+    NOT_FOUND: Final = "not_found"
 
 
 class SchemaError(ValueError):
@@ -145,7 +147,7 @@ class Step:
 
     __slots__ = ("step", "places", "k", "_cache", "valid")
 
-    CACHE_LIMIT = 100_000
+    CACHE_LIMIT: Final = 100_000
 
     def __init__(self, step: Decimal) -> None:
         exponent = step.as_tuple().exponent
@@ -377,7 +379,6 @@ class Market:
         return self.quote.format(atoms)
 
 
-DEFAULT_SYMBOLS_FILE = Path(__file__).with_name("symbols.json")
 
 
 def load_markets(path: str | os.PathLike[str] | None = None) -> dict[str, Market]:
@@ -411,23 +412,27 @@ def load_markets(path: str | os.PathLike[str] | None = None) -> dict[str, Market
 # ---------------------------------------------------------------------------------------------
 
 
+#: A new order command's attributes.
+NEW_ORDER_FIELDS: Final = (
+    "id",
+    "ts",
+    "account",
+    "symbol",
+    "side",
+    "type",
+    "time_in_force",
+    "post_only",
+    "price",
+    "quantity",
+    "quote_quantity",
+    "stop_price",
+    "client_order_id",
+    "stp",
+)
+
+
 class NewOrder:
-    __slots__ = (
-        "id",
-        "ts",
-        "account",
-        "symbol",
-        "side",
-        "type",
-        "time_in_force",
-        "post_only",
-        "price",
-        "quantity",
-        "quote_quantity",
-        "stop_price",
-        "client_order_id",
-        "stp",
-    )
+    __slots__ = NEW_ORDER_FIELDS
 
     def __init__(
         self,
@@ -462,7 +467,7 @@ class NewOrder:
         self.stp = stp
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in NEW_ORDER_FIELDS)
         return f"NewOrder({fields})"
 
 
@@ -525,7 +530,7 @@ Command = NewOrder | CancelOrder | CancelAll | AmendOrder
 # ---------------------------------------------------------------------------------------------
 
 #: What a client may send for a new order: the command's fields but those the system assigns.
-ORDER_REQUEST_FIELDS = frozenset(NewOrder.__slots__) - {"id", "ts", "account"}
+ORDER_REQUEST_FIELDS = frozenset(NEW_ORDER_FIELDS) - {"id", "ts", "account"}
 AMEND_REQUEST_FIELDS = frozenset(("quantity", "price"))
 #: A journaled new order: the request's fields plus what the web and journal assign.
 WIRE_ORDER_FIELDS = ORDER_REQUEST_FIELDS | {"op", "id", "account", "reply_to"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -67,6 +67,14 @@ def bulk(text: str) -> str:
 def jstr(value: str | None) -> str:
     """JSON for a string we know needs no escaping (codes, decimals, validated ids) or None."""
     return "null" if value is None else '"' + value + '"'
+
+
+#: The OrderState attributes a worker snapshot keeps, in ``OrderState.__init__`` order.
+ORDER_STATE_SNAPSHOT_FIELDS: Final = (
+    "id", "account", "symbol", "side", "type", "time_in_force", "post_only", "price",
+    "stop_price", "quantity", "quote_quantity", "client_order_id", "created_at", "status",
+    "reason", "filled", "remaining", "cum_quote", "updated_at", "fills",
+)  # fmt: skip
 
 
 class OrderState:
@@ -175,15 +183,15 @@ class OrderState:
         )
 
     # -- snapshot form -------------------------------------------------------------------------
-    SNAPSHOT_FIELDS = __slots__[:20]
-
     def to_list(self) -> list[Any]:
-        return [getattr(self, name) for name in self.SNAPSHOT_FIELDS]
+        return [getattr(self, name) for name in ORDER_STATE_SNAPSHOT_FIELDS]
 
     @classmethod
     def from_list(cls, fields: list[Any]) -> OrderState:
         # Snapshots are taken between batches, when every open order's record is written.
-        return cls(*fields, persisted=True)
+        state = cls(*fields)
+        state.persisted = True
+        return state
 
     # -- public forms --------------------------------------------------------------------------
     def snap(self) -> tuple[Any, ...]:

@@ -12,6 +12,7 @@ import logging
 import re
 import struct
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -43,7 +44,7 @@ AMENDED = "amended"  # the engine's order-event reason for a successful amend
 WORKER_SNAPSHOT_MAGIC = b"FBWK"
 WORKER_SNAPSHOT_VERSION = 1
 
-Entry = tuple[Any, Any]  # (stream id, {field: value}) as redis-py returns it (bytes or str)
+Entry = Sequence[Any]  # (stream id, fields): a tuple from redis-py, a list from raw hiredis
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _REPLY_TO = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _OK_ACCOUNTS_MAX = 100_000  # accounts known to pass _ACCOUNT (cleared when full: a cache)

@@ -97,9 +97,7 @@ class Renderer:
         order_prefix = keys.prefix + "order:"
         for oid, account, snap, fills_json, persisted, closed in records:
             sid = str(oid)
-            body = bodies.get(id(snap))
-            if body is None:
-                body = render_body(fmts[snap[4]], snap)
+            body = bodies.get(id(snap)) or render_body(fmts[snap[4]], snap)
             key = order_prefix + sid
             value = order_record(account, body, fills_json)
             ops.append(
@@ -146,16 +144,12 @@ class Renderer:
             if type(reply) is not str:
                 if reply[0] == "o":
                     _, snap, fills = reply
-                    body = bodies.get(id(snap))
-                    if body is None:
-                        body = render_body(fmts[snap[4]], snap)
+                    body = bodies.get(id(snap)) or render_body(fmts[snap[4]], snap)
                     reply = '{"ok":true,"order":{' + body + ',"fills":[' + ",".join(fills) + "]}}"
                 else:  # cancel_all
                     parts = []
                     for snap, fills in reply[1]:
-                        body = bodies.get(id(snap))
-                        if body is None:
-                            body = render_body(fmts[snap[4]], snap)
+                        body = bodies.get(id(snap)) or render_body(fmts[snap[4]], snap)
                         parts.append("{" + body + ',"fills":[' + ",".join(fills) + "]}")
                     reply = '{"ok":true,"cancelled":[' + ",".join(parts) + "]}"
             rkey = f"{reply_prefix}{reply_key}"

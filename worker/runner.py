@@ -1,9 +1,10 @@
 """The partition worker: journal -> engine -> one fenced atomic commit per batch -> pub/sub.
 
-Exactly-once rests on three facts: (1) a batch's writes and the new ``applied`` id are one Lua
-script, so they land together or not at all; (2) that script refuses to run unless the lease is
-ours AND ``applied`` still equals the id we committed last, so a stale or duplicate worker writes
-nothing; (3) recovery replays entries up to ``applied`` into memory only. Any doubt (connection
+Exactly-once rests on three facts: (1) a batch's writes and the new ``applied`` id are one
+MULTI/EXEC transaction, so they land together or not at all; (2) WATCH makes that transaction
+fail unless the lease is ours AND ``applied`` still equals the id we committed last, so a stale
+or duplicate worker writes nothing; (3) recovery replays entries up to ``applied`` into memory
+only. Any doubt (connection
 error, lost lease) throws the in-memory state away and recovers from Redis again.
 """
 
