@@ -17,6 +17,7 @@ import statistics
 import time
 from typing import Any
 
+import engine
 from engine.matcher import MatchingEngine
 from engine.schema import (
     BUY,
@@ -163,11 +164,12 @@ def main(argv: list[str]) -> int:
         "commands": len(commands),
         "trades": trades,
         "runs": [round(r) for r in rates],
+        "native": engine.native(),
     }
     print(
         f"median {result['commands_per_s']:,} commands/s over {args.runs} runs; "
         f"{trades:,} trades; latency p50 {result['p50_us']} us, p99 {result['p99_us']} us, "
-        f"p99.9 {result['p999_us']} us"
+        f"p99.9 {result['p999_us']} us ({'native' if result['native'] else 'pure Python'} modules)"
     )
     if args.json:
         with open(args.json, "w") as fh:

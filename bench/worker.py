@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import engine
 from engine.schema import load_markets, make_public_id
 from worker.journal import dumps_compact
 from worker.keys import Keys
@@ -109,6 +110,7 @@ def run(
             "snapshot_every": snapshot_every,
             "commit": "process" if worker.commit_process else "thread",
             "cpus": os.cpu_count(),
+            "native": engine.native(),
             # CPU time per entry: robust on a busy machine where wall-clock rates are not
             "cpu_us_per_entry": cpu,
             "load_average": os.getloadavg()[0],
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"worker drain: {result['entries']} entries in {result['seconds']} s = "
         f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
-        f"commit on a {result['commit']}, {result['cpus']} CPUs, load {result['load_average']:.1f})"
+        f"commit on a {result['commit']}, {result['cpus']} CPUs, "
+        f"load {result['load_average']:.1f}, "
+        f"{'native' if result['native'] else 'pure Python'} modules)"
         f"\nCPU us per entry: {result['cpu_us_per_entry']}"
     )
     if args.json_path:

@@ -105,6 +105,10 @@ class SchemaError(ValueError):
         self.message = message
         self.field = field
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its symbols-file form (the commit process receives markets pickled)
+        return (Market.from_dict, (self.as_dict(),))
+
     def as_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
 
@@ -216,6 +220,10 @@ class Rate:
             return cls(num * 10**exponent, 1)
         return cls(num, 10**-exponent)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # explicit: a mypyc-compiled frozen dataclass cannot be unpickled field by field
+        return (Rate, (self.num, self.den))
+
     def fee(self, notional: int) -> int:
         """Fee in atoms: charges round up, rebates (negative) round toward zero."""
         if self.num >= 0:
@@ -322,6 +330,10 @@ class Market:
             min_notional_atoms=int(-(-dec["min_notional"] // atom)),
             **dec,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its symbols-file form (the commit process receives markets pickled)
+        return (Market.from_dict, (self.as_dict(),))
 
     def as_dict(self) -> dict[str, str]:
         """The public form, same fields as the symbols file."""

@@ -27,6 +27,7 @@ import hiredis
 import redis
 import redis.connection
 
+import engine
 from engine.schema import Market
 from worker.journal import dumps_compact
 from worker.keys import DEFAULT_NAMESPACE, Keys, symbols_of_partition
@@ -636,8 +637,9 @@ class PartitionWorker:
 
     def run(self) -> None:
         """Until :meth:`stop`: wait for the lease, recover, match; on any doubt start over."""
-        log.info("partition %d: worker %s starting (%s)", self.partition, self.lease.token,
-                 ", ".join(self.markets))  # fmt: skip
+        log.info("partition %d: worker %s starting (%s; %s modules)", self.partition,
+                 self.lease.token, ", ".join(self.markets),
+                 "native" if engine.native() else "pure Python")  # fmt: skip
         waiting_logged = False
         while not self.stop_event.is_set():
             try:

@@ -559,3 +559,17 @@ def test_step_units_matches_decimal(step_text: str, whole: int, frac: str) -> No
     quotient, rest = divmod(Decimal(text), Decimal(step_text))
     expected = int(quotient) if not rest else None
     assert Step(Decimal(step_text)).units(text) == expected
+
+
+def test_markets_survive_pickling() -> None:
+    """The commit process receives the markets pickled (compiled or not)."""
+    import pickle
+
+    markets = load_markets()
+    copies = pickle.loads(pickle.dumps(markets))
+    for symbol, market in markets.items():
+        copy = copies[symbol]
+        assert copy.as_dict() == market.as_dict()
+        assert (copy.maker_rate, copy.taker_rate) == (market.maker_rate, market.taker_rate)
+        assert copy.min_notional_atoms == market.min_notional_atoms
+        assert copy.tick.format(12345) == market.tick.format(12345)
