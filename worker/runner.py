@@ -190,7 +190,10 @@ class RawConnection:
 
     def connect(self) -> None:
         self.close()
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:  # the worker's loop recovers from redis.ConnectionError only
+            raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.reader = hiredis.Reader()
@@ -582,6 +585,64 @@ def stream_was_trimmed(client: redis.Redis, stream: str) -> bool:
     return int(added) > int(info.get("length", info.get(b"length", 0)))
 
 
+class JournalReader:
+    """Reads the journal one batch ahead, on its own thread and connection.
+
+    XREAD waits for Redis, which is busy running the previous batch's EXEC: done inline, that
+    wait idles the matcher. Here it overlaps with matching. The queue holds at most ``depth``
+    batches; a read failure is raised by :meth:`next` once the batches read before it are
+    consumed.
+    """
+
+    def __init__(
+        self, url: str, stream: str, after: str, count: int, block_ms: int, depth: int = 2
+    ) -> None:
+        self.conn = RawConnection(url)
+        self.stream = stream
+        self.after = after
+        self.count = str(count)
+        self.block = str(block_ms)
+        self.batches: queue.Queue[list[Any]] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="journal-reader", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                reply = self.conn.call(["XREAD", "COUNT", self.count, "BLOCK", self.block,
+                                        "STREAMS", self.stream, self.after])  # fmt: skip
+                if not reply:
+                    continue
+                entries = reply[0][1]  # type: ignore[index]
+                last = entries[-1][0]
+                self.after = last.decode() if isinstance(last, bytes) else last
+                while not self.stopped.is_set():
+                    try:
+                        self.batches.put(entries, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # noqa: B036 - handed to the matching thread
+            self.error = exc
+        finally:
+            self.conn.close()
+
+    def next(self, timeout: float) -> list[Any] | None:
+        """The next batch of entries, None if none came within ``timeout`` (0: don't wait)."""
+        try:
+            return self.batches.get(timeout=timeout) if timeout else self.batches.get_nowait()
+        except queue.Empty:
+            if self.error is not None and self.batches.empty():
+                raise self.error from None
+            return None
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+
 class PartitionWorker:
     """One partition's matcher: standby until it holds the lease, then recover and match."""
 
@@ -755,26 +816,20 @@ class PartitionWorker:
             )  # fmt: skip
         else:
             committer = ThreadCommitter(self.writer, proc)
-        # XREAD over a raw hiredis connection: entries arrive as plain lists, no per-entry
-        # redis-py post-processing
-        reader = RawConnection(self.redis_url)
-        count, block = str(self.batch_size), str(self.block_ms)
+        # XREAD over a raw hiredis connection (entries arrive as plain lists, no per-entry
+        # redis-py post-processing), one batch ahead on its own thread
+        reader = JournalReader(self.redis_url, stream, last, self.batch_size, self.block_ms)
+        block_s = self.block_ms / 1000
         try:
             while not self.stop_event.is_set():
                 if self.lease.lost.is_set():
                     raise LeaseLost("lease renewal failed")
                 committer.check()  # a failed commit ends matching at once, not at the next batch
-                # block only when nothing is in flight, so a lone batch is committed at once
-                if committer.pending == 0:
-                    reply = reader.call(["XREAD", "COUNT", count, "BLOCK", block, "STREAMS",
-                                         stream, last])  # fmt: skip
-                else:
-                    reply = reader.call(["XREAD", "COUNT", count, "STREAMS", stream, last])
-                if reply:
-                    entries = reply[0][1]  # type: ignore[index]
+                # wait only when nothing is in flight, so a lone batch is committed at once
+                entries = reader.next(0 if committer.pending else block_s)
+                if entries:
                     batch = proc.process(entries, emit=True)
                     committer.submit(batch)
-                    last = batch.last_id or last
                     self._since_snapshot += len(entries)
                     self.applied_total += len(entries)
                     if self.on_batch is not None:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from engine.schema import make_public_id
 from worker.journal import Journal
@@ -126,7 +127,7 @@ def test_journal_big_counter(redis_client) -> None:
     assert journal.append({"op": "x"}) == ((2**44 + 1) << 8) | 255
 
 
-def test_order_hash_round_trip(markets) -> None:
+def test_order_record_round_trip(markets) -> None:
     from worker.orders import MarketFormat
 
     fmt = MarketFormat(markets["BTC-USDT"])
@@ -153,3 +154,37 @@ def test_order_hash_round_trip(markets) -> None:
 def test_parse_stream_id() -> None:
     assert sorted(["10-0", "9-30", "9-4"], key=parse_stream_id) == ["9-4", "9-30", "10-0"]
     assert parse_stream_id(b"5-1") == (5, 1)
+
+
+def test_journal_reader_reads_ahead_in_order_and_hands_over_failures(
+    redis_client, redis_url
+) -> None:
+    from redis_server import free_port
+    from worker.runner import JournalReader
+
+    keys = Keys(0)
+    ids = [redis_client.xadd(keys.stream, {"c": str(i)}).decode() for i in range(25)]
+    reader = JournalReader(redis_url, keys.stream, "0-0", count=10, block_ms=50)
+    try:
+        seen: list[str] = []
+        while len(seen) < 25:
+            batch = reader.next(2.0)
+            assert batch is not None, "the reader stalled"
+            assert len(batch) <= 10
+            seen += [entry[0].decode() for entry in batch]
+        assert seen == ids  # every entry once, in stream order
+        assert reader.next(0.2) is None  # caught up: nothing, no error
+        later = redis_client.xadd(keys.stream, {"c": "late"}).decode()
+        batch = reader.next(2.0)
+        assert batch is not None and [e[0].decode() for e in batch] == [later]
+    finally:
+        reader.close()
+    assert not reader.thread.is_alive()
+
+    dead = JournalReader(f"redis://127.0.0.1:{free_port()}/0", keys.stream, "0-0", 10, 50)
+    try:
+        with pytest.raises(redis.ConnectionError):
+            for _ in range(50):  # the failure surfaces once the reader thread has hit it
+                dead.next(0.1)
+    finally:
+        dead.close()
