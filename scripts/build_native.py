@@ -15,6 +15,7 @@ Exit status: 0 built or up to date (``--check``: current or not built), 1 build 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
@@ -37,6 +38,7 @@ MODULES = (
 )
 WORK_DIR = ROOT / "var" / "native"
 STAMP = WORK_DIR / "stamp"
+LOCK = ROOT / "var" / "native.lock"
 EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
 
 
@@ -101,6 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--clean", action="store_true", help="remove the compiled modules")
     group.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)  # fmt: skip
+    # one build at a time: scripts/run and scripts/test started together must not clobber
+    # each other's files (the second waits, then finds the build current)
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.clean:
         clean()
         print("[fairbook] native modules removed: pure Python")
