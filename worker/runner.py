@@ -221,6 +221,19 @@ class RawConnection:
             self.close()
             raise redis.ConnectionError(f"commit connection: {exc}") from exc
 
+    def _recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; a dead or closed connection is a redis.ConnectionError."""
+        assert self.sock is not None
+        try:
+            chunk = self.sock.recv(size)
+        except OSError as exc:
+            self.close()
+            raise redis.ConnectionError(f"commit connection: {exc}") from exc
+        if not chunk:
+            self.close()
+            raise redis.ConnectionError("commit connection closed by Redis")
+        return chunk
+
     def read(self, count: int) -> list[object]:
         """The next ``count`` replies (error replies are returned, not raised)."""
         assert self.sock is not None
@@ -229,15 +242,7 @@ class RawConnection:
         while len(out) < count:
             reply = reader.gets()
             if reply is False:
-                try:
-                    chunk = self.sock.recv(1 << 20)
-                except OSError as exc:
-                    self.close()
-                    raise redis.ConnectionError(f"commit connection: {exc}") from exc
-                if not chunk:
-                    self.close()
-                    raise redis.ConnectionError("commit connection closed by Redis")
-                reader.feed(chunk)
+                reader.feed(self._recv(1 << 20))
                 continue
             out.append(reply)
         return out
@@ -252,15 +257,7 @@ class RawConnection:
         buf = bytearray()
         need = len(prefix)
         while len(buf) < need:
-            try:
-                chunk = self.sock.recv(max(need - len(buf), 1 << 16))
-            except OSError as exc:
-                self.close()
-                raise redis.ConnectionError(f"commit connection: {exc}") from exc
-            if not chunk:
-                self.close()
-                raise redis.ConnectionError("commit connection closed by Redis")
-            buf += chunk
+            buf += self._recv(max(need - len(buf), 1 << 16))
         if buf[:need] == prefix:
             if len(buf) > need:
                 self.reader.feed(bytes(buf[need:]))
