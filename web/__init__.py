@@ -44,6 +44,8 @@ class Fairbook:
     _keys: dict[int, Any] = field(default_factory=dict)
     auth_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
     auth_cache_ttl: float = 5.0
+    #: raw RESP connections for the order submit path (None when a ready client was injected)
+    raw: Any = None
 
     def keys(self, partition: int) -> Any:
         """The partition's key names (worker.keys.Keys), built once."""
@@ -54,14 +56,28 @@ class Fairbook:
             k = self._keys[partition] = Keys(partition)
         return k
 
+    def get(self, key: str) -> bytes | str | None:
+        """GET on the hot read paths (order lookups, books), raw when we have a pool."""
+        if self.raw is None:
+            return self.redis.get(key)
+        (value,) = self.raw.pipeline([_get_command(key)], 1)
+        if isinstance(value, Exception):  # hiredis.ReplyError
+            raise redis.exceptions.ResponseError(str(value))
+        return value  # type: ignore[return-value]
+
     def journal(self, partition: int) -> Any:
         """The partition's journal, created on first use (cheap: it only holds a script)."""
         journal = self.journals.get(partition)
         if journal is None:
             from worker.journal import Journal
 
-            journal = self.journals[partition] = Journal(self.redis, partition)
+            journal = self.journals[partition] = Journal(self.redis, partition, raw=self.raw)
         return journal
+
+
+def _get_command(key: str) -> bytes:
+    data = key.encode()
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(data), data)
 
 
 def state() -> Fairbook:
@@ -158,6 +174,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     markets = config.get("FAIRBOOK_MARKETS") or load_markets(config.get("FAIRBOOK_SYMBOLS"))
     reply_timeout = config_float(config, "FAIRBOOK_REPLY_TIMEOUT", DEFAULT_REPLY_TIMEOUT)
     client = config.get("FAIRBOOK_REDIS")
+    raw = None
     if client is None:
         url = config.get("REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         # socket_timeout must outlast the BLPOP that waits for the worker's reply.
@@ -170,6 +187,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         )
         if not redis.utils.HIREDIS_AVAILABLE:
             app.logger.warning("hiredis is not installed: Redis replies parse in pure Python")
+        from worker.rawredis import RawPool
+
+        raw = RawPool(url, timeout=reply_timeout + 10, connect_timeout=2)
     from worker.keys import all_partitions
 
     app.extensions["fairbook"] = Fairbook(
@@ -177,6 +197,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         redis=client,
         reply_timeout=reply_timeout,
         partitions=all_partitions(symbols=markets),
+        raw=raw,
     )
 
     _register_error_handlers(app)

@@ -32,6 +32,7 @@ from engine.schema import Market
 from worker.journal import dumps_compact
 from worker.keys import DEFAULT_NAMESPACE, Keys, symbols_of_partition
 from worker.processor import Processor, parse_stream_id, resp
+from worker.rawredis import RawConnection
 
 log = logging.getLogger("worker")
 
@@ -168,109 +169,6 @@ class Lease:
             self._release(keys=[self.key], args=[self.token])
         except redis.RedisError:
             pass
-
-
-class RawConnection:
-    """A plain socket speaking RESP, parsed by hiredis: no per-reply Python overhead.
-
-    The commit sends thousands of pre-encoded commands and reads as many ``QUEUED`` replies;
-    redis-py would add microseconds per command on both sides.
-    """
-
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        kwargs = redis.connection.parse_url(url)
-        self.host = kwargs.get("host", "localhost")
-        self.port = int(kwargs.get("port", 6379))
-        self.db = int(kwargs.get("db", 0) or 0)
-        self.username = kwargs.get("username")
-        self.password = kwargs.get("password")
-        self.timeout = timeout
-        self.sock: socket.socket | None = None
-        self.reader = hiredis.Reader()
-
-    def connect(self) -> None:
-        self.close()
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except OSError as exc:  # the worker's loop recovers from redis.ConnectionError only
-            raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
-        self.reader = hiredis.Reader()
-        if self.password:
-            auth = ["AUTH", self.username, self.password] if self.username else [
-                "AUTH", self.password]  # fmt: skip
-            self.call(auth)
-        if self.db:
-            self.call(["SELECT", str(self.db)])
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            finally:
-                self.sock = None
-
-    def send(self, data: bytes) -> None:
-        if self.sock is None:
-            self.connect()
-        assert self.sock is not None
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            self.close()
-            raise redis.ConnectionError(f"commit connection: {exc}") from exc
-
-    def _recv(self, size: int) -> bytes:
-        """Up to ``size`` bytes; a dead or closed connection is a redis.ConnectionError."""
-        assert self.sock is not None
-        try:
-            chunk = self.sock.recv(size)
-        except OSError as exc:
-            self.close()
-            raise redis.ConnectionError(f"commit connection: {exc}") from exc
-        if not chunk:
-            self.close()
-            raise redis.ConnectionError("commit connection closed by Redis")
-        return chunk
-
-    def read(self, count: int) -> list[object]:
-        """The next ``count`` replies (error replies are returned, not raised)."""
-        assert self.sock is not None
-        out: list[object] = []
-        reader = self.reader
-        while len(out) < count:
-            reply = reader.gets()
-            if reply is False:
-                reader.feed(self._recv(1 << 20))
-                continue
-            out.append(reply)
-        return out
-
-    def read_prefix(self, prefix: bytes) -> bool:
-        """Read ``len(prefix)`` bytes; True if they equal ``prefix`` (the rest stays buffered).
-
-        Thousands of ``+QUEUED`` replies are checked by one comparison instead of being parsed
-        one by one. On a mismatch everything read is handed to the parser for :meth:`read`.
-        """
-        assert self.sock is not None
-        buf = bytearray()
-        need = len(prefix)
-        while len(buf) < need:
-            buf += self._recv(max(need - len(buf), 1 << 16))
-        if buf[:need] == prefix:
-            if len(buf) > need:
-                self.reader.feed(bytes(buf[need:]))
-            return True
-        self.reader.feed(bytes(buf))
-        return False
-
-    def call(self, args: list[str]) -> object:
-        self.send(resp(args).encode())
-        (reply,) = self.read(1)
-        if isinstance(reply, hiredis.ReplyError):
-            raise redis.ResponseError(str(reply))
-        return reply
 
 
 def _encode(ops: list[str]) -> bytes:

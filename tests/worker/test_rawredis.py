@@ -1,0 +1,81 @@
+"""The raw RESP client (worker/rawredis.py) and the journal's raw submit path, on real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import redis
+
+from worker.journal import Journal
+from worker.keys import Keys
+from worker.rawredis import RawConnection, RawPool, command
+
+
+def test_command_frames_by_bytes_not_characters() -> None:
+    assert command(["SET", "k", "é", 7, b"\x00"]) == (
+        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n\xc3\xa9\r\n$1\r\n7\r\n$1\r\n\x00\r\n"
+    )
+
+
+def test_call_round_trips_text_and_errors(redis_url: str, redis_client: redis.Redis) -> None:
+    conn = RawConnection(redis_url, timeout=5)
+    assert conn.call(["SET", "fb:test:é", "naïve"]) == b"OK"
+    assert redis_client.get("fb:test:é") == "naïve".encode()
+    with pytest.raises(redis.ResponseError):
+        conn.call(["INCR", "fb:test:é"])  # not an integer: an error reply, raised
+    assert conn.call(["GET", "fb:test:é"]) == "naïve".encode()  # the connection is still good
+    conn.close()
+
+
+def test_pool_reuses_healthy_connections_and_drops_broken_ones(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    pool = RawPool(redis_url, timeout=5)
+    assert pool.pipeline([command(["PING"]), command(["PING"])], 2) == [b"PONG", b"PONG"]
+    assert len(pool.idle) == 1
+    first = pool.idle[0]
+    assert pool.pipeline([command(["PING"])], 1) == [b"PONG"]
+    assert pool.idle == [first]  # the same connection came back
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # cut it from the server side
+    with pytest.raises(redis.ConnectionError):
+        pool.pipeline([command(["PING"])], 1)
+    assert pool.idle == []  # a failed connection is never handed out again
+    assert pool.pipeline([command(["PING"])], 1) == [b"PONG"]  # a fresh one is made
+
+
+def test_unreachable_server_is_a_connection_error() -> None:
+    pool = RawPool("redis://127.0.0.1:1/0", timeout=1, connect_timeout=0.5)
+    with pytest.raises(redis.ConnectionError):
+        pool.pipeline([command(["PING"])], 1)
+
+
+def test_raw_submit_journals_once_and_returns_the_reply(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    keys = Keys(0)
+    journal = Journal(redis_client, 0, raw=RawPool(redis_url, timeout=5))
+    answered = threading.Event()
+
+    def worker() -> None:  # answers the one entry it finds, as the real worker would
+        entries = redis_client.xread({keys.stream: "0-0"}, block=5000, count=1)
+        body = entries[0][1][0][1][b"c"]
+        token = json.loads(body)["reply_to"]
+        redis_client.rpush(keys.reply(token), '{"ok":true,"n":1}')
+        answered.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    wire = {"op": "new", "account": "7", "symbol": "BTC-USDT"}
+    cmd_id, reply = journal.submit(wire, timeout_s=5)
+    thread.join(5)
+    assert answered.is_set()
+    assert reply == {"ok": True, "n": 1}
+    assert cmd_id == wire["id"] == (1 << 8) | 0
+    (entry,) = redis_client.xrange(keys.stream)
+    assert entry[1][b"c"].startswith(b'{"id":256,"op":"new","account":"7"')
+    # no reply within the timeout: the id is still returned (the order is journaled)
+    cmd_id2, reply2 = journal.submit({"op": "new", "account": "7"}, timeout_s=0.05)
+    assert cmd_id2 == (2 << 8) | 0 and reply2 is None
+    assert redis_client.xlen(keys.stream) == 2

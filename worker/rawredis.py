@@ -1,0 +1,180 @@
+"""A plain socket speaking RESP, parsed by hiredis: Redis without redis-py's per-call overhead.
+
+redis-py spends tens of microseconds of Python per command (connection pool checkout with a
+readiness poll, retry wrapper, response callbacks). That is noise for an admin call but most
+of the cost on the two hot paths: the worker's batch commit (thousands of pre-encoded commands)
+and the web's order submit (one EVAL + BLPOP per HTTP request). Under gevent the socket module
+is monkey-patched, so these connections cooperate with other greenlets like redis-py's do.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import hiredis
+import redis
+import redis.connection
+
+
+def command(args: Sequence[str | bytes | int]) -> bytes:
+    """One command in RESP (byte lengths, so any text is framed correctly)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = arg
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class RawConnection:
+    """One connection; errors surface as redis-py's exception types, so callers that already
+    handle ``redis.ConnectionError`` (the worker's recovery loop, the web's 503) need nothing new.
+    """
+
+    def __init__(
+        self, url: str, timeout: float = 30.0, connect_timeout: float | None = None
+    ) -> None:
+        kwargs = redis.connection.parse_url(url)
+        self.host = kwargs.get("host", "localhost")
+        self.port = int(kwargs.get("port", 6379))
+        self.db = int(kwargs.get("db", 0) or 0)
+        self.username = kwargs.get("username")
+        self.password = kwargs.get("password")
+        self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self.sock: socket.socket | None = None
+        self.reader = hiredis.Reader()
+
+    def connect(self) -> None:
+        self.close()
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except OSError as exc:  # the worker's loop recovers from redis.ConnectionError only
+            raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+        sock.settimeout(self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.reader = hiredis.Reader()
+        if self.password:
+            auth = ["AUTH", self.username, self.password] if self.username else [
+                "AUTH", self.password]  # fmt: skip
+            self.call(auth)
+        if self.db:
+            self.call(["SELECT", str(self.db)])
+
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            finally:
+                self.sock = None
+
+    def send(self, data: bytes) -> None:
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise redis.ConnectionError(f"Redis connection: {exc}") from exc
+
+    def _recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes; a dead or closed connection is a redis.ConnectionError."""
+        assert self.sock is not None
+        try:
+            chunk = self.sock.recv(size)
+        except TimeoutError as exc:
+            self.close()
+            raise redis.TimeoutError(f"Redis connection: {exc}") from exc
+        except OSError as exc:
+            self.close()
+            raise redis.ConnectionError(f"Redis connection: {exc}") from exc
+        if not chunk:
+            self.close()
+            raise redis.ConnectionError("Redis closed the connection")
+        return chunk
+
+    def read(self, count: int) -> list[object]:
+        """The next ``count`` replies (error replies are returned, not raised)."""
+        assert self.sock is not None
+        out: list[object] = []
+        reader = self.reader
+        while len(out) < count:
+            reply = reader.gets()
+            if reply is False:
+                reader.feed(self._recv(1 << 20))
+                continue
+            out.append(reply)
+        return out
+
+    def read_prefix(self, prefix: bytes) -> bool:
+        """Read ``len(prefix)`` bytes; True if they equal ``prefix`` (the rest stays buffered).
+
+        Thousands of ``+QUEUED`` replies are checked by one comparison instead of being parsed
+        one by one. On a mismatch everything read is handed to the parser for :meth:`read`.
+        """
+        assert self.sock is not None
+        buf = bytearray()
+        need = len(prefix)
+        while len(buf) < need:
+            buf += self._recv(max(need - len(buf), 1 << 16))
+        if buf[:need] == prefix:
+            if len(buf) > need:
+                self.reader.feed(bytes(buf[need:]))
+            return True
+        self.reader.feed(bytes(buf))
+        return False
+
+    def call(self, args: Sequence[str | bytes | int]) -> object:
+        self.send(command(args))
+        (reply,) = self.read(1)
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis.ResponseError(str(reply))
+        return reply
+
+
+class RawPool:
+    """Idle :class:`RawConnection` objects for request handlers, one checked out per call.
+
+    A connection that failed in any way is closed and dropped, never returned: a half-read
+    reply must not be taken for the next caller's answer.
+    """
+
+    def __init__(
+        self, url: str, timeout: float, connect_timeout: float = 2.0, max_idle: int = 64
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self.idle: list[RawConnection] = []
+
+    def pipeline(self, commands: list[bytes], count: int) -> list[object]:
+        """Send pre-encoded ``commands`` in one write; return their ``count`` replies."""
+        try:
+            conn = self.idle.pop()
+        except IndexError:
+            conn = RawConnection(self.url, self.timeout, self.connect_timeout)
+        try:
+            conn.send(b"".join(commands))
+            replies = conn.read(count)
+        except BaseException:
+            conn.close()
+            raise
+        if conn.connected and len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        return replies
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
