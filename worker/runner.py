@@ -335,31 +335,59 @@ def _commit_process_main(
     writer = OutputWriter(url, connect(url), keys, _Token(token))  # type: ignore[arg-type]
     writer.committed = committed
     renderer = Renderer(markets, *render_config)
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
+    # Render batch k+1 here while a thread waits for Redis to run batch k's EXEC.
+    work: queue.Queue[Any] = queue.Queue(maxsize=1)
+    failed = threading.Event()
+
+    def commit_loop() -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            ops, last_id, messages = item
+            try:
+                writer.commit(ops, last_id, messages)
+                conn.send(("ok", last_id))
+                continue
+            except LeaseLost as exc:
+                conn.send(("lease", str(exc)))
+            except StateMismatch as exc:
+                conn.send(("state", str(exc)))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                conn.send(("conn", str(exc)))
+            except Exception as exc:
+                log.exception("commit process failed")
+                conn.send(("error", repr(exc)))
+            failed.set()
             return
-        if not data:
-            return
-        try:
-            plan = marshal.loads(data)
-            ops, messages = renderer.render(plan)
-            writer.commit(ops, plan[0], messages)
-            conn.send(("ok", plan[0]))
-        except LeaseLost as exc:
-            conn.send(("lease", str(exc)))
-            return
-        except StateMismatch as exc:
-            conn.send(("state", str(exc)))
-            return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            conn.send(("conn", str(exc)))
-            return
-        except Exception as exc:
-            log.exception("commit process failed")
-            conn.send(("error", repr(exc)))
-            return
+
+    committer = threading.Thread(target=commit_loop, name="commit", daemon=True)
+    committer.start()
+    try:
+        while not failed.is_set():
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if not data:
+                return
+            try:
+                plan = marshal.loads(data)
+                ops, messages = renderer.render(plan)
+            except Exception as exc:
+                log.exception("commit process failed")
+                conn.send(("error", repr(exc)))
+                return
+            while not failed.is_set():
+                try:
+                    work.put((ops, plan[0], messages), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+    finally:
+        if not failed.is_set():
+            work.put(None)
+            committer.join()
 
 
 class ProcessCommitter:
