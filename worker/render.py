@@ -18,7 +18,7 @@ from worker.orders import MarketFormat, Memo, bulk, order_record
 
 #: (head, status, reason, mid, symbol, filled, remaining, cum_quote, created_at, updated_at):
 #: an order's state at one moment; head/mid are the cached JSON pieces of OrderState.
-Snap = tuple[Any, ...]
+Snap = tuple[str, str, str | None, str, str, int, int, int, int, int]
 #: (last_id, trades, acct, replies, records, books, consumed), see Processor.process
 Plan = tuple[Any, ...]
 
@@ -41,11 +41,16 @@ _REASON_JSON = Memo(lambda r: "null" if r is None else '"' + r + '"')
 def render_body(fmt: MarketFormat, snap: Snap) -> str:
     """Every REST order field but ``fills``, without the braces."""
     head, status, reason, mid, _symbol, filled, remaining, cum_quote, created, updated = snap
-    qty = fmt.qty_t
+    qty: dict[int, str] = fmt.qty_t
+    quote: dict[int, str] = fmt.quote_t
+    reason_json: str = _REASON_JSON[reason]
+    filled_text: str = qty[filled]
+    remaining_text: str = qty[remaining]
+    quote_text: str = quote[cum_quote]
     return (
-        f'{head}"status":"{status}","reject_reason":{_REASON_JSON[reason]},{mid}'
-        f'"filled_quantity":"{qty[filled]}","remaining_quantity":"{qty[remaining]}",'
-        f'"cum_quote":"{fmt.quote_t[cum_quote]}","created_at":{created},"updated_at":{updated}'
+        f'{head}"status":"{status}","reject_reason":{reason_json},{mid}'
+        f'"filled_quantity":"{filled_text}","remaining_quantity":"{remaining_text}",'
+        f'"cum_quote":"{quote_text}","created_at":{created},"updated_at":{updated}'
     )
 
 
