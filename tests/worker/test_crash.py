@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from engine.schema import load_markets
 from redis_server import RedisServer
@@ -74,7 +76,8 @@ def feeder(port: int, seed: int, acked: list[int], stop: threading.Event) -> Non
     """Append PER_FEEDER commands in small pipelined chunks, riding out Redis restarts."""
     markets = load_markets()
     flow = OrderFlow(markets, seed=seed, accounts=15)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    # no automatic retries: a resent append could journal a chunk twice behind our back
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     journal = Journal(client, 0)
     rng = random.Random(seed)
     sent = 0

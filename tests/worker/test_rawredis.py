@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import pytest
 import redis
 
+from web import create_app
 from worker.journal import Journal
 from worker.keys import Keys
 from worker.rawredis import RawConnection, RawPool, command
+from worker.runner import connect
 
 
 def test_command_frames_by_bytes_not_characters() -> None:
@@ -79,3 +82,56 @@ def test_raw_submit_journals_once_and_returns_the_reply(
     cmd_id2, reply2 = journal.submit({"op": "new", "account": "7"}, timeout_s=0.05)
     assert cmd_id2 == (2 << 8) | 0 and reply2 is None
     assert redis_client.xlen(keys.stream) == 2
+
+
+class _DroppingServer:
+    """A TCP server that reads one request per connection and hangs up without answering: to
+    the client, the command may or may not have run. Counts the requests it received."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(65536)
+                if data:
+                    self.requests.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_appends_are_never_retried_behind_the_callers_back() -> None:
+    """An append whose connection dies may have run: resending it could journal the order twice.
+    The caller must get the error (and report an unknown outcome), not a silent retry."""
+    server = _DroppingServer()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        raw_journal = Journal(connect(url), 0, raw=RawPool(url, timeout=2, connect_timeout=1))
+        with pytest.raises(redis.ConnectionError):
+            raw_journal.append({"op": "cancel_all", "account": "7"})
+        with pytest.raises(redis.ConnectionError):
+            raw_journal.submit({"op": "new", "account": "7"}, timeout_s=1)
+        assert len(server.requests) == 2
+        # the redis-py clients the worker and the web build: no automatic retries either
+        web_client = create_app({"REDIS_URL": url}).extensions["fairbook"].redis
+        for client in (connect(url, socket_timeout=2), web_client):
+            client_journal = Journal(client, 0)
+            with pytest.raises(redis.ConnectionError):
+                client_journal.append({"op": "cancel_all", "account": "7"})
+            with pytest.raises(redis.ConnectionError):
+                client_journal.submit({"op": "new", "account": "7"}, timeout_s=1)
+        assert len(server.requests) == 6  # one attempt each
+    finally:
+        server.close()
