@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -35,6 +36,12 @@ from worker.processor import Processor, parse_stream_id, resp
 from worker.rawredis import RawConnection
 
 log = logging.getLogger("worker")
+
+#: CPython hands the GIL to a waiting thread only every ``switchinterval`` (5 ms by default).
+#: The commit and journal-reader threads wake on Redis replies and need the GIL for a moment
+#: while the matcher holds it: at 5 ms Redis sat idle waiting for the next EXEC. 1 ms drained
+#: the journal 1.04-1.25x faster in interleaved runs; idle workers are not affected.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class LeaseLost(Exception):
@@ -329,6 +336,7 @@ def _commit_process_main(
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
     )
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # the commit thread waits on EXEC replies
     from worker.render import Renderer
 
     keys = Keys(partition, namespace)
@@ -621,6 +629,7 @@ class PartitionWorker:
 
     def run(self) -> None:
         """Until :meth:`stop`: wait for the lease, recover, match; on any doubt start over."""
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         log.info("partition %d: worker %s starting (%s; %s modules)", self.partition,
                  self.lease.token, ", ".join(self.markets),
                  "native" if engine.native() else "pure Python")  # fmt: skip
