@@ -18,6 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from engine.schema import Market, SchemaError, load_markets
+from worker.rawredis import RawPool
 
 #: Largest request body accepted (bytes); bigger bodies get a 413 JSON error.
 DEFAULT_MAX_BODY = 64 * 1024
@@ -69,7 +70,7 @@ class Fairbook:
     auth_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
     auth_cache_ttl: float = 5.0
     #: raw RESP connections for the order submit path (None when a ready client was injected)
-    raw: Any = None
+    raw: RawPool | None = None
 
     def keys(self, partition: int) -> Any:
         """The partition's key names (worker.keys.Keys), built once."""
@@ -84,10 +85,7 @@ class Fairbook:
         """GET on the hot read paths (order lookups, books), raw when we have a pool."""
         if self.raw is None:
             return self.redis.get(key)
-        (value,) = self.raw.pipeline([_get_command(key)], 1)
-        if isinstance(value, Exception):  # hiredis.ReplyError
-            raise redis.exceptions.ResponseError(str(value))
-        return value  # type: ignore[return-value]
+        return self.raw.call(["GET", key])  # type: ignore[return-value]
 
     def journal(self, partition: int) -> Any:
         """The partition's journal, created on first use (cheap: it only holds a script)."""
@@ -97,11 +95,6 @@ class Fairbook:
 
             journal = self.journals[partition] = Journal(self.redis, partition, raw=self.raw)
         return journal
-
-
-def _get_command(key: str) -> bytes:
-    data = key.encode()
-    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(data), data)
 
 
 def state() -> Fairbook:
@@ -210,8 +203,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         )
         if not redis.utils.HIREDIS_AVAILABLE:
             app.logger.warning("hiredis is not installed: Redis replies parse in pure Python")
-        from worker.rawredis import RawPool
-
         raw = RawPool(url, timeout=reply_timeout + 10, connect_timeout=2)
     from worker.keys import all_partitions
 

@@ -11,12 +11,11 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-import hiredis
 import orjson
 import redis
 
 from worker.keys import DEFAULT_NAMESPACE, Keys
-from worker.rawredis import RawPool, command
+from worker.rawredis import RawPool, command, raise_errors
 
 # KEYS[1] = next_id counter, KEYS[2] = stream; ARGV[1] = partition, ARGV[2] = compact JSON of
 # the wire command WITHOUT "id" (an object, "{...}"). The id is spliced in as the first field,
@@ -124,10 +123,7 @@ class Journal:
         body = self._body(wire).encode()
         append = self._eval_head + b"$%d\r\n%s\r\n" % (len(body), body)
         wait = command(["BLPOP", self.keys.reply(token), repr(float(timeout_s))])
-        result, item = self.raw.pipeline([append, wait], 2)
-        for reply in (result, item):
-            if isinstance(reply, hiredis.ReplyError):
-                raise redis.ResponseError(str(reply))
+        result, item = raise_errors(self.raw.pipeline([append, wait], 2))
         cmd_id = int(result)  # type: ignore[call-overload]
         wire["id"] = cmd_id
         return cmd_id, None if item is None else orjson.loads(item[1])  # type: ignore[index]

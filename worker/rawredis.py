@@ -31,6 +31,14 @@ def command(args: Sequence[str | bytes | int]) -> bytes:
     return b"".join(out)
 
 
+def raise_errors(replies: list[object]) -> list[object]:
+    """``replies`` unchanged, unless one is an error reply: then the first is raised."""
+    for reply in replies:
+        if isinstance(reply, hiredis.ReplyError):
+            raise redis.ResponseError(str(reply))
+    return replies
+
+
 class RawConnection:
     """One connection; errors surface as redis-py's exception types, so callers that already
     handle ``redis.ConnectionError`` (the worker's recovery loop, the web's 503) need nothing new.
@@ -149,9 +157,7 @@ class RawConnection:
 
     def call(self, args: Sequence[str | bytes | int]) -> object:
         self.send(command(args))
-        (reply,) = self.read(1)
-        if isinstance(reply, hiredis.ReplyError):
-            raise redis.ResponseError(str(reply))
+        (reply,) = raise_errors(self.read(1))
         return reply
 
 
@@ -187,6 +193,11 @@ class RawPool:
         if conn.connected and len(self.idle) < self.max_idle:
             self.idle.append(conn)
         return replies
+
+    def call(self, args: Sequence[str | bytes | int]) -> object:
+        """One command; an error reply is raised as redis.ResponseError."""
+        (reply,) = raise_errors(self.pipeline([command(args)], 1))
+        return reply
 
     def close(self) -> None:
         while self.idle:

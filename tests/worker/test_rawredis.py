@@ -46,6 +46,10 @@ def test_pool_reuses_healthy_connections_and_drops_broken_ones(
         pool.pipeline([command(["PING"])], 1)
     assert pool.idle == []  # a failed connection is never handed out again
     assert pool.pipeline([command(["PING"])], 1) == [b"PONG"]  # a fresh one is made
+    assert pool.call(["SET", "fb:test:n", "x"]) == b"OK"
+    with pytest.raises(redis.ResponseError):
+        pool.call(["INCR", "fb:test:n"])  # an error reply is raised, the connection kept
+    assert len(pool.idle) == 1 and pool.call(["GET", "fb:test:n"]) == b"x"
 
 
 def test_unreachable_server_is_a_connection_error() -> None:
