@@ -343,7 +343,8 @@ def _commit_process_main(
     writer = OutputWriter(url, connect(url), keys, _Token(token))  # type: ignore[arg-type]
     writer.committed = committed
     renderer = Renderer(markets, *render_config)
-    # Render batch k+1 here while a thread waits for Redis to run batch k's EXEC.
+    # Render batch k+1 here while a thread waits for Redis to run batch k's EXEC. Only that
+    # thread answers the parent, so answers stay in batch order and never interleave.
     work: queue.Queue[Any] = queue.Queue(maxsize=1)
     failed = threading.Event()
 
@@ -351,6 +352,10 @@ def _commit_process_main(
         while True:
             item = work.get()
             if item is None:
+                return
+            if isinstance(item, BaseException):  # rendering failed: report it, in order
+                conn.send(("error", repr(item)))
+                failed.set()
                 return
             ops, last_id, messages = item
             try:
@@ -369,6 +374,16 @@ def _commit_process_main(
             failed.set()
             return
 
+    def hand_over(item: Any) -> bool:
+        """Queue ``item`` for the commit thread; False once that thread has failed."""
+        while not failed.is_set():
+            try:
+                work.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     committer = threading.Thread(target=commit_loop, name="commit", daemon=True)
     committer.start()
     try:
@@ -384,18 +399,13 @@ def _commit_process_main(
                 ops, messages = renderer.render(plan)
             except Exception as exc:
                 log.exception("commit process failed")
-                conn.send(("error", repr(exc)))
+                hand_over(exc)
                 return
-            while not failed.is_set():
-                try:
-                    work.put((ops, plan[0], messages), timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            if not hand_over((ops, plan[0], messages)):
+                return
     finally:
-        if not failed.is_set():
-            work.put(None)
-            committer.join()
+        hand_over(None)
+        committer.join()
 
 
 class ProcessCommitter:

@@ -172,3 +172,30 @@ def test_pubsub_messages(redis_client, start_worker, commit_process) -> None:
     order_events = [e for m in acct1 for e in m["events"] if e["event"] == "order"]
     assert "fills" not in order_events[0] and order_events[-1]["status"] == "partially_filled"
     assert order_events[0]["type"] == "limit"  # the order's own type field is intact
+
+
+def test_commit_process_answers_in_order_and_reports_a_render_failure(
+    redis_client, redis_url, markets
+) -> None:
+    """The child renders batch k+1 while its commit thread runs batch k: a batch that cannot be
+    rendered must still be reported after k's "ok", and nothing after it is committed."""
+    from worker.processor import Batch, Processor
+    from worker.runner import CommitterDied, ProcessCommitter
+
+    journal = Journal(redis_client, 0)
+    journal.append_many([new("a1", "buy", "100", "1"), new("a2", "sell", "100", "1")])
+    entries = redis_client.xrange(K.stream)
+    redis_client.set(K.lease, "token-1")
+    proc = Processor(markets, 0)
+    committer = ProcessCommitter(redis_url, K, markets, proc, "token-1", None)
+    try:
+        committer.submit(proc.process(entries))
+        broken = Batch()
+        broken.plan = ("not", "a", "plan")
+        committer.submit(broken)
+        with pytest.raises(CommitterDied, match="ValueError"):
+            committer.drain()
+        assert redis_client.get(K.applied) == entries[-1][0]  # batch 1 landed, in order
+        assert redis_client.xlen(K.trades) == 1
+    finally:
+        committer.close()
