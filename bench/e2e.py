@@ -293,6 +293,12 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     return {name: sum(_proc_cpu(p) for p in group) for name, group in pids.items()}
 
 
+def exec_calls(client: redis.Redis) -> int:
+    """EXECs Redis has run: one per worker batch commit (INFO commandstats)."""
+    stats = client.info("commandstats").get("cmdstat_exec") or {}
+    return int(stats.get("calls", 0))
+
+
 def stream_lag(client: redis.Redis, partition: int) -> int:
     keys = Keys(partition)
     applied = client.get(keys.applied)
@@ -334,14 +340,17 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
                         c.created = c.accepted_202 = c.cancels = 0
                         c.errors.clear()
                     cpu_before.update(cpu_seconds(stack))
+                    commits_before.append(exec_calls(rdb))
                 return await drive(clients, opts.seconds, opts.rate)
             finally:
                 for c in clients:  # connections belong to this event loop
                     c.conn.close()
 
         cpu_before: dict[str, float] = {}
+        commits_before: list[int] = []
         t0, t1 = asyncio.run(warm_and_drive())
         cpu_after = cpu_seconds(stack)
+        commits = exec_calls(rdb) - (commits_before[0] if commits_before else 0)
         lag_end = stream_lag(rdb, 0)
         drain_start = time.monotonic()
         while stream_lag(rdb, 0) and time.monotonic() - drain_start < 60:
@@ -403,6 +412,8 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
             "post_to_result_ms": summary_ms(post),
             "cancel_ms": summary_ms(cancel),
             "post_to_fill_published_ms": summary_ms(fill_pub),
+            # small batches cost the worker more per request (book, commit round trips)
+            "entries_per_commit": round((created + cancels) / max(1, commits), 2),
             "worker_lag_at_end": lag_end,
             "worker_exit_code": worker_rc,
             "drain_s": round(drain, 3),
@@ -423,7 +434,8 @@ def one_line(r: dict[str, Any]) -> str:
         f"[{r['config']['gunicorn']}] {r['accepted_orders_per_s']} orders/s "
         f"({r['requests_per_s']} req/s, {r['orders_202']} x 202, errors {r['errors']}); "
         f"POST->result p50 {p['p50']} p99 {p['p99']} ms; POST->fill published p50 {f['p50']} "
-        f"p99 {f['p99']} ms; lag at end {r['worker_lag_at_end']}"
+        f"p99 {f['p99']} ms; lag at end {r['worker_lag_at_end']}, "
+        f"{r['entries_per_commit']} entries per commit"
     )
 
 
