@@ -43,7 +43,8 @@ def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
     for i in range(n):
         wire = flow.next()
         cmd_id = make_public_id(i + 1, keys.partition)
-        body = {"id": cmd_id, **wire}
+        # tagged like the web's commands: the worker renders and publishes every reply
+        body = {"id": cmd_id, **wire, "reply_to": f"bench-{i + 1}"}
         flow.record(wire, cmd_id)
         pipe.xadd(keys.stream, {"c": dumps_compact(body)})
         if len(pipe) >= 5000:

@@ -29,7 +29,7 @@ def main(entries: int = 20_000, seed: int = 7) -> None:
         wire = flow.next()
         cmd_id = make_public_id(i + 1, 0)
         flow.record(wire, cmd_id)
-        body = {"id": cmd_id, **wire, "reply_to": f"t{i}"}
+        body = {"id": cmd_id, **wire, "reply_to": f"t{i % 3}-{i}"}
         if i % 997 == 0:
             body["price"] = "1.0000001"  # an off-tick order: the error path too
         batch.append((f"{1_700_000_000_000 + i // 7}-{i % 7}".encode(),

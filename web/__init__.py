@@ -23,6 +23,7 @@ from worker.rawredis import RawPool
 #: Largest request body accepted (bytes); bigger bodies get a 413 JSON error.
 DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_REPLY_TIMEOUT = 2.0
+REDIS_TIMEOUT_S = 10.0  # no web call blocks in Redis: replies come by pub/sub (worker.journal)
 
 
 class FastJSONProvider(DefaultJSONProvider):
@@ -71,6 +72,8 @@ class Fairbook:
     auth_cache_ttl: float = 5.0
     #: raw RESP connections for the order submit path (None when a ready client was injected)
     raw: RawPool | None = None
+    #: this process's reply inbox (worker.journal.Inbox), created with the first journal
+    inbox: Any = None
 
     def keys(self, partition: int) -> Any:
         """The partition's key names (worker.keys.Keys), built once."""
@@ -91,9 +94,14 @@ class Fairbook:
         """The partition's journal, created on first use (cheap: it only holds a script)."""
         journal = self.journals.get(partition)
         if journal is None:
-            from worker.journal import Journal
+            from worker.journal import Inbox, Journal
+            from worker.rawredis import client_url
 
-            journal = self.journals[partition] = Journal(self.redis, partition, raw=self.raw)
+            if self.inbox is None:  # one per process, for every partition's replies
+                url = self.raw.url if self.raw is not None else client_url(self.redis)
+                self.inbox = Inbox(url, self.partitions)
+            journal = Journal(self.redis, partition, raw=self.raw, inbox=self.inbox)
+            self.journals[partition] = journal
         return journal
 
 
@@ -193,17 +201,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     raw = None
     if client is None:
         url = config.get("REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-        # socket_timeout must outlast the BLPOP that waits for the worker's reply.
         client = redis.Redis.from_url(
             url,
             decode_responses=True,
-            socket_timeout=reply_timeout + 10,
+            socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=2,
             health_check_interval=30,
         )
         if not redis.utils.HIREDIS_AVAILABLE:
             app.logger.warning("hiredis is not installed: Redis replies parse in pure Python")
-        raw = RawPool(url, timeout=reply_timeout + 10, connect_timeout=2)
+        raw = RawPool(url, timeout=REDIS_TIMEOUT_S, connect_timeout=2)
     from worker.keys import all_partitions
 
     app.extensions["fairbook"] = Fairbook(

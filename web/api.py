@@ -246,15 +246,17 @@ def cancel_all():
     st = state()
     partitions = [partition_for(symbol)] if symbol else list(st.partitions)
     pending = []
-    for partition in partitions:  # append everywhere first: the partitions work in parallel
+    for partition in partitions:  # send everywhere first: the partitions work in parallel
         wire = {"op": "cancel_all", "account": g.account, "symbol": symbol}
-        pending.append((partition, st.journal(partition).append(wire)))
+        journal = st.journal(partition)
+        command_id, waiter = journal.send(wire, ready_s=st.reply_timeout)
+        pending.append((journal, wire, command_id, waiter))
     deadline = time.monotonic() + st.reply_timeout
     cancelled: list[Any] = []
     unanswered: list[int] = []
-    for partition, command_id in pending:
+    for journal, wire, command_id, waiter in pending:
         remaining = max(0.0, deadline - time.monotonic())
-        reply = st.journal(partition).wait_reply(command_id, remaining) if remaining else None
+        reply = journal.wait(wire, waiter, remaining)
         if reply is None:
             unanswered.append(command_id)
         elif not reply.get("ok"):

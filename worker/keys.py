@@ -68,8 +68,9 @@ class Keys:
     def book(self, symbol: str) -> str:
         return f"{self.prefix}book:{symbol}"
 
-    def reply(self, command_id: int | str) -> str:
-        return f"{self.prefix}reply:{command_id}"
+    def inbox(self, inbox_id: str) -> str:
+        """Pub/sub channel of one web process's replies from this partition (not a key)."""
+        return f"{self.prefix}inbox:{inbox_id}"
 
     def snapshot(self, stream_id: str) -> str:
         return f"{self.prefix}snapshot:{stream_id}"

@@ -46,7 +46,8 @@ WORKER_SNAPSHOT_VERSION = 1
 
 Entry = Sequence[Any]  # (stream id, fields): a tuple from redis-py, a list from raw hiredis
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_REPLY_TO = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+#: ``reply_to`` = "<inbox>-<tag>": the reply goes to channel ``inbox:<inbox>`` under ``<token>``
+_REPLY_TO = re.compile(r"^[A-Za-z0-9_]{1,32}-[A-Za-z0-9_\-]{1,31}$")
 _OK_ACCOUNTS_MAX = 100_000  # accounts known to pass _ACCOUNT (cleared when full: a cache)
 DUPLICATE_ORDER_ID = Reason.DUPLICATE_ORDER_ID
 
@@ -133,7 +134,6 @@ class Processor:
         book_depth: int = 500,
         recent_len: int = 1000,
         closed_len: int = 1000,
-        reply_ttl_s: int = 60,
     ) -> None:
         self.markets = markets
         self.partition = partition
@@ -143,9 +143,8 @@ class Processor:
         self.book_depth = book_depth
         self.recent_len = recent_len
         self.closed_len = closed_len
-        self.reply_ttl = str(reply_ttl_s)
-        self.renderer = Renderer(markets, partition, namespace, recent_len, closed_len, reply_ttl_s)
-        self.render_config = (partition, namespace, recent_len, closed_len, reply_ttl_s)
+        self.renderer = Renderer(markets, partition, namespace, recent_len, closed_len)
+        self.render_config = (partition, namespace, recent_len, closed_len)
         # -- state that lives in the worker snapshot ---------------------------------------
         self.orders: dict[int, OrderState] = {}  # open orders (plus, mid-batch, just closed)
         self.book_seq: dict[str, int] = dict.fromkeys(markets, 0)
@@ -173,8 +172,8 @@ class Processor:
         dirty: dict[int, OrderState] = {}
         symbols: dict[str, _SymbolBatch] = {}
         acct: list[tuple[str, Any]] = []  # (account, order Snap | rendered fill event)
-        # (reply key: reply_to token or command id, JSON | ("o", snap, fills) | ("c", ...))
-        replies: list[tuple[int | str, Any]] = []
+        # (reply_to token, JSON | ("o", snap, fills) | ("c", ...))
+        replies: list[tuple[str, Any]] = []
         trade_no = self.trade_no
         account_ok = _ACCOUNT.match
 
@@ -211,21 +210,23 @@ class Processor:
                         ok_accounts.clear()
                     ok_accounts.add(account)
             except SchemaError as exc:
-                cmd_id = wire.get("id")
-                if isinstance(cmd_id, int) and not isinstance(cmd_id, bool):
+                token = _reply_token(wire)
+                if token is not None:
                     if emit:
                         body = _dumps({"ok": False, "error": exc.as_dict()})
-                        replies.append((_reply_key(wire, cmd_id), body))
+                        replies.append((token, body))
                 else:
-                    log.warning("entry %s: invalid command without id: %s", _text(raw_id), exc)
+                    log.warning("entry %s: invalid command, nobody to tell: %s", _text(raw_id),
+                                exc)  # fmt: skip
                 continue
             try:
                 events = engine.apply(cmd)
             except Exception:  # an engine bug must not wedge the partition forever
                 log.exception("entry %s: engine failed on %r", _text(raw_id), cmd)
-                if emit:
+                token = _reply_token(wire)
+                if emit and token is not None:
                     err = {"code": "internal_error", "message": "the matching engine failed"}
-                    replies.append((_reply_key(wire, cmd.id), _dumps({"ok": False, "error": err})))
+                    replies.append((token, _dumps({"ok": False, "error": err})))
                 continue
             kind = type(cmd)
             is_new = kind is NewOrder
@@ -342,8 +343,9 @@ class Processor:
                         sb.bbo = ev[2:]
                 elif tag == REJECT:
                     rejected = ev[3]
-            # -- reply -----------------------------------------------------------------------------
-            if emit:
+            # -- reply (only to a web process waiting in its inbox) -----------------------------
+            token = _reply_token(wire) if emit else None
+            if token is not None:
                 if rejected is not None:
                     reply: Any = _reject_reply(rejected)
                 elif kind is CancelAll:
@@ -352,7 +354,7 @@ class Processor:
                     reply = ("o", touched.last_snap, tuple(touched.fills))
                 else:  # cannot happen with a correct engine; never leave a client hanging
                     reply = '{"ok":false,"error":{"code":"internal_error","message":"no outcome"}}'
-                replies.append((_reply_key(wire, cmd.id), reply))
+                replies.append((token, reply))
             count += 1
         batch.count = count
 
@@ -499,12 +501,12 @@ def _reject_message(reason: str) -> str:
 _REJECT_REPLIES: dict[str, str] = {}
 
 
-def _reply_key(wire: dict[str, Any], cmd_id: int) -> int | str:
-    """Where the reply goes: the web's ``reply_to`` token if it sent a sane one, else the id."""
+def _reply_token(wire: dict[str, Any]) -> str | None:
+    """The web's ``reply_to`` token if it sent a well-formed one; None: nobody waits, no reply."""
     token = wire.get("reply_to")
     if token is None:
-        return cmd_id
-    return token if type(token) is str and _REPLY_TO.match(token) else cmd_id
+        return None
+    return token if type(token) is str and _REPLY_TO.match(token) else None
 
 
 def _reject_reply(reason: str) -> str:

@@ -2,15 +2,16 @@
 
 redis-py spends tens of microseconds of Python per command (connection pool checkout with a
 readiness poll, retry wrapper, response callbacks). That is noise for an admin call but most
-of the cost on the two hot paths: the worker's batch commit (thousands of pre-encoded commands)
-and the web's order submit (one EVAL + BLPOP per HTTP request). Under gevent the socket module
-is monkey-patched, so these connections cooperate with other greenlets like redis-py's do.
+of the cost on the hot paths: the worker's batch commit (thousands of pre-encoded commands), the
+web's order submit (one EVAL per HTTP request) and its reply inbox (a pub/sub reader). Under
+gevent the socket module is monkey-patched, so these connections cooperate with other greenlets.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
+from urllib.parse import quote
 
 import hiredis
 import redis
@@ -37,6 +38,21 @@ def raise_errors(replies: list[object]) -> list[object]:
         if isinstance(reply, hiredis.ReplyError):
             raise redis.ResponseError(str(reply))
     return replies
+
+
+#: What :meth:`RawConnection.next_or_idle` returns when the socket timeout passed with no data.
+IDLE = object()
+
+
+def client_url(client: redis.Redis) -> str:
+    """A ``redis://`` URL for the server a redis-py client talks to (TCP only)."""
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        raise ValueError("raw connections need TCP; this client uses a unix socket")
+    auth = ""
+    if kw.get("password"):
+        auth = f"{quote(kw.get('username') or '')}:{quote(kw['password'])}@"
+    return f"redis://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
 class RawConnection:
@@ -135,6 +151,27 @@ class RawConnection:
                 continue
             out.append(reply)
         return out
+
+    def next_or_idle(self) -> object:
+        """The next reply, or :data:`IDLE` if none came within the socket timeout; unlike
+        :meth:`read`, a quiet connection stays open (a pub/sub reader pings it instead)."""
+        assert self.sock is not None
+        reader = self.reader
+        reply = reader.gets()
+        while reply is False:
+            try:
+                n = self.sock.recv_into(self.view)
+            except TimeoutError:
+                return IDLE
+            except OSError as exc:
+                self.close()
+                raise redis.ConnectionError(f"Redis connection: {exc}") from exc
+            if not n:
+                self.close()
+                raise redis.ConnectionError("Redis closed the connection")
+            reader.feed(self.buffer, 0, n)
+            reply = reader.gets()
+        return reply
 
     def read_prefix(self, prefix: bytes) -> bool:
         """Read ``len(prefix)`` bytes; True if they equal ``prefix`` (the rest stays buffered).

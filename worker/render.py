@@ -69,13 +69,11 @@ class Renderer:
         namespace: str = DEFAULT_NAMESPACE,
         recent_len: int = 1000,
         closed_len: int = 1000,
-        reply_ttl_s: int = 60,
     ) -> None:
         self.keys = Keys(partition, namespace)
         self.fmt = {s: MarketFormat(m) for s, m in markets.items()}
         self.recent_len = recent_len
         self.closed_len = closed_len
-        self.reply_ttl = str(reply_ttl_s)
 
     def render(self, plan: Plan) -> tuple[list[str], list[tuple[str, str]]]:
         _last_id, trades, acct, replies, records, books, consumed = plan
@@ -141,11 +139,9 @@ class Renderer:
                 rkey = keys.recent(symbol)
                 ops.append(resp(["LPUSH", rkey, *records[-self.recent_len :]]))
                 ops.append(resp(["LTRIM", rkey, "0", str(self.recent_len - 1)]))
-        # -- replies ----------------------------------------------------------------------------
-        ttl = self.reply_ttl
-        expire_tail = f"\r\n${len(ttl)}\r\n{ttl}\r\n"
-        reply_prefix = keys.prefix + "reply:"
-        for reply_key, reply in replies:
+        # -- replies: one pub/sub message per waiting web process, {token: reply, ...} ---------
+        inboxes: dict[str, list[str]] = {}
+        for token, reply in replies:
             if type(reply) is not str:
                 if reply[0] == "o":
                     _, snap, fills = reply
@@ -157,10 +153,15 @@ class Renderer:
                         body = bodies.get(id(snap)) or render_body(fmts[snap[4]], snap)
                         parts.append("{" + body + ',"fills":[' + ",".join(fills) + "]}")
                     reply = '{"ok":true,"cancelled":[' + ",".join(parts) + "]}"
-            rkey = f"{reply_prefix}{reply_key}"
-            head = f"${len(rkey)}\r\n{rkey}"
-            ops.append(f"*3\r\n$5\r\nRPUSH\r\n{head}\r\n${len(reply)}\r\n{reply}\r\n")
-            ops.append(f"*3\r\n$6\r\nEXPIRE\r\n{head}{expire_tail}")
+            inbox = token.partition("-")[0]
+            answers = inboxes.get(inbox)
+            item = '"' + token + '":' + reply
+            if answers is None:
+                inboxes[inbox] = [item]
+            else:
+                answers.append(item)
+        for inbox, answers in inboxes.items():
+            messages.append((keys.inbox(inbox), "{" + ",".join(answers) + "}"))
         # journal entries consumed since genesis: lag = XINFO entries-added - applied_count
         ops.append(resp(["SET", keys.applied_count, str(consumed)]))
         # -- books and market data --------------------------------------------------------------

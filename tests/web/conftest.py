@@ -20,7 +20,10 @@ def web_app(redis_url):
     """The app bound to the flushed session Redis; short reply timeout (no worker runs)."""
     app = create_app({"REDIS_URL": redis_url, "FAIRBOOK_REPLY_TIMEOUT": 0.3, "TESTING": True})
     yield app
-    app.extensions["fairbook"].redis.close()
+    state = app.extensions["fairbook"]
+    if state.inbox is not None:
+        state.inbox.stop()
+    state.redis.close()
 
 
 @pytest.fixture
@@ -78,10 +81,10 @@ class FakeWorker:
                     wire = json.loads(fields["c"])
                     self.seen.append(wire)
                     reply = self.responder(wire)
-                    if reply is not None:
-                        key = self.keys.reply(wire.get("reply_to") or wire["id"])
-                        self.client.rpush(key, json.dumps(reply))
-                        self.client.expire(key, 60)
+                    token = wire.get("reply_to")
+                    if reply is not None and token:  # to the web process's inbox, as the worker
+                        inbox = self.keys.inbox(token.partition("-")[0])
+                        self.client.publish(inbox, json.dumps({token: reply}))
 
     def stop(self) -> None:
         self._stop.set()

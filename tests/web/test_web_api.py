@@ -264,8 +264,10 @@ def test_order_without_worker_is_202_and_journaled(client, alice, rdb):
     entries = rdb.xrange(K.stream)
     assert len(entries) == 1
     wire = json.loads(entries[0][1]["c"])
-    # the web's reply key token travels with the command (one round trip for append + wait)
-    assert re.fullmatch(r"[0-9a-f]{16}", wire.pop("reply_to"))
+    # the reply token names this process's inbox (16 hex digits) and a per-process number
+    inbox = client.application.extensions["fairbook"].inbox
+    assert re.fullmatch(inbox.id + r"-[1-9][0-9]*", wire.pop("reply_to"))
+    assert re.fullmatch(r"[0-9a-f]{16}", inbox.id)
     assert wire == {"id": body["order_id"], "op": "new", "symbol": "BTC-USDT", "side": "buy",
                     "type": "limit", "time_in_force": "GTC", "post_only": False,
                     "price": "100.50", "quantity": "0.01000", "quote_quantity": None,

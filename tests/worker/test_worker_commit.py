@@ -21,8 +21,7 @@ def new(account: str, side: str, price: str, qty: str, **extra: object) -> dict:
 
 
 def ask(journal: Journal, wire: dict) -> dict:
-    cmd_id = journal.append(wire)
-    reply = journal.wait_reply(cmd_id, 10)
+    _, reply = journal.submit(wire, 10)
     assert reply is not None, f"no reply to {wire}"
     return reply
 
@@ -91,8 +90,7 @@ def test_order_lifecycle_writes(redis_client, start_worker, commit_process) -> N
     assert book["bids"] == [] and book["asks"] == [] and book["last_trade_id"] == 2
     assert book["sequence"] > 0 and book["bbo_sequence"] > 0
     assert redis_client.get(K.applied).decode() == last_stream_id(redis_client)
-    ttl = redis_client.ttl(K.reply(mid))  # popped already: the key is gone
-    assert ttl == -2
+    assert redis_client.keys("*reply*") == []  # replies are messages, never keys
 
 
 def test_invalid_and_cancel_all_replies(redis_client, start_worker) -> None:
@@ -128,13 +126,39 @@ def test_invalid_and_cancel_all_replies(redis_client, start_worker) -> None:
     }  # fmt: skip
 
 
-def test_replies_expire(redis_client, start_worker) -> None:
-    start_worker()
+def test_replies_are_one_message_per_inbox_per_batch(redis_client, start_worker) -> None:
+    """Tagged commands are answered on their inbox's channel, every reply of a batch in one
+    message; untagged or badly tagged ones get no reply at all (nobody can be waiting)."""
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(K.inbox("in1"), K.inbox("in2"))
     j = Journal(redis_client, 0)
-    cmd_id = j.append(new("1", "buy", "90", "0.1"))
+    wires = [new("1", "sell", "100", "0.1", reply_to="in1-a"),
+             new("2", "buy", "100", "0.05", reply_to="in2-a"),
+             new("2", "buy", "100", "0.05", reply_to="in1-b"),
+             new("3", "buy", "99", "0.05"),
+             new("3", "buy", "99", "0.05", reply_to="in1"),  # no "-": not a token
+             new("3", "buy", "99", "0.05", reply_to="in1-b c"),
+             {"op": "cancel", "account": "1", "order_id": 5, "reply_to": "in2-b"}]  # fmt: skip
+    j.append_many(wires)
+    start_worker()  # one batch: everything was journaled before the worker started
     wait_applied(redis_client, last_stream_id(redis_client))
-    assert 0 < redis_client.ttl(K.reply(cmd_id)) <= 60
-    assert redis_client.llen(K.reply(cmd_id)) == 1
+    got: dict[str, list[dict]] = {}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(got) < 2:
+        msg = pubsub.get_message(timeout=0.1)
+        if msg:
+            got.setdefault(msg["channel"].decode(), []).append(json.loads(msg["data"]))
+    time.sleep(0.2)
+    assert pubsub.get_message(timeout=0.1) is None  # nothing more
+    (in1,) = got[K.inbox("in1")]
+    (in2,) = got[K.inbox("in2")]
+    assert list(in1) == ["in1-a", "in1-b"] and list(in2) == ["in2-a", "in2-b"]  # journal order
+    assert in1["in1-a"]["order"]["order_id"] == wires[0]["id"]
+    assert in1["in1-b"]["order"]["status"] == "filled"
+    assert in2["in2-a"]["order"]["fills"][0]["liquidity"] == "taker"
+    assert in2["in2-b"] == {"ok": False, "error": {
+        "code": "unknown_order", "message": in2["in2-b"]["error"]["message"]}}  # fmt: skip
+    assert redis_client.keys("*reply*") == []
 
 
 @pytest.mark.parametrize("commit_process", [False, True], ids=["commit-thread", "commit-process"])

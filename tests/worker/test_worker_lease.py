@@ -49,13 +49,14 @@ def test_stolen_lease_fences_writes(redis_client, start_worker, markets, commit_
     a = start_worker(lease_ms=1000, renew_s=5.0, commit_process=commit_process)
     assert a.worker.active.wait(10)
     journal = Journal(redis_client, 0)
-    first = journal.append({"op": "new", "account": "1", "symbol": "BTC-USDT", "side": "buy",
-                            "type": "limit", "price": "100", "quantity": "0.1"})  # fmt: skip
-    assert journal.wait_reply(first, 5) is not None
+    _, reply = journal.submit({"op": "new", "account": "1", "symbol": "BTC-USDT", "side": "buy",
+                               "type": "limit", "price": "100", "quantity": "0.1"}, 5)  # fmt: skip
+    assert reply is not None
     redis_client.set(K.lease, "thief", px=3000)
     before = redis_state(redis_client)
-    second = journal.append({"op": "new", "account": "2", "symbol": "BTC-USDT", "side": "sell",
-                             "type": "limit", "price": "100", "quantity": "0.1"})  # fmt: skip
+    wire = {"op": "new", "account": "2", "symbol": "BTC-USDT", "side": "sell", "type": "limit",
+            "price": "100", "quantity": "0.1"}  # fmt: skip
+    second, waiter = journal.send(wire)
     deadline = time.monotonic() + 5
     while a.worker.active.is_set() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -64,7 +65,7 @@ def test_stolen_lease_fences_writes(redis_client, start_worker, markets, commit_
     assert after == {k: v for k, v in before.items() if not k.endswith((":in", ":next_id"))}
     assert not redis_client.exists(K.order(second))
     # when the thief's lease expires, the worker recovers and answers exactly once
-    reply = journal.wait_reply(second, 10)
+    reply = journal.wait(wire, waiter, 10)
     assert reply is not None and reply["order"]["status"] == "filled"
     assert trade_numbers(redis_client) == [1]
     a.stop()

@@ -35,7 +35,7 @@ def test_keys_layout() -> None:
     assert k.trades == "fb:{p3}:trades"
     assert k.recent("BTC-USDT") == "fb:{p3}:recent:BTC-USDT"
     assert k.book("BTC-USDT") == "fb:{p3}:book:BTC-USDT"
-    assert k.reply(771) == "fb:{p3}:reply:771"
+    assert k.inbox("ab12") == "fb:{p3}:inbox:ab12"
     assert k.snapshots == "fb:{p3}:snapshots"
     assert k.snapshot("5-1") == "fb:{p3}:snapshot:5-1"
     assert k.lease == "fb:{p3}:lease"
@@ -70,7 +70,7 @@ def test_partition_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert partition_of_id(make_public_id(12345, 7)) == 7
 
 
-def test_journal_append_and_reply(redis_client) -> None:
+def test_journal_append(redis_client) -> None:
     journal = Journal(redis_client, 2)
     wire = {"op": "cancel", "account": "1", "order_id": 5}
     first = journal.append(wire)
@@ -84,12 +84,25 @@ def test_journal_append_and_reply(redis_client) -> None:
     assert entries[0][1][b"c"].startswith(b'{"id":')
     # id order is journal order
     assert [b["id"] for b in bodies] == sorted(b["id"] for b in bodies)
-    assert journal.wait_reply(first, 0.05) is None
-    redis_client.rpush(journal.keys.reply(first), '{"ok":true}')
-    assert journal.wait_reply(first, 1) == {"ok": True}
 
 
-def test_journal_submit_is_append_plus_wait_on_a_reply_to_token(redis_client) -> None:
+def _answer_entries(redis_client, journal, replies: dict[int, str], stop: threading.Event) -> None:
+    """A stand-in worker: publishes ``replies[n]`` for the n-th journal entry (from 1) to the
+    entry's inbox, as the worker's commit does."""
+    seen = 0
+    while not stop.is_set():
+        entries = redis_client.xrange(journal.keys.stream)
+        for _, fields in entries[seen:]:
+            seen += 1
+            body = json.loads(fields[b"c"])
+            token = body.get("reply_to")
+            if token and seen in replies:
+                channel = journal.keys.inbox(token.partition("-")[0])
+                redis_client.publish(channel, f'{{"{token}":{replies[seen]}}}')
+        time.sleep(0.005)
+
+
+def test_journal_submit_tags_the_command_and_waits_in_the_inbox(redis_client) -> None:
     journal = Journal(redis_client, 1)
     # nobody answers: None after the timeout, but the command is journaled with its token
     wire = {"op": "cancel", "account": "1", "order_id": 5}
@@ -99,26 +112,64 @@ def test_journal_submit_is_append_plus_wait_on_a_reply_to_token(redis_client) ->
     body = json.loads(fields[b"c"])
     token = body["reply_to"]
     assert body == {"id": cmd_id, "op": "cancel", "account": "1", "order_id": 5,
-                    "reply_to": token} and len(token) == 16
-    # a "worker" answering at the token's key is what the next submit's BLPOP receives
-    def answer() -> None:
-        for _ in range(200):
-            entries = redis_client.xrange(journal.keys.stream)
-            if len(entries) == 2:
-                token2 = json.loads(entries[1][1][b"c"])["reply_to"]
-                redis_client.rpush(journal.keys.reply(token2), '{"ok":true,"n":2}')
-                return
-            time.sleep(0.01)
-
-    helper = threading.Thread(target=answer)
+                    "reply_to": token} and token == journal.inbox.id + "-1"
+    assert journal.inbox.waiting == {}  # a timed-out waiter is forgotten
+    # a "worker" publishing to the token's inbox is what the next submit receives
+    stop = threading.Event()
+    helper = threading.Thread(target=_answer_entries, daemon=True,
+                              args=(redis_client, journal, {2: '{"ok":true,"n":2}'}, stop))
     helper.start()
-    cmd_id2, reply2 = journal.submit({"op": "cancel", "account": "1", "order_id": 6}, 5)
-    helper.join()
+    try:
+        cmd_id2, reply2 = journal.submit({"op": "cancel", "account": "1", "order_id": 6}, 5)
+    finally:
+        stop.set()
+        helper.join()
     assert cmd_id2 == make_public_id(2, 1) and reply2 == {"ok": True, "n": 2}
     # no timeout means no waiting and no token
     wire3 = {"op": "cancel", "account": "1", "order_id": 7}
     assert journal.submit(wire3, 0) == (make_public_id(3, 1), None)
     assert "reply_to" not in wire3
+    journal.inbox.stop()
+
+
+def test_inbox_routes_each_reply_to_its_waiter_only(redis_client) -> None:
+    journal = Journal(redis_client, 0)
+    inbox = journal.inbox
+    assert inbox.wait_ready(5)
+    t1, w1 = inbox.expect()
+    t2, w2 = inbox.expect()
+    assert t1 != t2 and t1.startswith(inbox.id + "-")
+    channel = journal.keys.inbox(inbox.id)
+    other = Journal(redis_client, 0).inbox  # another process's inbox hears nothing of ours
+    assert other.wait_ready(5) and other.id != inbox.id
+    t3, w3 = other.expect()
+    redis_client.publish(channel, json.dumps({t2: {"n": 2}, t1: {"n": 1}, "zz-9": {"n": 9}}))
+    assert w1.wait(5) == {"n": 1} and w2.wait(5) == {"n": 2}
+    assert w3.wait(0.1) is None
+    assert inbox.stats["unclaimed"] == 1 and inbox.waiting == {}
+    # garbage on the channel is dropped, the reader goes on
+    redis_client.publish(channel, b"not json")
+    t4, w4 = inbox.expect()
+    redis_client.publish(channel, json.dumps({t4: {"n": 4}}))
+    assert w4.wait(5) == {"n": 4}
+    inbox.stop()
+    other.stop()
+
+
+def test_inbox_resubscribes_after_losing_its_connection(redis_client) -> None:
+    journal = Journal(redis_client, 0)
+    inbox = journal.inbox
+    assert inbox.wait_ready(5)
+    killed = redis_client.client_kill_filter(_type="pubsub")
+    assert killed >= 1
+    deadline = time.monotonic() + 10
+    while inbox.stats["reconnects"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert inbox.stats["reconnects"] == 1 and inbox.wait_ready(5)
+    token, waiter = inbox.expect()
+    redis_client.publish(journal.keys.inbox(inbox.id), json.dumps({token: {"ok": True}}))
+    assert waiter.wait(5) == {"ok": True}
+    inbox.stop()
 
 
 def test_journal_big_counter(redis_client) -> None:
