@@ -548,6 +548,9 @@ AMEND_REQUEST_FIELDS = frozenset(("quantity", "price"))
 WIRE_ORDER_FIELDS = ORDER_REQUEST_FIELDS | {"op", "id", "account", "reply_to"}
 
 
+_WHY: Final = {t: f"for {t} orders" for t in ORDER_TYPES}
+
+
 def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...], default: str | None) -> str:
     value = body.get(field)
     if value is None:
@@ -606,7 +609,7 @@ def parse_order_request(
             "client_order_id must be 1-64 characters of A-Z a-z 0-9 _ . : -",
             "client_order_id",
         )
-    why = f"for {type_} orders"
+    why = _WHY[type_]  # not an f-string per order: only error paths read it
     price = stop_price = quantity = quote_quantity = None
     priced = type_ in PRICED_TYPES
     if priced:

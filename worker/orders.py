@@ -219,7 +219,7 @@ def order_record(account: str, body: str, fills_json: str) -> str:
     the account event), so storing it costs Redis one SET instead of an HSET of 20 fields (the
     hash was half of Redis's CPU per command), and the web answers with one GET and a parse.
     """
-    return '{"account":"' + account + '",' + body + ',"fills":' + fills_json + "}"
+    return f'{{"account":"{account}",{body},"fills":{fills_json}}}'
 
 
 def parse_order_record(raw: bytes | str | None) -> tuple[str, dict[str, Any]] | None:

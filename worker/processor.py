@@ -46,8 +46,10 @@ WORKER_SNAPSHOT_VERSION = 1
 
 Entry = Sequence[Any]  # (stream id, fields): a tuple from redis-py, a list from raw hiredis
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-#: ``reply_to`` = "<inbox>-<tag>": the reply goes to channel ``inbox:<inbox>`` under ``<token>``
-_REPLY_TO = re.compile(r"^[A-Za-z0-9_]{1,32}-[A-Za-z0-9_\-]{1,31}$")
+#: ``reply_to`` = "<inbox>-<n>" (n: 1-20 decimal digits): the reply goes to channel
+#: ``inbox:<inbox>`` under the whole token
+_INBOX = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+_OK_INBOXES: set[str] = set()  # inbox ids known to pass _INBOX (cleared when full: a cache)
 _OK_ACCOUNTS_MAX = 100_000  # accounts known to pass _ACCOUNT (cleared when full: a cache)
 DUPLICATE_ORDER_ID = Reason.DUPLICATE_ORDER_ID
 
@@ -312,11 +314,11 @@ class Processor:
                     taker_body = f'{common}{tf}","fee_asset":"{asset}","liquidity":"taker"'
                     maker = orders.get(maker_id)
                     if maker is not None:
-                        maker.fills.append("{" + maker_body + "}")
+                        maker.fills.append(f"{{{maker_body}}}")
                         maker.new_fills = True
                     taker = orders.get(taker_id)
                     if taker is not None:
-                        taker.fills.append("{" + taker_body + "}")
+                        taker.fills.append(f"{{{taker_body}}}")
                         taker.new_fills = True
                     if emit:
                         # fill events: per-order cached head + this fill + timestamp
@@ -324,11 +326,11 @@ class Processor:
                         head = maker.fill_head if maker is not None else None
                         if head is None:
                             head = _fill_head(maker, symbol, "sell" if taker_side == BUY else "buy")
-                        acct.append((maker_account, head + maker_body + tail))
+                        acct.append((maker_account, f"{head}{maker_body}{tail}"))
                         head = taker.fill_head if taker is not None else None
                         if head is None:
                             head = _fill_head(taker, symbol, taker_side)
-                        acct.append((taker_account, head + taker_body + tail))
+                        acct.append((taker_account, f"{head}{taker_body}{tail}"))
                         sb = symbols.get(symbol)
                         if sb is None:
                             sb = symbols[symbol] = _SymbolBatch(book_seq[symbol])
@@ -502,11 +504,23 @@ _REJECT_REPLIES: dict[str, str] = {}
 
 
 def _reply_token(wire: dict[str, Any]) -> str | None:
-    """The web's ``reply_to`` token if it sent a well-formed one; None: nobody waits, no reply."""
+    """The web's ``reply_to`` token if it sent a well-formed one; None: nobody waits, no reply.
+
+    The regex runs once per inbox, not per command (it was 5 % of the worker's CPU per entry).
+    """
     token = wire.get("reply_to")
-    if token is None:
+    if type(token) is not str:
         return None
-    return token if type(token) is str and _REPLY_TO.match(token) else None
+    inbox, sep, number = token.partition("-")
+    if not (sep and number.isascii() and number.isdigit() and len(number) <= 20):
+        return None
+    if inbox not in _OK_INBOXES:
+        if not _INBOX.match(inbox):
+            return None
+        if len(_OK_INBOXES) >= _OK_ACCOUNTS_MAX:
+            _OK_INBOXES.clear()
+        _OK_INBOXES.add(inbox)
+    return token
 
 
 def _reject_reply(reason: str) -> str:

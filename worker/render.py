@@ -56,7 +56,9 @@ def render_body(fmt: MarketFormat, snap: Snap) -> str:
 
 def render_order(fmt: MarketFormat, snap: Snap, fills: tuple[str, ...] | list[str]) -> str:
     """The complete REST order object."""
-    return "{" + render_body(fmt, snap) + ',"fills":[' + ",".join(fills) + "]}"
+    body = render_body(fmt, snap)
+    fills_text = ",".join(fills)
+    return f'{{{body},"fills":[{fills_text}]}}'
 
 
 class Renderer:
@@ -87,7 +89,7 @@ class Renderer:
         for account, item in acct:
             if type(item) is not str:
                 body = bodies[id(item)] = render_body(fmts[item[4]], item)
-                item = '{"event":"order",' + body + "}"
+                item = f'{{"event":"order",{body}}}'
             events = grouped.get(account)
             if events is None:
                 grouped[account] = [item]
@@ -146,16 +148,18 @@ class Renderer:
                 if reply[0] == "o":
                     _, snap, fills = reply
                     body = bodies.get(id(snap)) or render_body(fmts[snap[4]], snap)
-                    reply = '{"ok":true,"order":{' + body + ',"fills":[' + ",".join(fills) + "]}}"
+                    fills_text = ",".join(fills)
+                    reply = f'{{"ok":true,"order":{{{body},"fills":[{fills_text}]}}}}'
                 else:  # cancel_all
                     parts = []
                     for snap, fills in reply[1]:
                         body = bodies.get(id(snap)) or render_body(fmts[snap[4]], snap)
-                        parts.append("{" + body + ',"fills":[' + ",".join(fills) + "]}")
+                        fills_text = ",".join(fills)
+                        parts.append(f'{{{body},"fills":[{fills_text}]}}')
                     reply = '{"ok":true,"cancelled":[' + ",".join(parts) + "]}"
             inbox = token.partition("-")[0]
             answers = inboxes.get(inbox)
-            item = '"' + token + '":' + reply
+            item = f'"{token}":{reply}'
             if answers is None:
                 inboxes[inbox] = [item]
             else:
