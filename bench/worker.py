@@ -69,7 +69,7 @@ def _cpu(client: Any) -> dict[str, float]:
 
 
 def run(
-    n: int, seed: int, snapshot_every: int, batch: int, commit_process: bool | None = None
+    n: int, seed: int, snapshot_every: int, batch: int, commit: str = "auto"
 ) -> dict[str, Any]:
     markets = load_markets()
     server = _redis_server_class()()
@@ -82,7 +82,7 @@ def run(
         fill_s = time.perf_counter() - started
         worker = PartitionWorker(
             server.url, 0, markets, snapshot_every=snapshot_every, batch_size=batch,
-            commit_process=commit_process,
+            commit=commit,
         )  # fmt: skip
         thread = threading.Thread(target=worker.run, daemon=True)
         cpu0 = _cpu(client)
@@ -109,7 +109,7 @@ def run(
             "prefill_seconds": round(fill_s, 3),
             "batch": batch,
             "snapshot_every": snapshot_every,
-            "commit": "process" if worker.commit_process else "thread",
+            "commit": worker.commit,
             "cpus": os.cpu_count(),
             "native": engine.native(),
             # CPU time per entry: robust on a busy machine where wall-clock rates are not
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker snapshot interval in entries (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=1000,
                         help="entries per batch (default: %(default)s)")
-    parser.add_argument("--commit", choices=("auto", "thread", "process"), default="auto",
+    parser.add_argument("--commit", choices=("auto", "thread", "process", "adaptive"),
+                        default="auto",
                         help="where the worker renders+commits (default: auto)")
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
     parser.add_argument("-v", "--verbose", action="store_true", help="show worker logs")
@@ -140,12 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    commit = None if args.commit == "auto" else args.commit == "process"
-    result = run(args.entries, args.seed, args.snapshot_every, args.batch, commit)
+    result = run(args.entries, args.seed, args.snapshot_every, args.batch, args.commit)
     print(
         f"worker drain: {result['entries']} entries in {result['seconds']} s = "
         f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
-        f"commit on a {result['commit']}, {result['cpus']} CPUs, "
+        f"commit: {result['commit']}, {result['cpus']} CPUs, "
         f"load {result['load_average']:.1f}, "
         f"{'native' if result['native'] else 'pure Python'} modules)"
         f"\nCPU us per entry: {result['cpu_us_per_entry']}"

@@ -73,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lease-ms", type=int, default=5000,
                      help="lease time-to-live; a standby takes over this long after a crash "
                      "(default: %(default)s)")
-    run.add_argument("--commit", choices=("auto", "thread", "process"), default="auto",
-                     help="render+commit batch k while matching k+1 on a thread or in a child "
-                     "process; auto = process with >= 4 CPUs (default: %(default)s)")
+    run.add_argument("--commit", choices=("auto", "thread", "process", "adaptive"),
+                     default="auto",
+                     help="render+commit batch k while matching k+1 on a thread, in a child "
+                     "process, or adaptive (a thread for small batches, the child for "
+                     "backlogs); auto = process with >= 4 CPUs, adaptive with 2-3 "
+                     "(default: %(default)s)")
     run.add_argument("--batch", type=int, default=1000,
                      help="max journal entries per batch / atomic commit (default: %(default)s)")
     replay = sub.add_parser(
@@ -121,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         trim=args.trim,
         lease_ms=args.lease_ms,
         batch_size=args.batch,
-        commit_process=None if args.commit == "auto" else args.commit == "process",
+        commit=args.commit,
     )
 
     def on_signal(signum: int, _frame: Any) -> None:

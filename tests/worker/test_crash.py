@@ -102,7 +102,7 @@ def feeder(port: int, seed: int, acked: list[int], stop: threading.Event) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("commit", ["thread", "process"])
+@pytest.mark.parametrize("commit", ["thread", "process", "adaptive"])
 def test_kill_dash_nine_everything(tmp_path: Path, commit: str) -> None:
     started = time.monotonic()
     server = RedisServer(dir=tmp_path / "redis", appendfsync="always")
@@ -194,6 +194,8 @@ def test_kill_dash_nine_everything(tmp_path: Path, commit: str) -> None:
         recoveries = worker.log_path.read_text(errors="replace").count("recovered from")
         # (a restart killed while still waiting for the lease never gets to recover)
         assert 1 <= recoveries <= kills + 1, f"{recoveries} recoveries for {kills} restarts"
+        if commit == "adaptive":  # the backlogs after restarts went to the commit process
+            assert "rendering in the commit process" in worker.log_path.read_text()
     finally:
         stop.set()
         listener.stop()

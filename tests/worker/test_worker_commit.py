@@ -132,13 +132,16 @@ def test_replies_are_one_message_per_inbox_per_batch(redis_client, start_worker)
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(K.inbox("in1"), K.inbox("in2"))
     j = Journal(redis_client, 0)
-    wires = [new("1", "sell", "100", "0.1", reply_to="in1-a"),
-             new("2", "buy", "100", "0.05", reply_to="in2-a"),
-             new("2", "buy", "100", "0.05", reply_to="in1-b"),
+    wires = [new("1", "sell", "100", "0.1", reply_to="in1-1"),
+             new("2", "buy", "100", "0.05", reply_to="in2-1"),
+             new("2", "buy", "100", "0.05", reply_to="in1-2"),
              new("3", "buy", "99", "0.05"),
              new("3", "buy", "99", "0.05", reply_to="in1"),  # no "-": not a token
-             new("3", "buy", "99", "0.05", reply_to="in1-b c"),
-             {"op": "cancel", "account": "1", "order_id": 5, "reply_to": "in2-b"}]  # fmt: skip
+             new("3", "buy", "99", "0.05", reply_to="in1-x"),  # not a number
+             new("3", "buy", "99", "0.05", reply_to="in 1-3"),  # not an inbox id
+             new("3", "buy", "99", "0.05", reply_to="in1-\u00b2"),  # a digit, but not ASCII
+             new("3", "buy", "99", "0.05", reply_to="in1-2 "),
+             {"op": "cancel", "account": "1", "order_id": 5, "reply_to": "in2-2"}]  # fmt: skip
     j.append_many(wires)
     start_worker()  # one batch: everything was journaled before the worker started
     wait_applied(redis_client, last_stream_id(redis_client))
@@ -152,12 +155,12 @@ def test_replies_are_one_message_per_inbox_per_batch(redis_client, start_worker)
     assert pubsub.get_message(timeout=0.1) is None  # nothing more
     (in1,) = got[K.inbox("in1")]
     (in2,) = got[K.inbox("in2")]
-    assert list(in1) == ["in1-a", "in1-b"] and list(in2) == ["in2-a", "in2-b"]  # journal order
-    assert in1["in1-a"]["order"]["order_id"] == wires[0]["id"]
-    assert in1["in1-b"]["order"]["status"] == "filled"
-    assert in2["in2-a"]["order"]["fills"][0]["liquidity"] == "taker"
-    assert in2["in2-b"] == {"ok": False, "error": {
-        "code": "unknown_order", "message": in2["in2-b"]["error"]["message"]}}  # fmt: skip
+    assert list(in1) == ["in1-1", "in1-2"] and list(in2) == ["in2-1", "in2-2"]  # journal order
+    assert in1["in1-1"]["order"]["order_id"] == wires[0]["id"]
+    assert in1["in1-2"]["order"]["status"] == "filled"
+    assert in2["in2-1"]["order"]["fills"][0]["liquidity"] == "taker"
+    assert in2["in2-2"] == {"ok": False, "error": {
+        "code": "unknown_order", "message": in2["in2-2"]["error"]["message"]}}  # fmt: skip
     assert redis_client.keys("*reply*") == []
 
 
@@ -223,3 +226,31 @@ def test_commit_process_answers_in_order_and_reports_a_render_failure(
         assert redis_client.xlen(K.trades) == 1
     finally:
         committer.close()
+
+
+def test_adaptive_commit_moves_between_thread_and_process_in_order(
+    redis_client, start_worker, markets
+) -> None:
+    """Backlogs go to the child process, live flow to the thread; every switch waits for the
+    active committer, so the result is the exact, gap-free outcome of the journal."""
+    from wk_helpers import feed, trade_numbers
+
+    from worker.replay import replay_partition
+
+    flow = feed(redis_client, markets, 1500, seed=11)  # a backlog before the worker starts
+    wt = start_worker(commit="adaptive", batch_size=400)
+    wait_applied(redis_client, last_stream_id(redis_client))
+    committer = wt.worker.committer
+    assert committer.active is committer.process and committer.switches == 1
+    j = Journal(redis_client, 0)
+    live = ask(j, new("x99", "buy", "1000", "0.01"))  # one command alone: back to the thread
+    assert live["order"]["status"] == "new"
+    assert committer.active is committer.thread and committer.switches == 2
+    flow = feed(redis_client, markets, 1500, seed=11, flow=flow)  # a burst: the child again
+    wait_applied(redis_client, last_stream_id(redis_client))
+    assert ask(j, {"op": "cancel", "account": "x99", "order_id": live["order"]["order_id"]})["ok"]
+    assert committer.switches >= 3
+    wt.stop()
+    numbers = trade_numbers(redis_client)
+    assert len(numbers) > 300 and numbers == list(range(1, len(numbers) + 1))
+    assert replay_partition(redis_client, 0, markets).ok
