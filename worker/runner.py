@@ -848,21 +848,30 @@ class PartitionWorker:
         stream = self.keys.stream
         last = proc.last_id or "0-0"
         committer: ThreadCommitter | ProcessCommitter | AdaptiveCommitter
-        if self.commit == "thread":
-            committer = ThreadCommitter(self.writer, proc)
-        else:
-            child = ProcessCommitter(
-                self.redis_url, self.keys, self.markets, proc, self.lease.token,
-                self.writer.committed,
-            )  # fmt: skip
-            if self.commit == "process":
-                committer = child
-            else:  # the child starts now, so it is ready when a backlog comes
-                committer = AdaptiveCommitter(
-                    ThreadCommitter(self.writer, proc), child, self.writer,
-                    big=max(2, int(self.batch_size * ADAPTIVE_BIG_SHARE)),
-                    small=max(1, int(self.batch_size * ADAPTIVE_SMALL_SHARE)),
+        child: ProcessCommitter | None = None
+        if self.commit != "thread":
+            try:
+                child = ProcessCommitter(
+                    self.redis_url, self.keys, self.markets, proc, self.lease.token,
+                    self.writer.committed,
                 )  # fmt: skip
+            except Exception:
+                if self.commit == "process":
+                    raise
+                # adaptive is only an optimisation: a host that cannot spawn (say, a script
+                # without a __main__ guard) still gets a working worker
+                log.exception("partition %d: no commit process; committing on a thread",
+                              self.partition)  # fmt: skip
+        if child is None:
+            committer = ThreadCommitter(self.writer, proc)
+        elif self.commit == "process":
+            committer = child
+        else:  # the child starts now, so it is ready when a backlog comes
+            committer = AdaptiveCommitter(
+                ThreadCommitter(self.writer, proc), child, self.writer,
+                big=max(2, int(self.batch_size * ADAPTIVE_BIG_SHARE)),
+                small=max(1, int(self.batch_size * ADAPTIVE_SMALL_SHARE)),
+            )  # fmt: skip
         self.committer = committer
         # XREAD over a raw hiredis connection (entries arrive as plain lists, no per-entry
         # redis-py post-processing), one batch ahead on its own thread
