@@ -431,9 +431,17 @@ def healthz():
         response.status_code = 503
         return response
     healthy = all(p["lease"] and p["lag"] <= max_lag for p in partitions)
+    # this process's reply inbox (started with its first order): unsubscribed, every order
+    # would be answered 202 however fast the worker is
+    inbox = st.inbox
+    replies: dict[str, Any] = {"subscribed": None}
+    if inbox is not None:
+        replies = {"subscribed": inbox.ready.is_set(), "inbox": inbox.id, **inbox.stats}
+        healthy = healthy and replies["subscribed"]
     response = jsonify(
-        {"status": "ok" if healthy else "degraded", "redis": True, "partitions": partitions}
-    )
+        {"status": "ok" if healthy else "degraded", "redis": True, "partitions": partitions,
+         "replies": replies}
+    )  # fmt: skip
     response.status_code = 200 if healthy else 503
     return response
 

@@ -105,6 +105,9 @@ def test_public_routes(stack, accounts):
     maker, taker = accounts("maker"), accounts("taker")
     for i in range(3):
         maker.order(side="buy", price=f"{29000 - i}", quantity="0.01")
+    replies = requests.get(stack.url + "/healthz").json()["replies"]
+    assert replies["subscribed"] is True and replies["replies"] >= 3  # 201s came by the inbox
+    for i in range(3):
         maker.order(side="sell", price=f"{31000 + i}", quantity="0.01")
     book = requests.get(stack.url + f"/api/v1/book/{SYM}?depth=2").json()
     assert book["bids"] == [["29000.00", "0.01000"], ["28999.00", "0.01000"]]

@@ -122,6 +122,18 @@ def test_healthz(client, rdb):
     assert part["lag"] == 2 and part["stream_length"] == 3
     client.application.config["FAIRBOOK_HEALTH_MAX_LAG"] = 1
     assert client.get("/healthz").status_code == 503
+    client.application.config["FAIRBOOK_HEALTH_MAX_LAG"] = 10
+    # the reply inbox: not started before the first order, then subscribed, and reported
+    assert client.get("/healthz").get_json()["replies"] == {"subscribed": None}
+    inbox = client.application.extensions["fairbook"].journal(0).inbox
+    assert inbox.wait_ready(5)
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "ok" and body["replies"]["subscribed"] is True
+    assert body["replies"]["inbox"] == inbox.id and body["replies"]["replies"] == 0
+    inbox.ready.clear()  # as while it reconnects
+    resp = client.get("/healthz")
+    assert resp.status_code == 503 and resp.get_json()["replies"]["subscribed"] is False
+    inbox.ready.set()
 
 
 def test_unknown_route_and_method_are_json(client, alice):
