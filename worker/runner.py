@@ -406,14 +406,27 @@ def _commit_process_main(
                 continue
         return False
 
+    # A plan is ~1 MB and a pipe holds 64 KB: read plans as they come, on a thread, or the
+    # matcher's send would block until this loop finished rendering the plan before (the
+    # parent bounds the plans in flight; nothing here needs to).
+    incoming: queue.Queue[bytes] = queue.Queue()
+
+    def receive_loop() -> None:
+        try:
+            while True:
+                data = conn.recv_bytes()
+                incoming.put(data)
+                if not data:
+                    return
+        except (EOFError, OSError):  # the parent is gone: stop like on its b"" goodbye
+            incoming.put(b"")
+
     committer = threading.Thread(target=commit_loop, name="commit", daemon=True)
     committer.start()
+    threading.Thread(target=receive_loop, name="receive", daemon=True).start()
     try:
         while not failed.is_set():
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                return
+            data = incoming.get()
             if not data:
                 return
             try:
