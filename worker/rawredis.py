@@ -120,15 +120,18 @@ class RawConnection:
             self.close()
             raise redis.ConnectionError(f"Redis connection: {exc}") from exc
 
-    def _recv(self, size: int = 0) -> int:
+    def _recv(self, size: int = 0, idle_ok: bool = False) -> int:
         """Receive up to ``size`` bytes (0: a bufferful) into ``self.buffer``; returns how many.
 
-        A dead or closed connection is a redis.ConnectionError, a timeout redis.TimeoutError.
+        A dead or closed connection is a redis.ConnectionError, a timeout redis.TimeoutError
+        (with ``idle_ok``: 0, and the connection stays open).
         """
         assert self.sock is not None
         try:
             n = self.sock.recv_into(self.view, size)
         except TimeoutError as exc:
+            if idle_ok:
+                return 0
             self.close()
             raise redis.TimeoutError(f"Redis connection: {exc}") from exc
         except OSError as exc:
@@ -159,16 +162,9 @@ class RawConnection:
         reader = self.reader
         reply = reader.gets()
         while reply is False:
-            try:
-                n = self.sock.recv_into(self.view)
-            except TimeoutError:
-                return IDLE
-            except OSError as exc:
-                self.close()
-                raise redis.ConnectionError(f"Redis connection: {exc}") from exc
+            n = self._recv(idle_ok=True)
             if not n:
-                self.close()
-                raise redis.ConnectionError("Redis closed the connection")
+                return IDLE
             reader.feed(self.buffer, 0, n)
             reply = reader.gets()
         return reply

@@ -239,3 +239,17 @@ def test_journal_reader_reads_ahead_in_order_and_hands_over_failures(
                 dead.next(0.1)
     finally:
         dead.close()
+
+
+def test_inbox_pings_a_quiet_connection_instead_of_dropping_it(redis_client) -> None:
+    from worker.journal import Inbox
+    from worker.rawredis import client_url
+
+    inbox = Inbox(client_url(redis_client), [0], ping_s=0.1)
+    assert inbox.wait_ready(5)
+    time.sleep(0.5)  # several quiet periods: each answered by a PING, not a reconnect
+    token, waiter = inbox.expect()
+    redis_client.publish(Keys(0).inbox(inbox.id), json.dumps({token: {"ok": True}}))
+    assert waiter.wait(5) == {"ok": True}
+    assert inbox.stats["reconnects"] == 0 and inbox.ready.is_set()
+    inbox.stop()
