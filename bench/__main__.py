@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("core", "worker", "e2e", "fanout")
+BENCHES = ("baseline", "core", "worker", "e2e", "fanout")
 
 
 def main(argv: list[str]) -> int:
