@@ -12,6 +12,7 @@ import logging
 import re
 import struct
 import zlib
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,6 +113,76 @@ class Batch:
         self.trades: list[tuple[str, str, str, str, str]] = []
 
 
+class DepthView:
+    """One book side's top levels as the ``book:<symbol>`` key shows them, kept across batches.
+
+    Why: the book key is rewritten after every batch that touches the symbol. Rebuilding its
+    ``book_depth`` levels (500 per side) from the book each time cost O(depth) per batch: at
+    live flow, one order per batch, that was more than half of process + render for a book of
+    300 levels. A batch changes a few levels, so the view is patched with the batch's level
+    changes (the very increments the market-data message carries) instead.
+
+    Invariant between batches: ``keys`` are the best ``len(keys)`` levels of the side, best
+    first (ask ticks, or minus bid ticks, so ascending either way), ``texts`` their rendered
+    ``["price","qty"]``, and ``complete`` says whether that is every level of the side.
+    """
+
+    __slots__ = ("keys", "texts", "complete", "json")
+
+    def __init__(self) -> None:
+        self.keys: list[int] = []
+        self.texts: list[str] = []
+        self.complete = False  # nothing loaded yet: the first refill reads the book
+        self.json: str | None = None
+
+    def patch(self, key: int, text: str | None, depth: int) -> None:
+        """One level changed to ``text`` (None: the level is gone)."""
+        keys = self.keys
+        i = bisect_left(keys, key)
+        n = len(keys)
+        if i < n and keys[i] == key:
+            if text is None:
+                del keys[i]
+                del self.texts[i]
+            else:
+                self.texts[i] = text
+            self.json = None
+        elif text is not None and (i < n or self.complete):  # beyond an incomplete view: hidden
+            keys.insert(i, key)
+            self.texts.insert(i, text)
+            if n + 1 > depth:
+                keys.pop()
+                self.texts.pop()
+                self.complete = False
+            self.json = None
+
+    def refill(self, side: Any, is_bid: bool, fmt: MarketFormat, depth: int) -> None:
+        """Top the view up from the book after removals left it short of ``depth``."""
+        have = len(self.keys)
+        total = len(side)
+        if self.complete or have >= depth or have >= total:
+            self.complete = total <= depth
+            return
+        if is_bid:  # ascending prices: the best bid is last
+            prices = side.islice(max(0, total - depth), total - have, reverse=True)
+        else:
+            prices = side.islice(have, depth)
+        level = fmt.level_t
+        keys = self.keys
+        texts = self.texts
+        for price in prices:
+            keys.append(-price if is_bid else price)
+            texts.append(level[(price, side[price].total)])
+        self.complete = total <= depth
+        self.json = None
+
+    def render(self) -> str:
+        text = self.json
+        if text is None:
+            text = self.json = "[" + ",".join(self.texts) + "]"
+        return text
+
+
 class _SymbolBatch:
     """Market data collected for one symbol during one batch."""
 
@@ -156,6 +227,8 @@ class Processor:
         self.entries = 0  # valid commands applied since genesis
         self.consumed = 0  # journal entries consumed since genesis (= fb:{pN}:applied_count)
         self._ok_accounts: set[str] = set()
+        # symbol -> (bids, asks): the book key's levels, patched batch by batch (emit mode only)
+        self._views: dict[str, tuple[DepthView, DepthView]] = {}
 
     # ------------------------------------------------------------------------------------------
     def process(self, entries: list[Entry], emit: bool = True) -> Batch:
@@ -164,6 +237,8 @@ class Processor:
         batch = Batch()
         if not entries:
             return batch
+        if not emit:  # level changes are not collected: rebuild the views when emitting again
+            self._views.clear()
         engine = self.engine
         markets = self.markets
         fmts = self.fmt
@@ -388,7 +463,7 @@ class Processor:
         for symbol in sorted(symbols):
             sb = symbols[symbol]
             book = engine.book(symbol)
-            bids, asks = book.depth(self.book_depth)
+            bids, asks = self._depth_json(symbol, book, sb.levels)
             books.append(
                 (symbol, book_seq[symbol], bids, asks, book.bbo(), bbo_seq[symbol],
                  book.trade_seq, sb.trades, [(s, p, q) for (s, p), q in sb.levels.items()],
@@ -396,6 +471,30 @@ class Processor:
             )  # fmt: skip
         batch.plan = (self.last_id, trades_out, acct, replies, records, books, self.consumed)
         return batch
+
+    def _depth_json(
+        self, symbol: str, book: Any, changes: dict[tuple[str, int], int]
+    ) -> tuple[str, str]:
+        """The book key's bids and asks JSON after this batch's level ``changes``."""
+        depth = self.book_depth
+        if depth <= 0:
+            return "[]", "[]"
+        fmt = self.fmt[symbol]
+        views = self._views.get(symbol)
+        if views is None:  # read from the book, which already holds this batch's changes
+            views = self._views[symbol] = (DepthView(), DepthView())
+        else:
+            bid_view, ask_view = views
+            level = fmt.level_t
+            for (side, price), qty in changes.items():
+                text = level[(price, qty)] if qty else None
+                if side == BUY:
+                    bid_view.patch(-price, text, depth)
+                else:
+                    ask_view.patch(price, text, depth)
+        views[0].refill(book.bids, True, fmt, depth)
+        views[1].refill(book.asks, False, fmt, depth)
+        return views[0].render(), views[1].render()
 
     def render(self, batch: Batch) -> tuple[list[str], list[tuple[str, str]]]:
         """Render a batch's plan in this process: (RESP commands, pub/sub messages)."""
@@ -425,9 +524,11 @@ class Processor:
         """The ``book:<symbol>`` value as of now (same text the commits write)."""
         book = self.engine.book(symbol)
         bids, asks = book.depth(self.book_depth)
+        fmt = self.fmt[symbol]
+        levels_json = self.renderer.levels_json
         return self.renderer.book_json(
-            self.fmt[symbol], symbol, self.book_seq[symbol], bids, asks, book.bbo(),
-            self.bbo_seq[symbol], book.trade_seq,
+            fmt, symbol, self.book_seq[symbol], levels_json(fmt, bids), levels_json(fmt, asks),
+            book.bbo(), self.bbo_seq[symbol], book.trade_seq,
         )  # fmt: skip
 
     def all_books_ops(self) -> list[str]:

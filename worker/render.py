@@ -170,13 +170,13 @@ class Renderer:
         ops.append(resp(["SET", keys.applied_count, str(consumed)]))
         # -- books and market data --------------------------------------------------------------
         for book in books:
-            (symbol, seq, bids, asks, bbo4, bbo_seq, last_trade_id,
+            (symbol, seq, bids_json, asks_json, bbo4, bbo_seq, last_trade_id,
              md_trades, md_levels, prev_seq, md_bbo) = book  # fmt: skip
             fmt = fmts[symbol]
-            ops.append(
-                resp(["SET", keys.book(symbol),
-                      self.book_json(fmt, symbol, seq, bids, asks, bbo4, bbo_seq, last_trade_id)])
-            )  # fmt: skip
+            book_text = self.book_json(
+                fmt, symbol, seq, bids_json, asks_json, bbo4, bbo_seq, last_trade_id
+            )
+            ops.append(resp(["SET", keys.book(symbol), book_text]))
             messages.append(
                 (keys.md_channel(symbol),
                  self.md_json(fmt, symbol, md_trades, md_levels, prev_seq, seq, md_bbo, bbo_seq))
@@ -205,13 +205,14 @@ class Renderer:
         return "[" + ",".join([level[pq] for pq in levels]) + "]"
 
     def book_json(
-        self, fmt: MarketFormat, symbol: str, seq: int, bids: list[tuple[int, int]],
-        asks: list[tuple[int, int]], bbo4: tuple[Any, ...], bbo_seq: int, last_trade_id: int,
+        self, fmt: MarketFormat, symbol: str, seq: int, bids_json: str, asks_json: str,
+        bbo4: tuple[Any, ...], bbo_seq: int, last_trade_id: int,
     ) -> str:  # fmt: skip
-        """The ``book:<symbol>`` value: top levels plus the sequences a client syncs on."""
+        """The ``book:<symbol>`` value: top levels (JSON arrays, see ``levels_json``) plus the
+        sequences a client syncs on."""
         return (
-            f'{{"symbol":"{symbol}","sequence":{seq},"bids":{self.levels_json(fmt, bids)},'
-            f'"asks":{self.levels_json(fmt, asks)},"bbo":{self.bbo_json(fmt, bbo4, bbo_seq)},'
+            f'{{"symbol":"{symbol}","sequence":{seq},"bids":{bids_json},'
+            f'"asks":{asks_json},"bbo":{self.bbo_json(fmt, bbo4, bbo_seq)},'
             f'"bbo_sequence":{bbo_seq},"last_trade_id":{last_trade_id}}}'
         )
 
