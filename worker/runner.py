@@ -314,9 +314,19 @@ class ThreadCommitter:
         if self.error is not None:
             raise self.error
 
-    def submit(self, batch: Any) -> None:
+    def submit(self, batch: Any, more: bool = True) -> None:
+        """Render ``batch`` and commit it on the thread; inline when ``more`` is False.
+
+        ``more`` says whether another batch is already waiting to be matched. When none is
+        and nothing is in flight, the thread would overlap the commit with nothing, and the two
+        hand-overs (to the thread, and back through :meth:`drain`) cost more than the commit's
+        wait: at live flow, one order per batch, that was 0.1 ms of worker CPU per order.
+        """
         self.check()
         ops, messages = self.proc.render(batch)
+        if not more and not self.queue.unfinished_tasks:  # the thread is idle: no race
+            self.writer.commit(ops, batch.last_id, messages)
+            return
         self.queue.put((ops, batch.last_id, messages))
 
     def drain(self) -> None:
@@ -496,7 +506,7 @@ class ProcessCommitter:
         while self.pending and self.conn.poll():
             self._receive()
 
-    def submit(self, batch: Any) -> None:
+    def submit(self, batch: Any, more: bool = True) -> None:
         self.check()
         while self.pending >= self.depth:
             self._receive()
@@ -567,7 +577,7 @@ class AdaptiveCommitter:
         self.thread.check()
         self.process.check()
 
-    def submit(self, batch: Any) -> None:
+    def submit(self, batch: Any, more: bool = True) -> None:
         if self.active is self.thread:
             if batch.count >= self.big:
                 self.thread.drain()
@@ -581,7 +591,7 @@ class AdaptiveCommitter:
             self.active = self.thread
             self.switches += 1
             log.info("live flow (a batch of %d): rendering on a thread", batch.count)
-        self.active.submit(batch)
+        self.active.submit(batch, more)
 
     def drain(self) -> None:
         self.active.drain()
@@ -687,6 +697,10 @@ class JournalReader:
             if self.error is not None and self.batches.empty():
                 raise self.error from None
             return None
+
+    def ready(self) -> bool:
+        """Whether a batch is already read and waiting."""
+        return not self.batches.empty()
 
     def close(self) -> None:
         self.stopped.set()
@@ -908,7 +922,7 @@ class PartitionWorker:
                 entries = reader.next(0 if committer.pending else block_s)
                 if entries:
                     batch = proc.process(entries, emit=True)
-                    committer.submit(batch)
+                    committer.submit(batch, reader.ready())
                     self._since_snapshot += len(entries)
                     self.applied_total += len(entries)
                     if self.on_batch is not None:

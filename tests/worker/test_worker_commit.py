@@ -228,6 +228,46 @@ def test_commit_process_answers_in_order_and_reports_a_render_failure(
         committer.close()
 
 
+def test_thread_commit_is_inline_when_nothing_waits(redis_client, redis_url, markets) -> None:
+    """No batch waiting and none in flight: the commit runs in the caller (no hand-over);
+    otherwise on the committer thread. Either way batches land in order."""
+    import threading
+
+    from worker.processor import Processor
+    from worker.runner import OutputWriter, ThreadCommitter, _Token
+
+    journal = Journal(redis_client, 0)
+    journal.append_many(
+        [new("a1", "buy", "100", "1"), new("a2", "sell", "100", "1"), new("a3", "buy", "99", "1")]
+    )
+    entries = redis_client.xrange(K.stream)
+    redis_client.set(K.lease, "token-1")
+    proc = Processor(markets, 0)
+    writer = OutputWriter(redis_url, redis_client, K, _Token("token-1"))  # type: ignore[arg-type]
+    committed_by: list[str] = []
+    commit = writer.commit
+
+    def recording_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        committed_by.append(threading.current_thread().name)
+        return commit(*args, **kwargs)
+
+    writer.commit = recording_commit  # type: ignore[method-assign]
+    committer = ThreadCommitter(writer, proc)
+    try:
+        committer.submit(proc.process(entries[:1]), more=False)
+        assert committed_by == [threading.current_thread().name]
+        assert redis_client.get(K.applied) == entries[0][0]  # committed when submit returned
+        committer.submit(proc.process(entries[1:2]), more=True)  # a batch waits: overlap
+        committer.submit(proc.process(entries[2:]), more=False)
+        committer.drain()
+        assert committed_by[1] == "committer" and len(committed_by) == 3
+        assert redis_client.get(K.applied) == entries[-1][0]
+        assert redis_client.xlen(K.trades) == 1
+    finally:
+        committer.close()
+        writer.close()
+
+
 def test_adaptive_commit_moves_between_thread_and_process_in_order(
     redis_client, start_worker, markets
 ) -> None:
