@@ -3,6 +3,12 @@
 A private redis-server (AOF on, everysec) is filled with N seeded mixed commands by pipelined
 XADD; then a worker starts and the clock runs until ``applied`` reaches the last entry, i.e.
 every trade, order record, book, reply and snapshot of the run is committed.
+
+``--live RATE``: the worker's cost at live flow instead, where batches hold one or two entries
+and per-batch costs dominate. ``python -m worker`` runs as its own process; after a drained
+warm-up journal (a realistic book), commands are appended one by one, as the web does, paced at
+RATE/s for ``--seconds``; reported is the CPU per entry of the worker process and redis-server
+(from /proc, so the feeder's own CPU is not counted).
 """
 
 from __future__ import annotations
@@ -122,6 +128,83 @@ def run(
         server.cleanup()
 
 
+def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any]:
+    from bench.e2e import _proc_cpu, _tree
+    from bench.stack import Stack
+    from worker.journal import Journal
+
+    markets = load_markets()
+    stack = Stack(worker=False)
+    stack.redis_server.start()
+    try:
+        client = stack.redis_server.client()
+        keys = Keys(0)
+        flow = OrderFlow(markets, seed=seed)
+        last = prefill(client, keys, markets, warm, seed) if warm else None
+        stack.start_worker()
+        assert stack.worker_proc is not None
+        if last is not None:
+            while (client.get(keys.applied) or b"").decode() != last:
+                time.sleep(0.02)
+        journal = Journal(client, 0)
+        worker_pids = _tree(stack.worker_proc.pid)
+        redis_pid = stack.redis_server.proc.pid
+
+        def cpu() -> tuple[float, float]:
+            return sum(_proc_cpu(p) for p in worker_pids), _proc_cpu(redis_pid)
+
+        # keep the flow's ids in step with the journal's, so cancels aim at live orders
+        flow_ids = int(client.get(keys.next_id) or 0)
+        worker0, redis0 = cpu()
+        execs0 = _exec_calls(client)
+        started = time.monotonic()
+        sent = 0
+        while True:
+            now = time.monotonic()
+            if now - started >= seconds:
+                break
+            due = started + sent / rate
+            if due > now:
+                time.sleep(due - now)
+            wire = flow.next()
+            wire["reply_to"] = f"bench-{sent + 1}"
+            flow_ids = journal.append(wire)
+            flow.record(wire, flow_ids)
+            sent += 1
+        deadline = time.monotonic() + 30
+        while int(client.get(keys.applied_count) or 0) < warm + sent:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not catch up")
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        worker1, redis1 = cpu()
+        book = json.loads(client.get(keys.book("BTC-USDT")) or b"{}")
+        return {
+            "mode": "live",
+            "rate": rate,
+            "entries": sent,
+            "entries_per_s": round(sent / elapsed, 1),
+            "warm_entries": warm,
+            "book_levels": [len(book.get("bids", [])), len(book.get("asks", []))],
+            "entries_per_commit": round(sent / max(1, _exec_calls(client) - execs0), 2),
+            "cpu_us_per_entry": {
+                "worker": round((worker1 - worker0) / sent * 1e6, 1),
+                "redis": round((redis1 - redis0) / sent * 1e6, 1),
+            },
+            "cpus": os.cpu_count(),
+            "native": engine.native(),
+            "load_average": os.getloadavg()[0],
+            "seed": seed,
+        }
+    finally:
+        stack.stop()
+
+
+def _exec_calls(client: Any) -> int:
+    stats = client.info("commandstats").get("cmdstat_exec") or {}
+    return int(stats.get("calls", 0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench worker", description=__doc__)
     parser.add_argument("-n", "--entries", type=int, default=200_000,
@@ -134,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", choices=("auto", "thread", "process", "adaptive"),
                         default="auto",
                         help="where the worker renders+commits (default: auto)")
+    parser.add_argument("--live", type=float, default=None, metavar="RATE",
+                        help="measure live flow at RATE entries/s instead of a drain")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="live flow duration (default: %(default)s)")
+    parser.add_argument("--warm", type=int, default=20_000,
+                        help="entries drained before the live flow (default: %(default)s)")
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
     parser.add_argument("-v", "--verbose", action="store_true", help="show worker logs")
     args = parser.parse_args(argv)  # fmt: skip
@@ -141,15 +230,23 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    result = run(args.entries, args.seed, args.snapshot_every, args.batch, args.commit)
-    print(
-        f"worker drain: {result['entries']} entries in {result['seconds']} s = "
-        f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
-        f"commit: {result['commit']}, {result['cpus']} CPUs, "
-        f"load {result['load_average']:.1f}, "
-        f"{'native' if result['native'] else 'pure Python'} modules)"
-        f"\nCPU us per entry: {result['cpu_us_per_entry']}"
-    )
+    if args.live:
+        result = run_live(args.live, args.seconds, args.seed, args.warm)
+        print(
+            f"worker live flow: {result['entries']} entries at {result['entries_per_s']:.0f}/s, "
+            f"{result['entries_per_commit']} entries per commit, book levels "
+            f"{result['book_levels']}; CPU us per entry: {result['cpu_us_per_entry']}"
+        )
+    else:
+        result = run(args.entries, args.seed, args.snapshot_every, args.batch, args.commit)
+        print(
+            f"worker drain: {result['entries']} entries in {result['seconds']} s = "
+            f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
+            f"commit: {result['commit']}, {result['cpus']} CPUs, "
+            f"load {result['load_average']:.1f}, "
+            f"{'native' if result['native'] else 'pure Python'} modules)"
+            f"\nCPU us per entry: {result['cpu_us_per_entry']}"
+        )
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")

@@ -10,6 +10,7 @@ gevent the socket module is monkey-patched, so these connections cooperate with 
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Sequence
 from urllib.parse import quote
 
@@ -66,7 +67,13 @@ class RawConnection:
         timeout: float = 30.0,
         connect_timeout: float | None = None,
         buffer_size: int = 1 << 20,  # a 1,000-entry XREAD reply is ~200 KB
+        kernel_timeout: bool = False,
     ) -> None:
+        """``kernel_timeout``: enforce ``timeout`` with SO_RCVTIMEO/SO_SNDTIMEO on a socket that
+        Python sees as blocking. With a Python-level timeout CPython polls before every send
+        and recv: at live flow that was six extra system calls per batch in the worker. For
+        threads only: gevent's sockets keep their timeouts in the hub and ignore the kernel's.
+        """
         kwargs = redis.connection.parse_url(url)
         self.host = kwargs.get("host", "localhost")
         self.port = int(kwargs.get("port", 6379))
@@ -75,6 +82,7 @@ class RawConnection:
         self.password = kwargs.get("password")
         self.timeout = timeout
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self.kernel_timeout = kernel_timeout
         self.sock: socket.socket | None = None
         self.reader = hiredis.Reader()
         # recv_into one reused buffer: sock.recv(n) allocates n bytes per call (an mmap/munmap
@@ -88,7 +96,14 @@ class RawConnection:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except OSError as exc:  # the worker's loop recovers from redis.ConnectionError only
             raise redis.ConnectionError(f"cannot connect to Redis: {exc}") from exc
-        sock.settimeout(self.timeout)
+        if self.kernel_timeout:
+            sock.settimeout(None)
+            seconds = int(self.timeout)
+            timeval = struct.pack("ll", seconds, int((self.timeout - seconds) * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        else:
+            sock.settimeout(self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.reader = hiredis.Reader()
@@ -129,7 +144,7 @@ class RawConnection:
         assert self.sock is not None
         try:
             n = self.sock.recv_into(self.view, size)
-        except TimeoutError as exc:
+        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: SO_RCVTIMEO passed
             if idle_ok:
                 return 0
             self.close()

@@ -214,7 +214,7 @@ class OutputWriter:
         self.redis = client
         self.keys = keys
         self.lease = lease
-        self.conn = RawConnection(url)
+        self.conn = RawConnection(url, kernel_timeout=True)
         self.committed: str | None = None  # ``applied`` as we last wrote (or found) it
         lk, ak = keys.lease, keys.applied
         self._head = (resp(["WATCH", lk, ak]) + resp(["GET", lk]) + resp(["GET", ak])).encode()
@@ -657,7 +657,7 @@ class JournalReader:
     def __init__(
         self, url: str, stream: str, after: str, count: int, block_ms: int, depth: int = 2
     ) -> None:
-        self.conn = RawConnection(url)
+        self.conn = RawConnection(url, kernel_timeout=True)
         self.stream = stream
         self.after = after
         self.count = str(count)

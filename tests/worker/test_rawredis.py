@@ -12,7 +12,7 @@ import redis
 from web import create_app
 from worker.journal import Journal
 from worker.keys import Keys
-from worker.rawredis import RawConnection, RawPool, command
+from worker.rawredis import IDLE, RawConnection, RawPool, command
 from worker.runner import connect
 
 
@@ -29,6 +29,39 @@ def test_call_round_trips_text_and_errors(redis_url: str, redis_client: redis.Re
     with pytest.raises(redis.ResponseError):
         conn.call(["INCR", "fb:test:é"])  # not an integer: an error reply, raised
     assert conn.call(["GET", "fb:test:é"]) == "naïve".encode()  # the connection is still good
+    conn.close()
+
+
+@pytest.mark.parametrize("kernel_timeout", [False, True])
+def test_a_silent_server_times_out_in_both_timeout_modes(kernel_timeout: bool) -> None:
+    """The worker's connections enforce their timeout in the kernel (no poll per call): a
+    server that never answers must still end the call, as a TimeoutError, or as IDLE."""
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    url = f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    try:
+        conn = RawConnection(url, timeout=0.3, kernel_timeout=kernel_timeout)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            conn.call(["PING"])
+        assert 0.2 < time.monotonic() - started < 5
+        assert not conn.connected  # a timed-out request/reply connection is not reused
+        conn.connect()
+        assert conn.next_or_idle() is IDLE and conn.connected  # a quiet reader stays open
+        assert conn.sock is not None
+        assert (conn.sock.gettimeout() is None) == kernel_timeout
+        conn.close()
+    finally:
+        listener.close()
+
+
+def test_kernel_timeout_connection_round_trips(redis_url: str) -> None:
+    conn = RawConnection(redis_url, timeout=5, kernel_timeout=True)
+    assert conn.call(["SET", "fb:test:k", "v"]) == b"OK"
+    assert conn.call(["GET", "fb:test:k"]) == b"v"
     conn.close()
 
 
