@@ -202,12 +202,14 @@ def _encode(ops: list[str]) -> bytes:
 class OutputWriter:
     """Commits a batch's writes and its pub/sub messages atomically and fenced.
 
-    One commit, two round trips: ``WATCH lease applied`` + ``GET lease`` + ``GET applied``; then,
-    only if the lease holds our token and ``applied`` is what we committed last, ``MULTI``, the
-    batch's commands, ``SET applied <last id>``, its PUBLISHes and ``EXEC`` in one write. WATCH
-    makes EXEC fail if either key changed (or the lease expired) after the check, so check and
-    writes are one atomic step. Our own lease renewal also touches the key; such an EXEC is simply
-    retried.
+    The check: ``WATCH lease applied`` + ``GET lease`` + ``GET applied``; the write, only if the
+    lease holds our token and ``applied`` is what we committed last: ``MULTI``, the batch's
+    commands, ``SET applied <last id>``, its PUBLISHes and ``EXEC``. WATCH makes EXEC fail if
+    either key changed (or the lease expired) after the check, so check and writes are one
+    atomic step. The check for the next commit is sent right behind each EXEC, in the same
+    write, so a commit costs one round trip, not two: the WATCH stays in force until the next
+    EXEC, however long that is. Our own lease renewal also touches the key; such an EXEC (or a
+    check that no longer matches) is simply retried with a fresh check.
     """
 
     def __init__(self, url: str, client: redis.Redis, keys: Keys, lease: Lease) -> None:
@@ -216,10 +218,20 @@ class OutputWriter:
         self.lease = lease
         self.conn = RawConnection(url, kernel_timeout=True)
         self.committed: str | None = None  # ``applied`` as we last wrote (or found) it
+        # (lease holder, applied) as read by the check sent behind the last EXEC, whose WATCH
+        # is still in force on ``conn``; None when there is none
+        self._checked: tuple[str | None, str | None] | None = None
         lk, ak = keys.lease, keys.applied
         self._head = (resp(["WATCH", lk, ak]) + resp(["GET", lk]) + resp(["GET", ak])).encode()
+        self._unwatch = resp(["UNWATCH"]).encode()
         self._multi = resp(["MULTI"])
         self._exec = resp(["EXEC"])
+
+    def _read_check(self) -> tuple[str | None, str | None]:
+        _, holder_raw, applied_raw = self.conn.read(3)
+        holder = holder_raw.decode() if isinstance(holder_raw, bytes) else None
+        applied = applied_raw.decode() if isinstance(applied_raw, bytes) else None
+        return holder, applied
 
     def commit(
         self, ops: list[str], new_applied: str | None, messages: list[tuple[str, str]] = ()
@@ -231,39 +243,51 @@ class OutputWriter:
         """
         tail = [resp(["SET", self.keys.applied, new_applied])] if new_applied else []
         tail += [resp(["PUBLISH", channel, text]) for channel, text in messages]
-        body = _encode([self._multi, *ops, *tail, self._exec])
+        body = _encode([self._multi, *ops, *tail, self._exec]) + self._head
         queued = len(ops) + len(tail)  # one command per op
         expect = b"+OK\r\n" + b"+QUEUED\r\n" * queued
         conn = self.conn
-        for _attempt in range(50):
-            conn.send(self._head)
-            _, holder_raw, applied_raw = conn.read(3)
-            holder = holder_raw.decode() if isinstance(holder_raw, bytes) else None
-            applied = applied_raw.decode() if isinstance(applied_raw, bytes) else None
-            if holder != self.lease.token or applied != self.committed:
-                conn.call(["UNWATCH"])
-                if holder != self.lease.token:
-                    raise LeaseLost(f"lease {self.keys.lease} is held by {holder}, not us")
-                raise StateMismatch(
-                    f"{self.keys.applied} is {applied}, we committed {self.committed}"
-                )
-            conn.send(body)
-            if not conn.read_prefix(expect):
-                replies = conn.read(queued + 2)
-                bad = [r for r in replies if isinstance(r, hiredis.ReplyError)]
-                raise redis.ResponseError(f"commit refused, nothing written: {bad[:3]}")
-            (result,) = conn.read(1)
-            if isinstance(result, hiredis.ReplyError):
-                raise redis.ResponseError(f"commit failed: {result}")
-            if result is None:  # a watched key changed (e.g. our own renewal): check again
-                continue
-            for reply in result:  # type: ignore[union-attr]
-                if isinstance(reply, hiredis.ReplyError):
-                    # MULTI has no rollback: the batch is half written. Stop loudly.
-                    raise RuntimeError(f"a commit command failed inside EXEC: {reply}")
-            if new_applied:
-                self.committed = new_applied
-            return
+        try:
+            for _attempt in range(50):
+                want = (self.lease.token, self.committed)
+                checked, self._checked = self._checked, None
+                if checked != want or not conn.connected:
+                    if checked is not None and conn.connected:  # stale: start over
+                        conn.send(self._unwatch + self._head)
+                        conn.read(1)
+                    else:
+                        conn.send(self._head)
+                    holder, applied = self._read_check()
+                    if (holder, applied) != want:
+                        conn.call(["UNWATCH"])
+                        if holder != self.lease.token:
+                            raise LeaseLost(f"lease {self.keys.lease} is held by {holder}, not us")
+                        raise StateMismatch(
+                            f"{self.keys.applied} is {applied}, we committed {self.committed}"
+                        )
+                conn.send(body)
+                if not conn.read_prefix(expect):
+                    replies = conn.read(queued + 2)
+                    bad = [r for r in replies if isinstance(r, hiredis.ReplyError)]
+                    raise redis.ResponseError(f"commit refused, nothing written: {bad[:3]}")
+                (result,) = conn.read(1)
+                next_check = self._read_check()  # the check that rode behind the EXEC
+                if isinstance(result, hiredis.ReplyError):
+                    raise redis.ResponseError(f"commit failed: {result}")
+                if result is None:  # a watched key changed (e.g. our own renewal): again
+                    self._checked = next_check
+                    continue
+                for reply in result:  # type: ignore[union-attr]
+                    if isinstance(reply, hiredis.ReplyError):
+                        # MULTI has no rollback: the batch is half written. Stop loudly.
+                        raise RuntimeError(f"a commit command failed inside EXEC: {reply}")
+                if new_applied:
+                    self.committed = new_applied
+                self._checked = next_check
+                return
+        except redis.ResponseError:
+            conn.close()  # replies may be left unread: never reuse the connection
+            raise
         raise LeaseLost("commit kept being interrupted; giving the partition up")
 
     def close(self) -> None:

@@ -268,6 +268,46 @@ def test_thread_commit_is_inline_when_nothing_waits(redis_client, redis_url, mar
         writer.close()
 
 
+def test_commit_takes_one_round_trip_and_survives_a_stale_check(
+    redis_client, redis_url, markets
+) -> None:
+    """The check for the next commit rides behind each EXEC: one write per commit. If another
+    committer moved ``applied`` meanwhile (the adaptive switch), the stale check is redone, not
+    mistaken for a conflict; a lease taken meanwhile is still refused."""
+    from worker.runner import LeaseLost, OutputWriter, _Token
+
+    redis_client.set(K.lease, "token-1")
+    writer = OutputWriter(redis_url, redis_client, K, _Token("token-1"))  # type: ignore[arg-type]
+    other = OutputWriter(redis_url, redis_client, K, _Token("token-1"))  # type: ignore[arg-type]
+    sends: list[bytes] = []
+    send = writer.conn.send
+
+    def counting_send(data: bytes) -> None:
+        sends.append(data)
+        send(data)
+
+    writer.conn.send = counting_send  # type: ignore[method-assign]
+    try:
+        writer.commit(["*3\r\n$3\r\nSET\r\n$7\r\nfb:t:k1\r\n$1\r\n1\r\n"], "1-1")
+        assert len(sends) == 2  # the first commit checks first
+        writer.commit(["*3\r\n$3\r\nSET\r\n$7\r\nfb:t:k2\r\n$1\r\n2\r\n"], "1-2")
+        assert len(sends) == 3  # then one write per commit
+        assert redis_client.get(K.applied) == b"1-2" and redis_client.get("fb:t:k2") == b"2"
+        # another committer takes over for a while, as the commit process does
+        other.committed = "1-2"
+        other.commit([], "1-3")
+        writer.committed = "1-3"
+        writer.commit([], "1-4")  # stale check (applied was 1-2): redone, then committed
+        assert redis_client.get(K.applied) == b"1-4"
+        redis_client.set(K.lease, "token-2")  # somebody else holds the partition now
+        with pytest.raises(LeaseLost):
+            writer.commit(["*3\r\n$3\r\nSET\r\n$7\r\nfb:t:k3\r\n$1\r\n3\r\n"], "1-5")
+        assert redis_client.get("fb:t:k3") is None and redis_client.get(K.applied) == b"1-4"
+    finally:
+        writer.close()
+        other.close()
+
+
 def test_adaptive_commit_moves_between_thread_and_process_in_order(
     redis_client, start_worker, markets
 ) -> None:
