@@ -18,8 +18,7 @@ import time
 from typing import Any
 
 import engine
-from engine.matcher import MatchingEngine
-from engine.schema import (
+from engine.commands import (
     BUY,
     GTC,
     IOC,
@@ -30,8 +29,9 @@ from engine.schema import (
     CancelOrder,
     Command,
     NewOrder,
-    load_markets,
 )
+from engine.matcher import MatchingEngine
+from protocol.config import load_markets
 
 SYMBOL = "BTC-USDT"
 

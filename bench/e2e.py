@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from bench.stack import Stack
-from worker.keys import Keys
+from protocol.keys import Keys
 
 SYMBOL = "BTC-USDT"
 MID_TICKS = 3_000_000  # 30,000.00 with tick 0.01

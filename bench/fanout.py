@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from bench.stack import Stack
-from worker.journal import Journal
+from web.journal import Journal
 
 SYMBOL = "BTC-USDT"
 SAMPLE_SOCKETS = 50  # sockets whose every message is parsed for latency

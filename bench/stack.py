@@ -21,9 +21,10 @@ from typing import Any
 import redis
 import requests
 
+from protocol.config import load_markets
+from protocol.keys import Namespace
 from tests.redis_server import RedisServer, free_port
 from web.accounts import create_account
-from worker.keys import Keys, all_partitions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GUNICORN_ARGS = ("-k", "gevent", "-w", "1")
@@ -51,13 +52,20 @@ class Stack:
         env: dict[str, str] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         appendfsync: str = "everysec",
+        namespace: str = "fb",
+        redis_server: RedisServer | None = None,
     ) -> None:
         self.gunicorn_args = list(gunicorn_args)
         self.reply_timeout = reply_timeout
         self.partitions = partitions
         self.want_worker = worker
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="fb-stack-"))
-        self.redis_server = RedisServer(dir=self.log_dir / "redis", appendfsync=appendfsync)
+        #: a server of its own, or one shared with another stack (then not stopped by us)
+        self.shared_redis = redis_server is not None
+        self.redis_server = redis_server or RedisServer(
+            dir=self.log_dir / "redis", appendfsync=appendfsync
+        )
+        self.namespace = Namespace(namespace, load_markets(), partitions)
         self.web_port = free_port()
         self.worker_proc: subprocess.Popen | None = None
         self.web_proc: subprocess.Popen | None = None
@@ -79,6 +87,7 @@ class Stack:
             REDIS_URL=self.redis_url,
             FAIRBOOK_REPLY_TIMEOUT=str(self.reply_timeout),
             FAIRBOOK_PARTITIONS=self.partitions,
+            FAIRBOOK_NAMESPACE=self.namespace.name,
             PYTHONUNBUFFERED="1",
             PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
         )
@@ -100,7 +109,8 @@ class Stack:
         )
 
     def start(self) -> Stack:
-        self.redis_server.start()
+        if not self.redis_server.running:
+            self.redis_server.start()
         if self.want_worker:
             self.start_worker()
         self.start_web()
@@ -113,24 +123,31 @@ class Stack:
         if wait:
             self.wait_worker()
 
-    def wait_worker(self, timeout: float = 30.0) -> None:
+    def wait_worker(self, timeout: float = 60.0) -> None:
+        """Until every partition's lease is held (any error before the deadline is retried:
+        a busy machine may answer slowly)."""
         client = self.redis()
-        parts = self.partition_ids()
+        leases = [self.namespace.keys(p).lease for p in self.partition_ids()]
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.worker_proc is not None and self.worker_proc.poll() is not None:
-                raise RuntimeError(f"worker exited:\n{self.log_tail('worker')}")
-            if all(client.exists(Keys(p).lease) for p in parts):
-                client.close()
-                return
-            time.sleep(0.05)
+        try:
+            while time.monotonic() < deadline:
+                if self.worker_proc is not None and self.worker_proc.poll() is not None:
+                    raise RuntimeError(f"worker exited:\n{self.log_tail('worker')}")
+                try:
+                    if all(client.exists(lease) for lease in leases):
+                        return
+                except redis.RedisError:
+                    pass
+                time.sleep(0.05)
+        finally:
+            client.close()
         raise RuntimeError(f"worker did not take its lease:\n{self.log_tail('worker')}")
 
     def stop_worker(self, timeout: float = 15.0) -> None:
         self._stop_proc(self.worker_proc, timeout)
         self.worker_proc = None
 
-    def start_web(self, timeout: float = 30.0) -> None:
+    def start_web(self, timeout: float = 60.0) -> None:
         """``gunicorn app:app`` on a free port; waits until it answers /healthz."""
         args = [sys.executable, "-m", "gunicorn", "app:app", "--bind",
                 f"127.0.0.1:{self.web_port}", *self.gunicorn_args]  # fmt: skip
@@ -139,10 +156,10 @@ class Stack:
         while time.monotonic() < deadline:
             if self.web_proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited:\n{self.log_tail('web')}")
-            try:
-                requests.get(self.url + "/healthz", timeout=1)
+            try:  # any answer will do; any failure is retried until the deadline
+                requests.get(self.url + "/healthz", timeout=2)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer:\n{self.log_tail('web')}")
 
@@ -167,7 +184,8 @@ class Stack:
         self._stop_proc(self.web_proc, 15)
         self.web_proc = None
         self.stop_worker()
-        self.redis_server.stop()
+        if not self.shared_redis:
+            self.redis_server.stop()
         for log in self._logs:
             log.close()
         self._logs.clear()
@@ -183,14 +201,12 @@ class Stack:
         return redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=30)
 
     def partition_ids(self) -> list[int]:
-        from engine.schema import load_markets
-
-        return all_partitions(self.partitions, symbols=load_markets())
+        return self.namespace.partitions
 
     def create_account(self, name: str) -> dict[str, str]:
         client = self.redis()
         try:
-            return create_account(client, name)
+            return create_account(client, name, self.namespace.global_keys)
         finally:
             client.close()
 

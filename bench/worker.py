@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import engine
-from engine.schema import load_markets, make_public_id
-from worker.journal import dumps_compact
-from worker.keys import Keys
-from worker.loadgen import OrderFlow
+from bench.flow import OrderFlow
+from engine.commands import make_public_id
+from protocol.config import load_markets
+from protocol.keys import Keys
 from worker.runner import PartitionWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
         # tagged like the web's commands: the worker renders and publishes every reply
         body = {"id": cmd_id, **wire, "reply_to": f"bench-{i + 1}"}
         flow.record(wire, cmd_id)
-        pipe.xadd(keys.stream, {"c": dumps_compact(body)})
+        pipe.xadd(keys.stream, {wire.COMMAND_FIELD: wire.dumps(body)})
         if len(pipe) >= 5000:
             last = pipe.execute()[-1]
     if len(pipe):
@@ -62,21 +62,16 @@ def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
 
 
 def _cpu(client: Any) -> dict[str, float]:
-    """CPU seconds so far: this process (matcher + threads), reaped children (the commit
-    process), redis-server."""
+    """CPU seconds so far: this process (the worker runs on a thread of it), redis-server."""
     me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     info = client.info("cpu")
     return {
         "worker": me.ru_utime + me.ru_stime,
-        "commit_process": kids.ru_utime + kids.ru_stime,
         "redis": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
     }
 
 
-def run(
-    n: int, seed: int, snapshot_every: int, batch: int, commit: str = "auto"
-) -> dict[str, Any]:
+def run(n: int, seed: int, snapshot_every: int, batch: int) -> dict[str, Any]:
     markets = load_markets()
     server = _redis_server_class()()
     server.start()
@@ -87,9 +82,8 @@ def run(
         last = prefill(client, keys, markets, n, seed)
         fill_s = time.perf_counter() - started
         worker = PartitionWorker(
-            server.url, 0, markets, snapshot_every=snapshot_every, batch_size=batch,
-            commit=commit,
-        )  # fmt: skip
+            server.url, 0, markets, snapshot_every=snapshot_every, batch_size=batch
+        )
         thread = threading.Thread(target=worker.run, daemon=True)
         cpu0 = _cpu(client)
         t0 = time.perf_counter()
@@ -103,7 +97,7 @@ def run(
             time.sleep(0.01)
         seconds = time.perf_counter() - t0
         worker.stop()
-        thread.join(30)  # also joins the commit process, so its CPU time is counted
+        thread.join(30)
         cpu1 = _cpu(client)
         cpu = {k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0}
         trades = client.xlen(keys.trades)
@@ -115,7 +109,6 @@ def run(
             "prefill_seconds": round(fill_s, 3),
             "batch": batch,
             "snapshot_every": snapshot_every,
-            "commit": worker.commit,
             "cpus": os.cpu_count(),
             "native": engine.native(),
             # CPU time per entry: robust on a busy machine where wall-clock rates are not
@@ -131,7 +124,7 @@ def run(
 def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any]:
     from bench.e2e import _proc_cpu, _tree
     from bench.stack import Stack
-    from worker.journal import Journal
+    from web.journal import Journal
 
     markets = load_markets()
     stack = Stack(worker=False)
@@ -214,9 +207,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker snapshot interval in entries (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=1000,
                         help="entries per batch (default: %(default)s)")
-    parser.add_argument("--commit", choices=("auto", "thread", "process", "adaptive"),
-                        default="auto",
-                        help="where the worker renders+commits (default: auto)")
     parser.add_argument("--live", type=float, default=None, metavar="RATE",
                         help="measure live flow at RATE entries/s instead of a drain")
     parser.add_argument("--seconds", type=float, default=10.0,
@@ -238,11 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['book_levels']}; CPU us per entry: {result['cpu_us_per_entry']}"
         )
     else:
-        result = run(args.entries, args.seed, args.snapshot_every, args.batch, args.commit)
+        result = run(args.entries, args.seed, args.snapshot_every, args.batch)
         print(
             f"worker drain: {result['entries']} entries in {result['seconds']} s = "
             f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
-            f"commit: {result['commit']}, {result['cpus']} CPUs, "
+            f"{result['cpus']} CPUs, "
             f"load {result['load_average']:.1f}, "
             f"{'native' if result['native'] else 'pure Python'} modules)"
             f"\nCPU us per entry: {result['cpu_us_per_entry']}"

@@ -1,10 +1,8 @@
-"""The pure matching core: wire schema, order book, matching engine (no I/O, no clock)."""
+"""The pure matching core: units, markets, commands, validation, order book, matching engine.
 
-from pathlib import Path
-
-#: The default markets file. Located here, in plain Python, because compiled modules (mypyc,
-#: see ``scripts/build_native``) have no ``__file__`` while they initialise.
-DEFAULT_SYMBOLS_FILE = Path(__file__).with_name("symbols.json")
+No I/O, no clock, no randomness: what goes in (commands carrying their ids and timestamps)
+decides what comes out, byte for byte.
+"""
 
 
 def native() -> bool:

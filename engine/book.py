@@ -9,27 +9,24 @@ when it reaches the head of its queue, so cancel-by-id is O(1) instead of ``dequ
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from sortedcontainers import SortedDict
 
-from engine.events import LEVEL, ORDER, TRADE
-from engine.schema import (
+from engine.commands import (
     BUY,
     CANCEL_BOTH,
     CANCEL_MAKER,
     CANCEL_TAKER,
     CANCELLED,
     FILLED,
+    OPEN_STATUSES,
     PARTIALLY_FILLED,
     SELL,
-    Market,
     Reason,
 )
-
-if TYPE_CHECKING:
-    from engine.matcher import OrderIndex
-
+from engine.events import LEVEL, ORDER, TRADE
+from engine.markets import Market
 
 #: An order's attributes, in snapshot order (``Order.to_list``).
 ORDER_FIELDS: Final = (
@@ -114,6 +111,48 @@ class Order:
             f"Order(id={self.id}, {self.side} {self.remaining}@{self.price}, "
             f"account={self.account!r}, status={self.status})"
         )
+
+
+class OrderIndex:
+    """Every open order of a partition by id, by account and by (account, client order id)."""
+
+    __slots__ = ("orders", "by_account", "by_client_id")
+
+    def __init__(self) -> None:
+        self.orders: dict[int, Order] = {}
+        self.by_account: dict[str, dict[int, Order]] = {}
+        self.by_client_id: dict[tuple[str, str], Order] = {}
+
+    def add(self, order: Order) -> None:
+        self.orders[order.id] = order
+        mine = self.by_account.get(order.account)
+        if mine is None:
+            mine = self.by_account[order.account] = {}
+        mine[order.id] = order
+        if order.client_order_id is not None:
+            self.by_client_id[(order.account, order.client_order_id)] = order
+
+    def remove(self, order: Order) -> None:
+        del self.orders[order.id]
+        mine = self.by_account[order.account]
+        del mine[order.id]
+        if not mine:
+            del self.by_account[order.account]
+        if order.client_order_id is not None:
+            del self.by_client_id[(order.account, order.client_order_id)]
+
+    def check(self) -> None:
+        """The three maps describe the same set of open orders."""
+        assert sum(len(m) for m in self.by_account.values()) == len(self.orders)
+        for account, mine in self.by_account.items():
+            assert mine, f"empty account entry {account!r}"
+            for oid, order in mine.items():
+                assert self.orders.get(oid) is order and order.account == account
+        with_client_id = [o for o in self.orders.values() if o.client_order_id is not None]
+        assert len(with_client_id) == len(self.by_client_id)
+        for (account, coid), order in self.by_client_id.items():
+            assert self.orders.get(order.id) is order
+            assert (order.account, order.client_order_id) == (account, coid)
 
 
 class PriceLevel:
@@ -269,6 +308,35 @@ class OrderBook:
         order.remaining -= by
         level.total -= by
         events.append((LEVEL, self.symbol, order.side, order.price, level.total))
+
+    # -- invariants ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Assert the book's invariants (tests call it after every command, as
+        sortedcontainers' ``_check`` does): levels sorted and non-empty, each level's total and
+        count equal to its live orders, live orders indexed, cached best prices right, and the
+        book not crossed at rest."""
+        for levels, side in ((self.bids, BUY), (self.asks, SELL)):
+            keys = list(levels.keys())
+            assert keys == sorted(set(keys)), "levels out of order"
+            for price, level in levels.items():
+                assert level.price == price
+                live = level.live_orders()
+                assert live, f"empty {side} level {price}"
+                assert level.count == len(live), f"{side} {price}: count {level.count}"
+                assert level.total == sum(o.remaining for o in live), f"{side} {price}: total"
+                for order in live:
+                    assert (order.side, order.price, order.symbol) == (side, price, self.symbol)
+                    assert order.status in OPEN_STATUSES and order.remaining > 0
+                    assert self.index.orders.get(order.id) is order, f"order {order.id} unindexed"
+        assert self.best_bid == (self.bids.keys()[-1] if self.bids else None), "best bid"
+        assert self.best_ask == (self.asks.keys()[0] if self.asks else None), "best ask"
+        if self.best_bid is not None and self.best_ask is not None:
+            assert self.best_bid < self.best_ask, "crossed book at rest"
+
+    def resting_ids(self) -> set[int]:
+        """Ids of the live orders on the book."""
+        return {o.id for side in (self.bids, self.asks) for lv in side.values()
+                for o in lv.live_orders()}  # fmt: skip
 
     def _drop_level(self, levels: SortedDict, side: str, price: int) -> None:
         del levels[price]

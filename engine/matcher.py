@@ -14,9 +14,8 @@ from typing import Any
 
 from sortedcontainers import SortedDict
 
-from engine.book import Order, OrderBook
-from engine.events import BBO, ORDER, REJECT
-from engine.schema import (
+from engine.book import Order, OrderBook, OrderIndex
+from engine.commands import (
     BUY,
     CANCELLED,
     FILLED,
@@ -42,10 +41,11 @@ from engine.schema import (
     CancelAll,
     CancelOrder,
     Command,
-    Market,
     NewOrder,
     Reason,
 )
+from engine.events import BBO, ORDER, REJECT
+from engine.markets import Market
 
 SIDE_SET = frozenset(SIDES)
 TIF_SET = frozenset(TIME_IN_FORCES)
@@ -54,35 +54,6 @@ ORDER_TYPE_SET = frozenset(ORDER_TYPES)
 
 SNAPSHOT_MAGIC = b"FBSNAP"
 SNAPSHOT_VERSION = 1
-
-
-class OrderIndex:
-    """Every open order of the partition by id, by account and by (account, client id)."""
-
-    __slots__ = ("orders", "by_account", "by_client_id")
-
-    def __init__(self) -> None:
-        self.orders: dict[int, Order] = {}
-        self.by_account: dict[str, dict[int, Order]] = {}
-        self.by_client_id: dict[tuple[str, str], Order] = {}
-
-    def add(self, order: Order) -> None:
-        self.orders[order.id] = order
-        mine = self.by_account.get(order.account)
-        if mine is None:
-            mine = self.by_account[order.account] = {}
-        mine[order.id] = order
-        if order.client_order_id is not None:
-            self.by_client_id[(order.account, order.client_order_id)] = order
-
-    def remove(self, order: Order) -> None:
-        del self.orders[order.id]
-        mine = self.by_account[order.account]
-        del mine[order.id]
-        if not mine:
-            del self.by_account[order.account]
-        if order.client_order_id is not None:
-            del self.by_client_id[(order.account, order.client_order_id)]
 
 
 class StopBook:
@@ -154,6 +125,20 @@ class StopBook:
             len(q) for q in self.falling.values()
         )
 
+    def check(self, symbol: str, index: OrderIndex) -> None:
+        """Every waiting stop sits at its trigger price on the side it fires on, is indexed,
+        and the cached nearest triggers are right."""
+        for rising, side in ((True, self.rising), (False, self.falling)):
+            for price, queue in side.items():
+                assert queue, f"empty stop queue at {price}"
+                for order in queue:
+                    assert order.symbol == symbol and order.stop_price == price
+                    assert order.type in STOP_TYPES and order.status == NEW
+                    assert self.fires_on_rise(order) == rising
+                    assert index.orders.get(order.id) is order, f"stop {order.id} unindexed"
+        assert self.rise_at == (self.rising.keys()[0] if self.rising else None)
+        assert self.fall_at == (self.falling.keys()[-1] if self.falling else None)
+
 
 def _by_seq(order: Order) -> int:
     return order.seq
@@ -184,6 +169,24 @@ class MatchingEngine:
 
     def order(self, order_id: int) -> Order | None:
         return self.index.orders.get(order_id)
+
+    def check(self) -> None:
+        """Assert every invariant of the partition: each book's (:meth:`OrderBook.check`), each
+        stop book's, the index's, and that the index holds exactly the resting orders and the
+        waiting stops, with arrival numbers below the engine's counter."""
+        self.index.check()
+        indexed = set(self.index.orders)
+        held: set[int] = set()
+        for symbol, book in self.books.items():
+            book.check()
+            self.stops[symbol].check(symbol, self.index)
+            resting = book.resting_ids()
+            waiting = {o.id for o in self.stops[symbol].orders()}
+            assert not resting & waiting and not held & (resting | waiting)
+            held |= resting | waiting
+            assert book.last_bbo == book.bbo(), f"{symbol}: unreported top of book"
+        assert held == indexed, f"index and books disagree: {sorted(held ^ indexed)[:5]}"
+        assert all(o.seq <= self.seq for o in self.index.orders.values())
 
     # -- commands ------------------------------------------------------------------------------
     def apply(self, command: Command) -> list[tuple[Any, ...]]:

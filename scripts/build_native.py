@@ -28,13 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The modules on the hot path of matching and committing, in import order.
 MODULES = (
     "engine/events.py",
-    "engine/schema.py",
+    "engine/units.py",
+    "engine/commands.py",
+    "engine/markets.py",
+    "engine/validation.py",
     "engine/book.py",
     "engine/matcher.py",
-    "worker/keys.py",
-    "worker/orders.py",
-    "worker/render.py",
-    "worker/processor.py",
 )
 WORK_DIR = ROOT / "var" / "native"
 STAMP = WORK_DIR / "stamp"

@@ -1,4 +1,4 @@
-"""Run a seeded journal through Processor + Renderer and print a digest of every output.
+"""Run a seeded journal through the Processor and print a digest of every output.
 
 Used by ``tests/test_native.py`` to compare the mypyc-compiled modules with the plain Python
 ones: run once in the tree (compiled, if built) and once in a copy holding only ``.py`` files.
@@ -11,10 +11,12 @@ import hashlib
 import json
 import sys
 
+from bench.flow import OrderFlow
 from engine import book
-from engine.schema import load_markets, make_public_id
-from worker.journal import dumps_compact
-from worker.loadgen import OrderFlow
+from engine.commands import make_public_id
+from protocol.config import load_markets
+from protocol.keys import Keys
+from worker.commit import batch_commands
 from worker.processor import Processor
 
 
@@ -23,7 +25,7 @@ def main(entries: int = 20_000, seed: int = 7) -> None:
     flow = OrderFlow(markets, seed=seed)
     proc = Processor(markets, 0)
     digest = hashlib.sha256()
-    batch: list[tuple[bytes, list[bytes]]] = []
+    batch: list[tuple[bytes, dict[bytes, bytes]]] = []
     trades = 0
     for i in range(entries):
         wire = flow.next()
@@ -33,15 +35,14 @@ def main(entries: int = 20_000, seed: int = 7) -> None:
         if i % 997 == 0:
             body["price"] = "1.0000001"  # an off-tick order: the error path too
         batch.append((f"{1_700_000_000_000 + i // 7}-{i % 7}".encode(),
-                      [b"c", dumps_compact(body).encode()]))  # fmt: skip
+                      {b"c": wire.dumps(body)}))  # fmt: skip
         if len(batch) == 500 or i == entries - 1:
             result = proc.process(batch)
-            ops, messages = proc.render(result)
             trades += len(result.trades)
-            for op in ops:
-                digest.update(op.encode())
-            for channel, text in messages:
-                digest.update(channel.encode() + text.encode())
+            for command in batch_commands(result, Keys(0)):
+                digest.update(repr(command).encode())
+            for message in result.messages:
+                digest.update(message.channel.encode() + message.payload)
             batch = []
     digest.update(proc.snapshot_blob())
     native = not book.__file__.endswith(".py")

@@ -17,7 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.keys import Keys
+from protocol.keys import Keys
 
 
 class ReplyListener:

@@ -21,9 +21,9 @@ import pytest
 import requests
 
 from bench.stack import Stack
-from engine.schema import load_markets
+from protocol.config import load_markets
+from protocol.keys import Keys
 from tests.reply_listener import ReplyListener
-from worker.keys import Keys
 from worker.replay import replay_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -17,13 +17,16 @@ from flask import Flask, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from engine.schema import Market, SchemaError, load_markets
-from worker.rawredis import RawPool
+from engine.markets import Market
+from engine.units import SchemaError
+from protocol.config import load_markets, redis_url
+from protocol.keys import Keys, Namespace
+from web.journal import Inbox, Journal
 
 #: Largest request body accepted (bytes); bigger bodies get a 413 JSON error.
 DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_REPLY_TIMEOUT = 2.0
-REDIS_TIMEOUT_S = 10.0  # no web call blocks in Redis: replies come by pub/sub (worker.journal)
+REDIS_TIMEOUT_S = 10.0  # no web call blocks in Redis: replies come by pub/sub (web.journal)
 
 
 class FastJSONProvider(DefaultJSONProvider):
@@ -60,47 +63,32 @@ class ApiError(Exception):
 
 @dataclass
 class Fairbook:
-    """Per-app state (``app.extensions["fairbook"]``): markets, Redis, one journal per partition."""
+    """Per-app state (``app.extensions["fairbook"]``): markets, names, Redis, the journals."""
 
     markets: dict[str, Market]
+    namespace: Namespace
     redis: redis.Redis
     reply_timeout: float
-    partitions: list[int]
-    journals: dict[int, Any] = field(default_factory=dict)
-    _keys: dict[int, Any] = field(default_factory=dict)
+    journals: dict[int, Journal] = field(default_factory=dict)
     auth_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
     auth_cache_ttl: float = 5.0
-    #: raw RESP connections for the order submit path (None when a ready client was injected)
-    raw: RawPool | None = None
-    #: this process's reply inbox (worker.journal.Inbox), created with the first journal
-    inbox: Any = None
+    #: this process's reply inbox, created with the first journal
+    inbox: Inbox | None = None
 
-    def keys(self, partition: int) -> Any:
-        """The partition's key names (worker.keys.Keys), built once."""
-        k = self._keys.get(partition)
-        if k is None:
-            from worker.keys import Keys
+    @property
+    def partitions(self) -> list[int]:
+        return self.namespace.partitions
 
-            k = self._keys[partition] = Keys(partition)
-        return k
+    def keys(self, partition: int) -> Keys:
+        return self.namespace.keys(partition)
 
-    def get(self, key: str) -> bytes | str | None:
-        """GET on the hot read paths (order lookups, books), raw when we have a pool."""
-        if self.raw is None:
-            return self.redis.get(key)
-        return self.raw.call(["GET", key])  # type: ignore[return-value]
-
-    def journal(self, partition: int) -> Any:
-        """The partition's journal, created on first use (cheap: it only holds a script)."""
+    def journal(self, partition: int) -> Journal:
+        """The partition's journal, created on first use (it only holds a script)."""
         journal = self.journals.get(partition)
         if journal is None:
-            from worker.journal import Inbox, Journal
-            from worker.rawredis import client_url
-
             if self.inbox is None:  # one per process, for every partition's replies
-                url = self.raw.url if self.raw is not None else client_url(self.redis)
-                self.inbox = Inbox(url, self.partitions)
-            journal = Journal(self.redis, partition, raw=self.raw, inbox=self.inbox)
+                self.inbox = Inbox(self.redis, [self.keys(p) for p in self.partitions])
+            journal = Journal(self.redis, self.keys(partition), inbox=self.inbox)
             self.journals[partition] = journal
         return journal
 
@@ -181,9 +169,10 @@ def config_float(config: Any, key: str, default: float) -> float:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` keys override the environment:
 
-    ``REDIS_URL``, ``FAIRBOOK_SYMBOLS`` (path), ``FAIRBOOK_REPLY_TIMEOUT`` (seconds to wait for
-    the worker before answering 202), ``MAX_CONTENT_LENGTH``, ``FAIRBOOK_MARKETS`` (a ready
-    ``dict[str, Market]``, for tests), ``FAIRBOOK_REDIS`` (a ready client, for tests).
+    ``REDIS_URL``, ``FAIRBOOK_SYMBOLS`` (path), ``FAIRBOOK_NAMESPACE``, ``FAIRBOOK_PARTITIONS``,
+    ``FAIRBOOK_REPLY_TIMEOUT`` (seconds to wait for the worker before answering 202),
+    ``MAX_CONTENT_LENGTH``, ``FAIRBOOK_MARKETS`` (a ready ``dict[str, Market]``, for tests),
+    ``FAIRBOOK_REDIS`` (a ready client, for tests).
     """
     config = dict(config or {})
     app = Flask(__name__)
@@ -198,11 +187,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     markets = config.get("FAIRBOOK_MARKETS") or load_markets(config.get("FAIRBOOK_SYMBOLS"))
     reply_timeout = config_float(config, "FAIRBOOK_REPLY_TIMEOUT", DEFAULT_REPLY_TIMEOUT)
     client = config.get("FAIRBOOK_REDIS")
-    raw = None
     if client is None:
-        url = config.get("REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         client = redis.Redis.from_url(
-            url,
+            redis_url(config.get("REDIS_URL")),
             decode_responses=True,
             socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=2,
@@ -210,15 +197,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         )
         if not redis.utils.HIREDIS_AVAILABLE:
             app.logger.warning("hiredis is not installed: Redis replies parse in pure Python")
-        raw = RawPool(url, timeout=REDIS_TIMEOUT_S, connect_timeout=2)
-    from worker.keys import all_partitions
-
+    namespace = Namespace.from_env(
+        markets, config.get("FAIRBOOK_NAMESPACE"), config.get("FAIRBOOK_PARTITIONS")
+    )
     app.extensions["fairbook"] = Fairbook(
-        markets=markets,
-        redis=client,
-        reply_timeout=reply_timeout,
-        partitions=all_partitions(symbols=markets),
-        raw=raw,
+        markets=markets, namespace=namespace, redis=client, reply_timeout=reply_timeout
     )
 
     _register_error_handlers(app)

@@ -1,6 +1,6 @@
 """Accounts and API-key authentication.
 
-Keys are random 256-bit tokens shown once; Redis keeps only ``sha256(key)`` in ``fb:accounts``
+Keys are random 256-bit tokens shown once; Redis keeps only ``sha256(key)`` in ``<ns>:accounts``
 so a leaked dump does not leak usable keys. Lookups are cached for a few seconds per process:
 the hot order path then costs no extra round trip.
 """
@@ -19,10 +19,9 @@ import click
 import redis
 from flask import Flask, g, request
 
+from protocol.keys import Keys
 from web import ApiError, state
 
-ACCOUNTS_KEY = "fb:accounts"
-NEXT_ACCOUNT_KEY = "fb:next_account"
 API_KEY_HEADER = "X-API-Key"
 MAX_NAME = 64
 _AUTH_CACHE_MAX = 10_000
@@ -30,30 +29,27 @@ _AUTH_CACHE_MAX = 10_000
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def account_key(account_id: str) -> str:
-    return f"fb:account:{account_id}"
-
-
 def hash_key(api_key: str) -> str:
     """What Redis stores for a key: its sha256 hex digest."""
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
 
-def create_account(client: redis.Redis, name: str) -> dict[str, str]:
+def create_account(client: redis.Redis, name: str, keys: Keys | None = None) -> dict[str, str]:
     """Make an account; return ``{"account_id", "api_key"}`` (the key is not stored anywhere).
 
     The id comes from INCR; the account hash and the key mapping are written in one MULTI so a
     crash never leaves a key pointing at a nameless account.
     """
+    keys = keys or Keys(0)
     name = name.strip()
     if not name or len(name) > MAX_NAME:
         raise ValueError(f"account name must be 1-{MAX_NAME} characters")
-    account_id = str(client.incr(NEXT_ACCOUNT_KEY))
+    account_id = str(client.incr(keys.next_account))
     api_key = "fb_" + secrets.token_urlsafe(32)
     pipe = client.pipeline(transaction=True)
     created = str(int(time.time() * 1000))
-    pipe.hset(account_key(account_id), mapping={"name": name, "created": created})
-    pipe.hset(ACCOUNTS_KEY, hash_key(api_key), account_id)
+    pipe.hset(keys.account(account_id), mapping={"name": name, "created": created})
+    pipe.hset(keys.accounts, hash_key(api_key), account_id)
     pipe.execute()
     return {"account_id": account_id, "api_key": api_key}
 
@@ -66,7 +62,7 @@ def lookup_account(api_key: str) -> str | None:
     hit = st.auth_cache.get(digest)
     if hit is not None and hit[1] > now:
         return hit[0]
-    account = st.redis.hget(ACCOUNTS_KEY, digest)
+    account = st.redis.hget(st.namespace.global_keys.accounts, digest)
     if account is None:
         st.auth_cache.pop(digest, None)
         return None
@@ -111,7 +107,8 @@ def init_app(app: Flask) -> None:
     def create_account_command(name: str) -> None:
         """Create an account and print {"account_id", "api_key"} as JSON (key shown once)."""
         try:
-            result = create_account(state().redis, name)
+            st = state()
+            result = create_account(st.redis, name, st.namespace.global_keys)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
         click.echo(json.dumps(result))

@@ -16,18 +16,14 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from engine.schema import (
-    ErrorCode,
-    Market,
-    Reason,
-    partition_of_id,
-    validate_amend_request,
-    validate_order_request,
-)
+from engine.commands import Reason, partition_of_id
+from engine.markets import Market
+from engine.units import ErrorCode
+from engine.validation import validate_amend_request, validate_order_request
+from protocol.keys import Keys
+from protocol.wire import parse_order_record
 from web import ApiError, state
 from web.accounts import require_account
-from worker.keys import Keys, partition_for_symbol
-from worker.orders import parse_order_record
 
 public = Blueprint("public", __name__)
 private = Blueprint("private", __name__, url_prefix="/api/v1")
@@ -49,13 +45,12 @@ _SMALL_INT = re.compile(r"^[0-9]{1,9}$")
 
 
 def keys(partition: int) -> Keys:
-    """Key names of a partition (the worker's :class:`Keys`, one instance per partition)."""
     return state().keys(partition)
 
 
 def partition_for(symbol: str) -> int:
-    """The symbol's partition, by the worker's own rule (``FAIRBOOK_PARTITIONS``)."""
-    return partition_for_symbol(symbol)
+    """The symbol's partition (``FAIRBOOK_PARTITIONS``, read once at start-up)."""
+    return state().namespace.partition(symbol)
 
 
 # -- request helpers ----------------------------------------------------------------------------
@@ -158,7 +153,7 @@ def _text(value: Any) -> str:
 
 def _load_owned_order(order_id: int, partition: int, account: str) -> dict[str, Any] | None:
     """The REST order object if the order exists and belongs to ``account``; another's is None."""
-    record = parse_order_record(state().get(keys(partition).order(order_id)))
+    record = parse_order_record(state().redis.get(keys(partition).order(order_id)))
     if record is None or record[0] != account:
         return None
     return record[1]
@@ -231,7 +226,7 @@ def cancel_order(order_id: str):
     """Cancel one order; the engine is the judge of ownership, Redis gives a fast 404."""
     oid, partition = _parse_order_id(order_id)
     st = state()
-    record = parse_order_record(st.get(keys(partition).order(oid)))
+    record = parse_order_record(st.redis.get(keys(partition).order(oid)))
     if record is not None and record[0] != g.account:
         raise _unknown_order(oid)
     wire = {"op": "cancel", "account": g.account, "order_id": oid}
@@ -356,7 +351,7 @@ def _scan_orders(key: str, partition: int, symbol: str | None, limit: int) -> li
 
 
 def _book(symbol: str) -> dict[str, Any]:
-    raw = state().get(keys(partition_for(symbol)).book(symbol))
+    raw = state().redis.get(keys(partition_for(symbol)).book(symbol))
     if not raw:
         return {"symbol": symbol, "sequence": 0, "bids": [], "asks": []}
     return json.loads(raw)

@@ -1,7 +1,7 @@
 """WebSocket API (``/ws``, flask-sock) and the browser trading page (``/``).
 
 Why this shape: each socket gets a bounded outbound queue drained by its own writer (a greenlet
-under gevent, a thread under gthread), so the one pub/sub reader of the process (web.pubsub.Hub)
+under gevent, a thread under gthread), so the one pub/sub reader of the process (web.hub.Hub)
 only ever does non-blocking puts: a slow client fills its own queue and is closed with 4008,
 nobody else waits for it. Frames are pre-encoded once per message by the hub; the writer sends
 them raw (uncompressed: per-socket deflate would multiply the CPU cost of every fan-out).
@@ -28,7 +28,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from web import config_float
-from web.pubsub import ChannelError, Hub, dumps, text_frame
+from web.hub import ChannelError, Hub, frame
 
 log = logging.getLogger("fairbook.ws")
 
@@ -128,7 +128,7 @@ class Connection:
 
     # -- replies --------------------------------------------------------------------------------
     def reply(self, body: dict[str, Any]) -> None:
-        if not self.offer(text_frame(dumps(body))):
+        if not self.offer(frame(body)):
             self.hub.remove(self)
             self.slow_consumer()
 
@@ -320,7 +320,7 @@ def get_hub() -> Hub:
                         )
                     )
 
-                hub = ext["fairbook_ws"] = Hub(factory, st.markets)
+                hub = ext["fairbook_ws"] = Hub(factory, st.markets, st.namespace)
                 hub.start()
     return hub
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -11,24 +12,24 @@ import sys
 import threading
 from typing import Any
 
-from engine.schema import load_markets
-from worker.keys import DEFAULT_NAMESPACE, PARTITIONS_ENV, all_partitions, symbols_of_partition
+from protocol.config import NAMESPACE_ENV, PARTITIONS_ENV, load_markets, redis_url
+from protocol.keys import DEFAULT_NAMESPACE, Namespace
 from worker.replay import replay_partition
 from worker.runner import PartitionWorker, connect
 
 log = logging.getLogger("worker")
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        default=redis_url(),
         help="Redis to use (default: $REDIS_URL, else %(default)s)",
     )
     parser.add_argument(
-        "--namespace", default=DEFAULT_NAMESPACE, help="key prefix (default: %(default)s)"
+        "--namespace",
+        default=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE,
+        help=f"key prefix (default: ${NAMESPACE_ENV}, else {DEFAULT_NAMESPACE})",
     )
     parser.add_argument(
         "--symbols",
@@ -73,12 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lease-ms", type=int, default=5000,
                      help="lease time-to-live; a standby takes over this long after a crash "
                      "(default: %(default)s)")
-    run.add_argument("--commit", choices=("auto", "thread", "process", "adaptive"),
-                     default="auto",
-                     help="render+commit batch k while matching k+1 on a thread, in a child "
-                     "process, or adaptive (a thread for small batches, the child for "
-                     "backlogs); auto = process with >= 4 CPUs, adaptive with 2-3 "
-                     "(default: %(default)s)")
     run.add_argument("--batch", type=int, default=1000,
                      help="max journal entries per batch / atomic commit (default: %(default)s)")
     replay = sub.add_parser(
@@ -105,26 +100,28 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _namespace(args: argparse.Namespace, markets: dict[str, Any]) -> Namespace:
+    partitions = args.partitions if args.partitions is not None else os.environ.get(PARTITIONS_ENV)
+    return Namespace(args.namespace, markets, partitions)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     markets = load_markets(args.symbols)
-    config = args.partitions if args.partitions is not None else os.environ.get(PARTITIONS_ENV)
-    partitions = all_partitions(config, markets)
-    if args.partition is None and len(partitions) > 1:
-        return _run_children(args, partitions)
-    partition = partitions[0] if args.partition is None else args.partition
+    namespace = _namespace(args, markets)
+    if args.partition is None and len(namespace.partitions) > 1:
+        return _run_children(args, namespace.partitions)
+    partition = namespace.partitions[0] if args.partition is None else args.partition
     worker = PartitionWorker(
         args.redis_url,
         partition,
         markets,
-        namespace=args.namespace,
-        partitions_config=config,
+        namespace=namespace,
         snapshot_every=args.snapshot_every,
         snapshot_seconds=args.snapshot_seconds,
         keep_snapshots=args.keep_snapshots,
         trim=args.trim,
         lease_ms=args.lease_ms,
         batch_size=args.batch,
-        commit=args.commit,
     )
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -156,15 +153,15 @@ def _run_children(args: argparse.Namespace, partitions: list[int]) -> int:
             "--namespace", args.namespace, "--snapshot-every", str(args.snapshot_every),
             "--snapshot-seconds", str(args.snapshot_seconds),
             "--keep-snapshots", str(args.keep_snapshots), "--lease-ms", str(args.lease_ms),
-            "--batch", str(args.batch), "--log-level", args.log_level,
-            "--commit", args.commit]  # fmt: skip
+            "--batch", str(args.batch), "--log-level", args.log_level]  # fmt: skip
     if args.symbols:
         base += ["--symbols", args.symbols]
     if args.partitions is not None:
         base += ["--partitions", args.partitions]
     if args.trim:
         base.append("--trim")
-    children = [subprocess.Popen([*base, "--partition", str(p)]) for p in partitions]
+    children = [subprocess.Popen([*base, "--partition", str(p)], preexec_fn=_die_with_parent)
+                for p in partitions]  # fmt: skip
     log.info("started %d partition workers: %s", len(children), partitions)
 
     def forward(signum: int, _frame: Any) -> None:
@@ -178,14 +175,23 @@ def _run_children(args: argparse.Namespace, partitions: list[int]) -> int:
     return max(codes, default=0)
 
 
+def _die_with_parent() -> None:
+    """In a partition child before exec: SIGTERM (stop after this batch) when the parent
+    dies, however it dies: a partition must never be matched by an orphan."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     markets = load_markets(args.symbols)
-    config = args.partitions if args.partitions is not None else os.environ.get(PARTITIONS_ENV)
-    partitions = all_partitions(config, markets) if args.partition is None else [args.partition]
+    namespace = _namespace(args, markets)
+    partitions = namespace.partitions if args.partition is None else [args.partition]
     client = connect(args.redis_url)
     worst = 0
     for partition in partitions:
-        mine = {s: markets[s] for s in symbols_of_partition(partition, markets, config)}
+        mine = {s: markets[s] for s in namespace.symbols_of(partition)}
         if not mine:
             print(f"partition {partition}: no symbols", file=sys.stderr)
             return 2

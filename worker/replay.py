@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 
 import redis
 
-from engine.schema import Market
-from worker.keys import DEFAULT_NAMESPACE, Keys
+from engine.markets import Market
+from protocol.keys import DEFAULT_NAMESPACE, Keys
 from worker.processor import Processor, parse_stream_id
-from worker.runner import SnapshotStore, _text, stream_was_trimmed
+from worker.snapshots import SnapshotStore, stream_was_trimmed
 
 CHUNK = 2000
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -109,8 +113,10 @@ def replay_partition(
         batch = proc.process(entries, emit=False)
         result.entries += len(entries)
         last = proc.last_id or last
-        for trade_id, record, maker_account, taker_account, _symbol in batch.trades:
-            want = {"t": record, "ma": maker_account, "ta": taker_account}
+        for trade in batch.trades:
+            trade_id = trade.stream_id
+            record = trade.record.decode()
+            want = {"t": record, "ma": trade.maker_account, "ta": trade.taker_account}
             got = next(recorded, None)
             if got is None:
                 result.ok = False
@@ -132,7 +138,7 @@ def replay_partition(
         else:
             for symbol in sorted(markets):
                 stored = _text(client.get(keys.book(symbol)))
-                mine = proc.book_json(symbol)
+                mine = proc.book_value(symbol).decode()
                 if stored is not None and stored != mine:
                     result.ok = False
                     result.difference = (

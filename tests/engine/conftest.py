@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from engine_helpers import small_markets as _small_markets
 
+from engine.markets import Market
 from engine.matcher import MatchingEngine
-from engine.schema import Market, load_markets
+from protocol.config import load_markets
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from engine.matcher import MatchingEngine
-from engine.schema import (
+from engine.commands import (
     BUY,
     CANCEL_BOTH,
     CANCEL_MAKER,
@@ -33,9 +32,10 @@ from engine.schema import (
     CancelAll,
     CancelOrder,
     Command,
-    Market,
     NewOrder,
 )
+from engine.markets import Market
+from engine.matcher import MatchingEngine
 
 Event = tuple[Any, ...]
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from engine.schema import (
+from engine.commands import (
     BUY,
     CANCEL_BOTH,
     CANCEL_MAKER,
@@ -54,10 +54,10 @@ from engine.schema import (
     AmendOrder,
     CancelAll,
     CancelOrder,
-    Market,
     NewOrder,
     Reason,
 )
+from engine.markets import Market
 
 Event = tuple[Any, ...]
 BBOTuple = tuple[int | None, int, int | None, int]

@@ -9,8 +9,10 @@ import pytest
 from engine_helpers import DIFF_SPECS, SMALL_SPECS, SymbolSpec, build_commands, random_ops
 from reference import ReferenceEngine
 
+from engine.commands import Command
+from engine.markets import Market
 from engine.matcher import MatchingEngine
-from engine.schema import Command, Market, load_markets
+from protocol.config import load_markets
 
 N_COMMANDS = 10_000
 
@@ -35,6 +37,7 @@ def compare(
     for i, cmd in enumerate(commands):
         got = engine.apply(cmd)
         want = ref.apply(cmd)
+        engine.check()
         if got != want:
             recent = "\n".join(f"    #{j}: {commands[j]!r}" for j in range(max(0, i - 15), i))
             pytest.fail(_explain(i, cmd, got, want, "previous commands:\n" + recent))

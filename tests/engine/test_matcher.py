@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from engine_helpers import Cmds, kinds, make_market, of_kind, order_events
 
-from engine.matcher import MatchingEngine
-from engine.schema import (
+from engine.commands import (
     BUY,
     CANCEL_BOTH,
     CANCEL_TAKER,
@@ -25,11 +24,12 @@ from engine.schema import (
     TAKE_PROFIT_LIMIT,
     AmendOrder,
     CancelOrder,
-    Market,
     NewOrder,
     Reason,
-    load_markets,
 )
+from engine.markets import Market
+from engine.matcher import MatchingEngine
+from protocol.config import load_markets
 
 S = "AB-C"
 
@@ -798,3 +798,35 @@ def test_unknown_command_type_raises(eng: MatchingEngine) -> None:
     with pytest.raises(TypeError):
         eng.apply(object())  # type: ignore[arg-type]
     assert eng.apply(CancelOrder(1, 1, "a", 1)) == [("reject", 1, "a", Reason.UNKNOWN_ORDER)]
+
+
+def test_check_finds_every_kind_of_corruption(engine: MatchingEngine, c: Cmds) -> None:
+    """``check()`` is only worth calling after every command if it notices a broken book."""
+    from engine.commands import STOP_LOSS
+
+    for cmd in (
+        c.limit("a", "buy", 99, 5),
+        c.limit("a", "buy", 98, 5),
+        c.limit("b", "sell", 101, 5),
+        c.new("s", "sell", type=STOP_LOSS, quantity=1, stop_price=90),
+    ):
+        engine.apply(cmd)
+    engine.check()
+    corruptions: dict[str, Any] = {
+        "a level's total": lambda e, b: setattr(b.bids[99], "total", 4),
+        "a level's count": lambda e, b: setattr(b.bids[99], "count", 2),
+        "the cached best bid": lambda e, b: setattr(b, "best_bid", 98),
+        "a crossed book": lambda e, b: setattr(b, "best_ask", 99),
+        "an unindexed order": lambda e, b: e.index.orders.pop(1),
+        "a dead order on a level": lambda e, b: setattr(b.bids[98].orders[0], "remaining", 0),
+        "the cached trigger": lambda e, b: setattr(e.stops[S], "fall_at", None),
+        "an unreported top of book": lambda e, b: setattr(b, "last_bbo", (None, 0, None, 0)),
+        "the arrival counter": lambda e, b: setattr(e, "seq", 0),
+    }
+    for what, corrupt in corruptions.items():
+        copy = MatchingEngine.restore(engine.markets, engine.snapshot())
+        copy.check()
+        corrupt(copy, copy.book(S))
+        with pytest.raises(AssertionError):
+            copy.check()
+            pytest.fail(f"check() missed {what}")

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import ReferenceEngine
 
-from engine.matcher import MatchingEngine
-from engine.schema import (
+from engine.commands import (
     BUY,
     CANCELLED,
     FILLED,
@@ -25,6 +24,7 @@ from engine.schema import (
     NewOrder,
     Reason,
 )
+from engine.matcher import MatchingEngine
 
 Event = tuple[Any, ...]
 SYMBOLS = [s.symbol for s in SMALL_SPECS]
@@ -67,6 +67,7 @@ def run(ops: list[tuple[Any, ...]], with_books: bool = False) -> Run:
             )
             ref.apply(cmd)
         result.events.append(engine.apply(cmd))
+        engine.check()  # every invariant, after every command
     result.engine = engine
     return result
 
@@ -210,6 +211,7 @@ def test_snapshot_restore_equivalence(ops: list[tuple[Any, ...]], data: st.DataO
             engine = MatchingEngine.restore(markets, blob)
             assert engine.snapshot() == blob
         assert engine.apply(cmd) == expected[i], (i, cmd)
+        engine.check()
     assert engine.snapshot() == straight.snapshot()
 
 
@@ -256,6 +258,7 @@ def test_depth_and_bbo_match_reference(ops: list[tuple[Any, ...]]) -> None:
     ref = ReferenceEngine(markets)
     for cmd in build_commands(SMALL_SPECS, ops):
         assert engine.apply(cmd) == ref.apply(cmd), cmd
+        engine.check()
         for s in SYMBOLS:
             for n in (1, 3, 10**6):
                 assert engine.book(s).depth(n) == ref.depth(s, n)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import redis
 
+from protocol.keys import Keys
 from web import create_app
 from web.accounts import create_account
-from worker.keys import Keys
 
 
 @pytest.fixture

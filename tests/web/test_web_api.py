@@ -7,10 +7,10 @@ import re
 
 import pytest
 
+from protocol.keys import Keys
 from redis_server import free_port
 from web import create_app
 from web.accounts import hash_key
-from worker.keys import Keys
 
 K = Keys(0)
 ORDER = {"symbol": "BTC-USDT", "side": "buy", "type": "limit", "price": "100.5", "quantity": "0.01"}

@@ -7,7 +7,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.schema import ORDER_REQUEST_FIELDS
+from engine.validation import ORDER_REQUEST_FIELDS
 
 # the fixtures (app, account) are meant to be shared by all examples of a test
 FIXTURES_OK = [HealthCheck.function_scoped_fixture]

@@ -20,7 +20,7 @@ import requests
 import websocket
 
 from bench.stack import Stack
-from worker.journal import Journal
+from web.journal import Journal
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from wk_helpers import WorkerThread
 
-from engine.schema import Market, load_markets
+from engine.markets import Market
+from protocol.config import load_markets
 from worker.runner import PartitionWorker
 
 

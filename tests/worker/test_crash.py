@@ -23,12 +23,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from engine.schema import load_markets
+from bench.flow import OrderFlow
+from protocol.config import load_markets
+from protocol.keys import Keys
 from redis_server import RedisServer
 from reply_listener import ReplyListener
-from worker.journal import Journal
-from worker.keys import Keys
-from worker.loadgen import OrderFlow
+from web.journal import Journal
 from worker.processor import parse_stream_id
 from worker.replay import replay_partition
 
@@ -41,9 +41,8 @@ PER_FEEDER = 2500
 class WorkerProcess:
     """``python -m worker`` as a child process, logging to a file."""
 
-    def __init__(self, url: str, log_path: Path, commit: str) -> None:
+    def __init__(self, url: str, log_path: Path) -> None:
         self.url = url
-        self.commit = commit
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -52,7 +51,7 @@ class WorkerProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "--redis-url", self.url, "--lease-ms", "1000",
-             "--snapshot-every", "700", "--batch", "200", "--commit", self.commit],
+             "--snapshot-every", "700", "--batch", "200"],
             cwd=ROOT, env=env, stdout=log, stderr=log,
         )  # fmt: skip
         log.close()
@@ -102,12 +101,11 @@ def feeder(port: int, seed: int, acked: list[int], stop: threading.Event) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("commit", ["thread", "process", "adaptive"])
-def test_kill_dash_nine_everything(tmp_path: Path, commit: str) -> None:
+def test_kill_dash_nine_everything(tmp_path: Path) -> None:
     started = time.monotonic()
     server = RedisServer(dir=tmp_path / "redis", appendfsync="always")
     server.start()
-    worker = WorkerProcess(server.url, tmp_path / "worker.log", commit)
+    worker = WorkerProcess(server.url, tmp_path / "worker.log")
     stop = threading.Event()
     acked: list[list[int]] = [[] for _ in range(FEEDERS)]
     threads = [
@@ -190,12 +188,9 @@ def test_kill_dash_nine_everything(tmp_path: Path, commit: str) -> None:
         result = replay_partition(client, 0, load_markets())
         assert result.ok, result.summary()
         assert result.trades == len(numbers)
-        # the whole log, not its tail: a killed commit child's traceback can be longer than that
         recoveries = worker.log_path.read_text(errors="replace").count("recovered from")
         # (a restart killed while still waiting for the lease never gets to recover)
         assert 1 <= recoveries <= kills + 1, f"{recoveries} recoveries for {kills} restarts"
-        if commit == "adaptive":  # the backlogs after restarts went to the commit process
-            assert "rendering in the commit process" in worker.log_path.read_text()
     finally:
         stop.set()
         listener.stop()

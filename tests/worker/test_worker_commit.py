@@ -8,9 +8,9 @@ import time
 import pytest
 from wk_helpers import last_stream_id, wait_applied
 
-from worker.journal import Journal
-from worker.keys import Keys
-from worker.orders import parse_order_record
+from protocol.keys import Keys
+from protocol.wire import parse_order_record
+from web.journal import Journal
 
 K = Keys(0)
 
@@ -26,9 +26,8 @@ def ask(journal: Journal, wire: dict) -> dict:
     return reply
 
 
-@pytest.mark.parametrize("commit_process", [False, True], ids=["commit-thread", "commit-process"])
-def test_order_lifecycle_writes(redis_client, start_worker, commit_process) -> None:
-    start_worker(commit_process=commit_process)
+def test_order_lifecycle_writes(redis_client, start_worker) -> None:
+    start_worker()
     j = Journal(redis_client, 0)
     maker = ask(j, new("1", "sell", "100.5", "0.1", client_order_id="m-1"))
     assert maker["ok"] is True
@@ -164,11 +163,10 @@ def test_replies_are_one_message_per_inbox_per_batch(redis_client, start_worker)
     assert redis_client.keys("*reply*") == []
 
 
-@pytest.mark.parametrize("commit_process", [False, True], ids=["commit-thread", "commit-process"])
-def test_pubsub_messages(redis_client, start_worker, commit_process) -> None:
+def test_pubsub_messages(redis_client, start_worker) -> None:
     pubsub = redis_client.pubsub()
     pubsub.psubscribe("fb:md:*", "fb:acct:*")
-    start_worker(commit_process=commit_process)
+    start_worker()
     j = Journal(redis_client, 0)
     maker = ask(j, new("1", "sell", "100.5", "0.1"))["order"]
     ask(j, new("2", "buy", "100.5", "0.03"))
@@ -201,136 +199,72 @@ def test_pubsub_messages(redis_client, start_worker, commit_process) -> None:
     assert order_events[0]["type"] == "limit"  # the order's own type field is intact
 
 
-def test_commit_process_answers_in_order_and_reports_a_render_failure(
-    redis_client, redis_url, markets
-) -> None:
-    """The child renders batch k+1 while its commit thread runs batch k: a batch that cannot be
-    rendered must still be reported after k's "ok", and nothing after it is committed."""
-    from worker.processor import Batch, Processor
-    from worker.runner import CommitterDied, ProcessCommitter
+class _Lease:
+    """Just a token: the writer reads nothing else of the lease."""
 
-    journal = Journal(redis_client, 0)
-    journal.append_many([new("a1", "buy", "100", "1"), new("a2", "sell", "100", "1")])
-    entries = redis_client.xrange(K.stream)
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+
+def _counting(writer) -> list[list[bytes]]:
+    """Record every write of the writer's commits (not the connection's handshake)."""
+    sends: list[list[bytes]] = []
+    send = writer.conn.send_packed_command
+
+    def counting_send(data, check_health=True):  # type: ignore[no-untyped-def]
+        if any(b"WATCH" in part or b"MULTI" in part for part in data):
+            sends.append(data)
+        send(data, check_health)
+
+    writer.conn.send_packed_command = counting_send  # type: ignore[method-assign]
+    return sends
+
+
+def test_commit_is_sent_before_it_is_read_one_write_each(redis_client, markets) -> None:
+    """The check for the next commit rides behind each EXEC, so a commit is one write; it is
+    sent before its replies are read, so the next batch can be matched meanwhile."""
+    from worker.commit import BatchWriter
+
     redis_client.set(K.lease, "token-1")
-    proc = Processor(markets, 0)
-    committer = ProcessCommitter(redis_url, K, markets, proc, "token-1", None)
+    writer = BatchWriter(redis_client, K, _Lease("token-1"))  # type: ignore[arg-type]
+    sends = _counting(writer)
     try:
-        committer.submit(proc.process(entries))
-        broken = Batch()
-        broken.plan = ("not", "a", "plan")
-        committer.submit(broken)
-        with pytest.raises(CommitterDied, match="ValueError"):
-            committer.drain()
-        assert redis_client.get(K.applied) == entries[-1][0]  # batch 1 landed, in order
-        assert redis_client.xlen(K.trades) == 1
+        writer.commit([("SET", "fb:t:k1", "1")], "1-1")
+        assert len(sends) == 2  # the first commit checks first
+        writer.send([("SET", "fb:t:k2", "2")], "1-2")
+        assert len(sends) == 3 and writer.in_flight  # one write, nothing read yet
+        writer.finish()
+        assert not writer.in_flight and writer.committed == "1-2"
+        assert redis_client.get(K.applied) == b"1-2" and redis_client.get("fb:t:k2") == b"2"
+        writer.commit([("SET", "fb:t:k3", "3")], "1-3")
+        assert len(sends) == 4
     finally:
-        committer.close()
-
-
-def test_thread_commit_is_inline_when_nothing_waits(redis_client, redis_url, markets) -> None:
-    """No batch waiting and none in flight: the commit runs in the caller (no hand-over);
-    otherwise on the committer thread. Either way batches land in order."""
-    import threading
-
-    from worker.processor import Processor
-    from worker.runner import OutputWriter, ThreadCommitter, _Token
-
-    journal = Journal(redis_client, 0)
-    journal.append_many(
-        [new("a1", "buy", "100", "1"), new("a2", "sell", "100", "1"), new("a3", "buy", "99", "1")]
-    )
-    entries = redis_client.xrange(K.stream)
-    redis_client.set(K.lease, "token-1")
-    proc = Processor(markets, 0)
-    writer = OutputWriter(redis_url, redis_client, K, _Token("token-1"))  # type: ignore[arg-type]
-    committed_by: list[str] = []
-    commit = writer.commit
-
-    def recording_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
-        committed_by.append(threading.current_thread().name)
-        return commit(*args, **kwargs)
-
-    writer.commit = recording_commit  # type: ignore[method-assign]
-    committer = ThreadCommitter(writer, proc)
-    try:
-        committer.submit(proc.process(entries[:1]), more=False)
-        assert committed_by == [threading.current_thread().name]
-        assert redis_client.get(K.applied) == entries[0][0]  # committed when submit returned
-        committer.submit(proc.process(entries[1:2]), more=True)  # a batch waits: overlap
-        committer.submit(proc.process(entries[2:]), more=False)
-        committer.drain()
-        assert committed_by[1] == "committer" and len(committed_by) == 3
-        assert redis_client.get(K.applied) == entries[-1][0]
-        assert redis_client.xlen(K.trades) == 1
-    finally:
-        committer.close()
         writer.close()
 
 
-def test_commit_takes_one_round_trip_and_survives_a_stale_check(
-    redis_client, redis_url, markets
-) -> None:
-    """The check for the next commit rides behind each EXEC: one write per commit. If another
-    committer moved ``applied`` meanwhile (the adaptive switch), the stale check is redone, not
-    mistaken for a conflict; a lease taken meanwhile is still refused."""
-    from worker.runner import LeaseLost, OutputWriter, _Token
+def test_an_interrupted_exec_is_resent_a_stolen_lease_writes_nothing(redis_client) -> None:
+    """Our own lease renewal touches a watched key: that EXEC fails and is sent again. A lease
+    somebody else holds, or an ``applied`` somebody else moved, is refused with nothing written."""
+    from worker.commit import BatchWriter, StateMismatch
+    from worker.lease import LeaseLost
 
     redis_client.set(K.lease, "token-1")
-    writer = OutputWriter(redis_url, redis_client, K, _Token("token-1"))  # type: ignore[arg-type]
-    other = OutputWriter(redis_url, redis_client, K, _Token("token-1"))  # type: ignore[arg-type]
-    sends: list[bytes] = []
-    send = writer.conn.send
-
-    def counting_send(data: bytes) -> None:
-        sends.append(data)
-        send(data)
-
-    writer.conn.send = counting_send  # type: ignore[method-assign]
+    writer = BatchWriter(redis_client, K, _Lease("token-1"))  # type: ignore[arg-type]
+    sends = _counting(writer)
     try:
-        writer.commit(["*3\r\n$3\r\nSET\r\n$7\r\nfb:t:k1\r\n$1\r\n1\r\n"], "1-1")
-        assert len(sends) == 2  # the first commit checks first
-        writer.commit(["*3\r\n$3\r\nSET\r\n$7\r\nfb:t:k2\r\n$1\r\n2\r\n"], "1-2")
-        assert len(sends) == 3  # then one write per commit
-        assert redis_client.get(K.applied) == b"1-2" and redis_client.get("fb:t:k2") == b"2"
-        # another committer takes over for a while, as the commit process does
-        other.committed = "1-2"
-        other.commit([], "1-3")
-        writer.committed = "1-3"
-        writer.commit([], "1-4")  # stale check (applied was 1-2): redone, then committed
-        assert redis_client.get(K.applied) == b"1-4"
+        writer.commit([], "1-1")  # its EXEC carried the WATCH of the next commit
+        redis_client.pexpire(K.lease, 60_000)  # what the renewal does: the WATCH fires
+        writer.commit([("SET", "fb:t:a", "1")], "1-2")
+        assert redis_client.get("fb:t:a") == b"1" and writer.committed == "1-2"
+        assert len(sends) == 4  # first check + commit, the commit in flight, and its resend
         redis_client.set(K.lease, "token-2")  # somebody else holds the partition now
         with pytest.raises(LeaseLost):
-            writer.commit(["*3\r\n$3\r\nSET\r\n$7\r\nfb:t:k3\r\n$1\r\n3\r\n"], "1-5")
-        assert redis_client.get("fb:t:k3") is None and redis_client.get(K.applied) == b"1-4"
+            writer.commit([("SET", "fb:t:b", "2")], "1-3")
+        assert redis_client.get("fb:t:b") is None and redis_client.get(K.applied) == b"1-2"
+        redis_client.set(K.lease, "token-1")
+        redis_client.set(K.applied, "9-9")  # another writer moved applied
+        with pytest.raises(StateMismatch):
+            writer.commit([("SET", "fb:t:b", "2")], "9-10")
+        assert redis_client.get("fb:t:b") is None and redis_client.get(K.applied) == b"9-9"
     finally:
         writer.close()
-        other.close()
-
-
-def test_adaptive_commit_moves_between_thread_and_process_in_order(
-    redis_client, start_worker, markets
-) -> None:
-    """Backlogs go to the child process, live flow to the thread; every switch waits for the
-    active committer, so the result is the exact, gap-free outcome of the journal."""
-    from wk_helpers import feed, trade_numbers
-
-    from worker.replay import replay_partition
-
-    flow = feed(redis_client, markets, 1500, seed=11)  # a backlog before the worker starts
-    wt = start_worker(commit="adaptive", batch_size=400)
-    wait_applied(redis_client, last_stream_id(redis_client))
-    committer = wt.worker.committer
-    assert committer.active is committer.process and committer.switches == 1
-    j = Journal(redis_client, 0)
-    live = ask(j, new("x99", "buy", "1000", "0.01"))  # one command alone: back to the thread
-    assert live["order"]["status"] == "new"
-    assert committer.active is committer.thread and committer.switches == 2
-    flow = feed(redis_client, markets, 1500, seed=11, flow=flow)  # a burst: the child again
-    wait_applied(redis_client, last_stream_id(redis_client))
-    assert ask(j, {"op": "cancel", "account": "x99", "order_id": live["order"]["order_id"]})["ok"]
-    assert committer.switches >= 3
-    wt.stop()
-    numbers = trade_numbers(redis_client)
-    assert len(numbers) > 300 and numbers == list(range(1, len(numbers) + 1))
-    assert replay_partition(redis_client, 0, markets).ok

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from wk_helpers import feed, last_stream_id, redis_state, trade_numbers, wait_applied
 
-from worker.journal import Journal
-from worker.keys import Keys
-from worker.processor import resp
+from protocol.keys import Keys
+from web.journal import Journal
+from worker.commit import BatchWriter, StateMismatch
+from worker.lease import Lease, LeaseLost
+from worker.processor import Message
 from worker.replay import replay_partition
-from worker.runner import Lease, LeaseLost, OutputWriter, StateMismatch, connect
+from worker.runner import connect
 
 K = Keys(0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,10 +45,9 @@ def test_two_workers_one_active_standby_takes_over(redis_client, start_worker, m
     assert replay_partition(redis_client, 0, markets).ok
 
 
-@pytest.mark.parametrize("commit_process", [False, True], ids=["commit-thread", "commit-process"])
-def test_stolen_lease_fences_writes(redis_client, start_worker, markets, commit_process):
+def test_stolen_lease_fences_writes(redis_client, start_worker, markets):
     # slow renewal: the commit must notice first
-    a = start_worker(lease_ms=1000, renew_s=5.0, commit_process=commit_process)
+    a = start_worker(lease_ms=1000, renew_s=5.0)
     assert a.worker.active.wait(10)
     journal = Journal(redis_client, 0)
     _, reply = journal.submit({"op": "new", "account": "1", "symbol": "BTC-USDT", "side": "buy",
@@ -74,16 +75,16 @@ def test_stolen_lease_fences_writes(redis_client, start_worker, markets, commit_
 def test_writer_refuses_on_applied_mismatch_or_foreign_lease(redis_client):
     url = f"redis://127.0.0.1:{redis_client.connection_pool.connection_kwargs['port']}/0"
     lease = Lease(connect(url), K.lease, ttl_ms=5000)
-    writer = OutputWriter(url, redis_client, K, lease)
+    writer = BatchWriter(redis_client, K, lease)
     with pytest.raises(LeaseLost):
-        writer.commit([resp(["SET", "fb:{p0}:x", "1"])], "1-0")
+        writer.commit([("SET", "fb:{p0}:x", "1")], "1-0")
     assert lease.acquire()
     writer.committed = "5-0"  # we believe 5-0 was applied; Redis has nothing
     with pytest.raises(StateMismatch):
-        writer.commit([resp(["SET", "fb:{p0}:x", "1"])], "6-0")
+        writer.commit([("SET", "fb:{p0}:x", "1")], "6-0")
     assert not redis_client.exists("fb:{p0}:x") and not redis_client.exists(K.applied)
     writer.committed = None
-    writer.commit([resp(["SET", "fb:{p0}:x", "1"])], "6-0", [("fb:md:X", "{}")])
+    writer.commit([("SET", "fb:{p0}:x", "1")], "6-0", [Message("fb:md:X", b"{}")])
     assert redis_client.get("fb:{p0}:x") == b"1" and redis_client.get(K.applied) == b"6-0"
     writer.close()
 

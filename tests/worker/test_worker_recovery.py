@@ -6,7 +6,7 @@ import json
 
 from wk_helpers import feed, last_stream_id, redis_state, trade_numbers, wait_applied
 
-from worker.keys import Keys
+from protocol.keys import Keys
 from worker.replay import replay_partition
 
 K = Keys(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from wk_helpers import feed, last_stream_id, wait_applied
 
-from worker.keys import Keys
+from protocol.keys import Keys
 
 K = Keys(0)
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from worker.keys import Keys
+from protocol.keys import Keys
 from worker.runner import PartitionWorker
 
 
@@ -58,8 +58,8 @@ def last_stream_id(client: Any, partition: int = 0) -> str:
 
 def feed(client: Any, markets: dict, n: int, seed: int = 1, flow: Any = None) -> Any:
     """Append ``n`` seeded mixed commands through the real append script; returns the flow."""
-    from worker.journal import Journal
-    from worker.loadgen import OrderFlow
+    from bench.flow import OrderFlow
+    from web.journal import Journal
 
     flow = flow or OrderFlow(markets, seed=seed, accounts=20)
     journal = Journal(client, 0)

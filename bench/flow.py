@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from engine.schema import Market
+from engine.markets import Market
 
 
 class OrderFlow:

@@ -1,0 +1,143 @@
+"""The wire codec and the shape of every record and message the worker writes and the web reads.
+
+Every JSON text is produced by one encoder (:func:`dumps`, orjson: compact, insertion-ordered,
+escaping whatever needs escaping), never by string formatting. Already-encoded parts are spliced
+in as :class:`orjson.Fragment`, so an order body is encoded once for the reply, the record and
+the account event. Readers decode with :func:`loads` and treat anything unreadable as absent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import orjson
+
+#: The journal entry's one field: the wire command JSON.
+COMMAND_FIELD: Final = "c"
+#: ``reply_to`` = "<inbox id>-<n>": the reply goes to channel ``inbox:<inbox id>``.
+_REPLY_TOKEN = re.compile(r"([A-Za-z0-9_]{1,32})-[0-9]{1,20}")
+
+Fragment = orjson.Fragment
+DecodeError = orjson.JSONDecodeError
+
+
+def dumps(obj: Any) -> bytes:
+    """The one JSON encoding of Fairbook: compact, UTF-8."""
+    return orjson.dumps(obj)
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode JSON; raises :data:`DecodeError` (a ValueError)."""
+    return orjson.loads(data)
+
+
+# -- replies ------------------------------------------------------------------------------------
+
+
+def reply_token(inbox_id: str, n: int) -> str:
+    return f"{inbox_id}-{n}"
+
+
+def reply_inbox(token: Any) -> str | None:
+    """The inbox id of a well-formed ``reply_to`` token, else None (nobody to answer)."""
+    if type(token) is not str:
+        return None
+    match = _REPLY_TOKEN.fullmatch(token)
+    return None if match is None else match.group(1)
+
+
+def order_reply(order: bytes) -> bytes:
+    """``{"ok": true, "order": <REST order object>}``."""
+    return dumps({"ok": True, "order": Fragment(order)})
+
+
+def cancelled_reply(orders: list[bytes]) -> bytes:
+    """The answer to cancel_all: ``{"ok": true, "cancelled": [<REST order object>, ...]}``."""
+    return dumps({"ok": True, "cancelled": [Fragment(o) for o in orders]})
+
+
+def error_reply(code: str, message: str) -> bytes:
+    return dumps({"ok": False, "error": {"code": code, "message": message}})
+
+
+def inbox_message(replies: dict[str, bytes]) -> bytes:
+    """One message per inbox per batch: ``{reply_to token: reply, ...}`` in journal order."""
+    return dumps({token: Fragment(reply) for token, reply in replies.items()})
+
+
+# -- order records ------------------------------------------------------------------------------
+
+
+def order_record(account: str, order: dict[str, Any]) -> bytes:
+    """The ``order:<id>`` value: the REST order object (fills included) plus its owner."""
+    return dumps({"account": account, **order})
+
+
+def parse_order_record(raw: bytes | str | None) -> tuple[str, dict[str, Any]] | None:
+    """``order:<id>`` value -> (account, REST order object); None if absent or unreadable."""
+    if not raw:
+        return None
+    try:
+        obj = loads(raw)
+    except DecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    account = obj.pop("account", None)
+    if not isinstance(account, str):
+        return None
+    return account, obj
+
+
+# -- market data and account messages -----------------------------------------------------------
+
+
+def trade_record(
+    trade_id: int, symbol: str, price: str, quantity: str, aggressor_side: str,
+    maker_order_id: int, taker_order_id: int, maker_fee: str, taker_fee: str, fee_asset: str,
+    timestamp: int,
+) -> bytes:  # fmt: skip
+    """The REST trade record (also the trades stream's ``t`` and the md message's trades)."""
+    return dumps(
+        {"trade_id": trade_id, "symbol": symbol, "price": price, "quantity": quantity,
+         "aggressor_side": aggressor_side, "maker_order_id": maker_order_id,
+         "taker_order_id": taker_order_id, "maker_fee": maker_fee, "taker_fee": taker_fee,
+         "fee_asset": fee_asset, "timestamp": timestamp}
+    )  # fmt: skip
+
+
+def bbo_object(sequence: int, bid_price: str | None, bid_qty: str, ask_price: str | None,
+               ask_qty: str) -> dict[str, Any]:  # fmt: skip
+    return {"sequence": sequence, "bid_price": bid_price, "bid_qty": bid_qty,
+            "ask_price": ask_price, "ask_qty": ask_qty}  # fmt: skip
+
+
+def book_value(symbol: str, sequence: int, bids: list[list[str]], asks: list[list[str]],
+               bbo: dict[str, Any], last_trade_id: int) -> bytes:  # fmt: skip
+    """The ``book:<symbol>`` value: top levels best first, and the sequences to sync on."""
+    return dumps(
+        {"symbol": symbol, "sequence": sequence, "bids": bids, "asks": asks, "bbo": bbo,
+         "bbo_sequence": bbo["sequence"], "last_trade_id": last_trade_id}
+    )  # fmt: skip
+
+
+def market_data_message(symbol: str, trades: list[bytes], book: dict[str, Any] | None,
+                        bbo: dict[str, Any] | None) -> bytes:  # fmt: skip
+    """One ``md:<symbol>`` message per batch: its trades, book increment and last BBO.
+
+    ``book`` = ``{prev_sequence, sequence, bids, asks}`` covers level changes in
+    ``(prev_sequence, sequence]``; a quantity of zero removes the level.
+    """
+    return dumps({"symbol": symbol, "trades": [Fragment(t) for t in trades], "book": book,
+                  "bbo": bbo})  # fmt: skip
+
+
+def account_message(account: str, events: list[bytes]) -> bytes:
+    """One ``acct:<account>`` message per batch: the account's order and fill events."""
+    return dumps({"account": account, "events": [Fragment(e) for e in events]})
+
+
+def resync_message(partition: int) -> bytes:
+    """On the control channel after a worker recovered: clients must take fresh snapshots."""
+    return dumps({"type": "resync", "partition": partition})

@@ -1,0 +1,626 @@
+"""Per-process market-data hub: ONE Redis pub/sub connection fanned out to every WebSocket.
+
+Why one connection with pattern subscriptions (``<ns>:md:*``, ``<ns>:acct:*``, the control
+channel): it is live before the first client subscribes, so a book snapshot read later can
+never miss an increment ("subscribe before snapshot" holds for free). Messages nobody here
+listens to are dropped after a dict lookup on the channel name, before any JSON is parsed.
+
+Books: the worker publishes, per batch, the levels that changed (with the sequence range they
+cover); the hub keeps ONE copy of each subscribed symbol's book (:class:`BookMirror`: the
+``book:<symbol>`` key plus those increments) and forwards each increment to every depth view as
+the part of it that view can see, plus the levels that enter or leave its top N. A client that
+applies snapshot + updates therefore holds exactly ``GET /api/v1/book/<symbol>?depth=N``.
+
+Frames are encoded once and the same ``bytes`` object is offered to every subscriber's bounded
+queue; a full queue closes that socket (slow consumer) without ever blocking this reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import redis
+from sortedcontainers import SortedDict
+
+from engine.markets import Market
+from protocol import wire
+from protocol.keys import Namespace
+
+log = logging.getLogger("fairbook.ws")
+
+DEFAULT_DEPTH = 50
+MAX_DEPTH = 500  # the worker's book key holds the top 500 levels per side
+SIDES = ("bids", "asks")
+
+Level = tuple[str, str]  # (price, quantity) as the worker rendered them
+
+
+def text_frame(payload: str | bytes) -> bytes:
+    """An unmasked, unfragmented, uncompressed WebSocket text frame (server -> client).
+
+    Server frames are never masked, so one encoding serves every socket of the process.
+    """
+    data = payload.encode() if isinstance(payload, str) else payload
+    n = len(data)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + data
+
+
+def frame(obj: Any) -> bytes:
+    return text_frame(wire.dumps(obj))
+
+
+class Subscriber(Protocol):
+    """What the hub needs from a socket (web.ws.Connection)."""
+
+    account: str | None
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a frame without blocking; False means the queue overflowed."""
+        ...
+
+    def next_sequence(self, channel: str) -> int: ...
+
+    def slow_consumer(self) -> None:
+        """Called (outside the hub lock) after :meth:`offer` returned False."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# One book per symbol, and what each depth view of it sees
+# ---------------------------------------------------------------------------------------------
+
+
+class BookView:
+    """The subscribers of ``book:<symbol>[:<depth>]`` and the sequence of their last frame."""
+
+    __slots__ = ("channel", "depth", "subs", "sequence")
+
+    def __init__(self, channel: str, depth: int, sequence: int) -> None:
+        self.channel = channel
+        self.depth = depth
+        self.subs: set[Subscriber] = set()
+        self.sequence = sequence
+
+
+class BookMirror:
+    """One symbol's book as the worker published it, and its depth views.
+
+    Levels are keyed by integer ticks (negated for bids, so both sides sort best first);
+    the texts are kept as the worker rendered them. The ``book:<symbol>`` key holds at most
+    :data:`MAX_DEPTH` levels per side: beyond the worst level it held (``worst``), the mirror
+    knows only what increments told it, so a view that would need more is served after a
+    re-read of the key.
+    """
+
+    def __init__(self, market: Market, symbol: str) -> None:
+        self.market = market
+        self.symbol = symbol
+        self.sequence = -1  # not loaded
+        self.levels: dict[str, SortedDict] = {"bids": SortedDict(), "asks": SortedDict()}
+        self.worst: dict[str, int | None] = {"bids": None, "asks": None}
+        self.bbo: dict[str, Any] = wire.bbo_object(0, None, "0", None, "0")
+        self.views: dict[str, BookView] = {}
+
+    def _key(self, side: str, price: str) -> int:
+        ticks = self.market.price_to_ticks(price)
+        return -ticks if side == "bids" else ticks
+
+    def load(self, snap: dict[str, Any]) -> None:
+        """Replace everything with the worker's ``book:<symbol>`` value."""
+        self.sequence = int(snap.get("sequence") or 0)
+        for side in SIDES:
+            rows = snap.get(side) or []
+            levels = self.levels[side] = SortedDict(
+                (self._key(side, p), (p, q)) for p, q in rows
+            )
+            self.worst[side] = levels.keys()[-1] if len(rows) >= MAX_DEPTH else None
+        bbo = snap.get("bbo")
+        if isinstance(bbo, dict):
+            self.bbo = bbo
+        else:
+            self.bbo = wire.bbo_object(int(snap.get("bbo_sequence") or 0), None, "0", None, "0")
+
+    def top(self, side: str, depth: int) -> list[Level]:
+        levels = self.levels[side]
+        return [levels[k] for k in levels.islice(0, depth)]
+
+    def reliable_for(self, depth: int) -> bool:
+        """False when a view of ``depth`` may need levels the key did not carry."""
+        for side in SIDES:
+            worst = self.worst[side]
+            if worst is not None and self.levels[side].bisect_right(worst) < depth:
+                return False
+        return True
+
+    def snapshot_frame(self, view: BookView) -> bytes:
+        return frame({"channel": view.channel, "type": "snapshot", "sequence": view.sequence,
+                      "bids": self.top("bids", view.depth),
+                      "asks": self.top("asks", view.depth)})  # fmt: skip
+
+    def _boundaries(self) -> dict[tuple[str, int], int | None]:
+        """(side, depth) -> key of the view's last visible level (None: it sees them all)."""
+        out: dict[tuple[str, int], int | None] = {}
+        for side in SIDES:
+            keys = self.levels[side].keys()
+            for view in self.views.values():
+                out[(side, view.depth)] = keys[view.depth - 1] if len(keys) >= view.depth else None
+        return out
+
+    def apply(self, increment: dict[str, Any]) -> list[tuple[BookView, bytes]]:
+        """Apply one increment (its ``prev_sequence`` checked by the caller); the frame each
+        view must send, for the views whose top N changed."""
+        before = self._boundaries()
+        old: dict[str, dict[int, Level | None]] = {"bids": {}, "asks": {}}
+        for side in SIDES:
+            levels = self.levels[side]
+            for price, qty in increment.get(side) or ():
+                key = self._key(side, price)
+                old[side].setdefault(key, levels.get(key))
+                if _is_zero(qty):
+                    levels.pop(key, None)
+                else:
+                    levels[key] = (price, qty)
+        self.sequence = int(increment["sequence"])
+        after = self._boundaries()
+        frames = []
+        for view in self.views.values():
+            changes = {
+                side: self._visible_changes(side, old[side], before[(side, view.depth)],
+                                            after[(side, view.depth)])
+                for side in SIDES
+            }  # fmt: skip
+            if changes["bids"] or changes["asks"]:
+                frames.append((view, self._update(view, changes)))
+        return frames
+
+    def _visible_changes(
+        self, side: str, old: dict[int, Level | None], was: int | None, now: int | None
+    ) -> list[list[str]]:
+        """What a view whose last visible key went from ``was`` to ``now`` must be told."""
+        levels = self.levels[side]
+        candidates = set(old)
+        if now is None or (was is not None and now > was):  # levels entered from below
+            candidates.update(levels.irange(was, now, inclusive=(False, True)))
+        if was is None or (now is not None and was > now):  # levels pushed out below
+            candidates.update(levels.irange(now, was, inclusive=(False, True)))
+        out = []
+        for key in sorted(candidates):
+            seen_before = old[key] if key in old else levels.get(key)
+            if seen_before is not None and was is not None and key > was:
+                seen_before = None
+            seen_now = levels.get(key)
+            if seen_now is not None and now is not None and key > now:
+                seen_now = None
+            if seen_before != seen_now:
+                if seen_now is not None:
+                    out.append(list(seen_now))
+                elif seen_before is not None:
+                    out.append([seen_before[0], "0"])
+        return out
+
+    def reload(self, snap: dict[str, Any]) -> list[tuple[BookView, bytes]]:
+        """Re-read the key (after a gap, or when a view needs more than the mirror knows): each
+        view gets the difference between what it showed and the new book as a normal update."""
+        shown = {name: {side: dict(self.top(side, view.depth)) for side in SIDES}
+                 for name, view in self.views.items()}  # fmt: skip
+        self.load(snap)
+        frames = []
+        for name, view in self.views.items():
+            changes = {}
+            for side in SIDES:
+                was, now = shown[name][side], dict(self.top(side, view.depth))
+                diff = [[p, q] for p, q in now.items() if was.get(p) != q]
+                diff += [[p, "0"] for p in was if p not in now]
+                changes[side] = diff
+            if changes["bids"] or changes["asks"]:
+                frames.append((view, self._update(view, changes)))
+            else:
+                view.sequence = self.sequence
+        return frames
+
+    def _update(self, view: BookView, changes: dict[str, list[list[str]]]) -> bytes:
+        prev, view.sequence = view.sequence, self.sequence
+        return frame({"channel": view.channel, "type": "update", "prev_sequence": prev,
+                      "sequence": view.sequence, "bids": changes["bids"],
+                      "asks": changes["asks"]})  # fmt: skip
+
+
+def _is_zero(qty: str) -> bool:
+    return qty.strip("0.") == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The hub
+# ---------------------------------------------------------------------------------------------
+
+
+class ChannelError(ValueError):
+    """A channel name the hub does not serve (``code`` for the error reply)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Hub:
+    """Subscriptions of this process's sockets and the pub/sub reader thread feeding them."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], redis.Redis],
+        markets: dict[str, Market],
+        namespace: Namespace | None = None,
+        reconnect_max: float = 2.0,
+    ) -> None:
+        self.client_factory = client_factory
+        self.markets = markets
+        self.namespace = namespace or Namespace(symbols=markets)
+        self.reconnect_max = reconnect_max
+        self.lock = threading.RLock()
+        self.trade_subs: dict[str, set[Subscriber]] = {}
+        self.bbo_subs: dict[str, set[Subscriber]] = {}
+        self.books: dict[str, BookMirror] = {}
+        self.acct_subs: dict[str, set[Subscriber]] = {}
+        self.ready = threading.Event()  # pub/sub active (snapshots may be read)
+        self.stats = {"messages": 0, "ignored": 0, "frames": 0, "reconnects": 0, "overflows": 0}
+        self._client: redis.Redis | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fairbook-pubsub", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.ready.wait(timeout)
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = self.client_factory()
+        return self._client
+
+    # -- channel names --------------------------------------------------------------------------
+    def parse_channel(self, channel: Any) -> tuple[str, str, int]:
+        """``(kind, symbol, depth)``; kind is trades|book|bbo|orders. Raises ChannelError."""
+        if not isinstance(channel, str) or not channel:
+            raise ChannelError(
+                "unknown_channel", f"channel must be a non-empty string: {channel!r}"
+            )
+        if channel == "orders":
+            return "orders", "", 0
+        parts = channel.split(":")
+        kind = parts[0]
+        if kind not in ("trades", "book", "bbo") or len(parts) < 2:
+            raise ChannelError(
+                "unknown_channel",
+                f"unknown channel {channel!r}: use trades:<symbol>, book:<symbol>[:<depth>], "
+                "bbo:<symbol> or orders",
+            )
+        symbol = parts[1]
+        if symbol not in self.markets:
+            raise ChannelError("unknown_symbol", f"unknown symbol {symbol!r} in {channel!r}")
+        depth = 0
+        if kind == "book":
+            if len(parts) == 2:
+                depth = DEFAULT_DEPTH
+            elif (len(parts) == 3 and parts[2].isascii() and parts[2].isdigit()
+                  and len(parts[2]) <= 3 and 1 <= int(parts[2]) <= MAX_DEPTH):  # fmt: skip
+                depth = int(parts[2])
+            else:
+                raise ChannelError(
+                    "unknown_channel",
+                    f"{channel!r}: depth must be an integer from 1 to {MAX_DEPTH}",
+                )
+        elif len(parts) != 2:
+            raise ChannelError("unknown_channel", f"unknown channel {channel!r}")
+        return kind, symbol, depth
+
+    # -- subscriptions (called from socket threads) ---------------------------------------------
+    def subscribe(self, sub: Subscriber, channel: str) -> None:
+        """Register ``sub`` and queue the channel's snapshot atomically: holding the hub lock
+        means no update can slip in before the snapshot."""
+        kind, symbol, depth = self.parse_channel(channel)
+        overflow = False
+        slow: list[Subscriber] = []
+        with self.lock:
+            if kind == "trades":
+                self.trade_subs.setdefault(symbol, set()).add(sub)
+            elif kind == "orders":
+                if sub.account is None:
+                    raise ChannelError("auth_required", "authenticate before subscribing to orders")
+                self.acct_subs.setdefault(sub.account, set()).add(sub)
+            else:
+                book = self._book(symbol)
+                if kind == "bbo":
+                    self.bbo_subs.setdefault(symbol, set()).add(sub)
+                    overflow = not sub.offer(self._bbo_frame(symbol, book, "snapshot"))
+                else:
+                    view = book.views.get(channel)
+                    if view is None:
+                        view = book.views[channel] = BookView(channel, depth, book.sequence)
+                        if not book.reliable_for(depth):  # the other views follow the re-read
+                            for other, data in self._reload(book):
+                                self._fanout(other.subs, data, slow)
+                    view.subs.add(sub)
+                    overflow = not sub.offer(book.snapshot_frame(view))
+        self._finish(slow)
+        if overflow:
+            sub.slow_consumer()
+
+    def unsubscribe(self, sub: Subscriber, channel: str) -> None:
+        kind, symbol, _depth = self.parse_channel(channel)
+        with self.lock:
+            if kind == "trades":
+                _discard(self.trade_subs, symbol, sub)
+            elif kind == "orders":
+                if sub.account is not None:
+                    _discard(self.acct_subs, sub.account, sub)
+            elif kind == "bbo":
+                _discard(self.bbo_subs, symbol, sub)
+                self._maybe_drop_book(symbol)
+            else:
+                book = self.books.get(symbol)
+                view = book.views.get(channel) if book is not None else None
+                if view is not None:
+                    view.subs.discard(sub)
+                    if not view.subs:
+                        del book.views[channel]  # type: ignore[union-attr]
+                self._maybe_drop_book(symbol)
+
+    def remove(self, sub: Subscriber) -> None:
+        """Forget a socket everywhere (closed, or a slow consumer)."""
+        with self.lock:
+            for table in (self.trade_subs, self.bbo_subs, self.acct_subs):
+                for key in [k for k, subs in table.items() if sub in subs]:
+                    _discard(table, key, sub)
+            for symbol, book in list(self.books.items()):
+                for name in [n for n, v in book.views.items() if sub in v.subs]:
+                    view = book.views[name]
+                    view.subs.discard(sub)
+                    if not view.subs:
+                        del book.views[name]
+                self._maybe_drop_book(symbol)
+
+    def _maybe_drop_book(self, symbol: str) -> None:
+        book = self.books.get(symbol)
+        if book is not None and not book.views and not self.bbo_subs.get(symbol):
+            del self.books[symbol]
+
+    def _book(self, symbol: str) -> BookMirror:
+        """The symbol's mirror, loaded from the book key on first use (caller holds the lock)."""
+        book = self.books.get(symbol)
+        if book is None:
+            book = BookMirror(self.markets[symbol], symbol)
+            book.load(self._read_book(symbol))
+            self.books[symbol] = book
+        return book
+
+    def _read_book(self, symbol: str) -> dict[str, Any]:
+        raw = self.client.get(self.namespace.keys_for(symbol).book(symbol))
+        return wire.loads(raw) if raw else {"sequence": 0, "bids": [], "asks": []}
+
+    def _reload(self, book: BookMirror) -> list[tuple[BookView, bytes]]:
+        return book.reload(self._read_book(book.symbol))
+
+    # -- frames ---------------------------------------------------------------------------------
+    @staticmethod
+    def _bbo_frame(symbol: str, book: BookMirror, kind: str) -> bytes:
+        bbo = book.bbo
+        return frame({"channel": f"bbo:{symbol}", "type": kind,
+                      "sequence": int(bbo.get("sequence") or 0),
+                      "bid_price": bbo.get("bid_price"), "bid_qty": bbo.get("bid_qty", "0"),
+                      "ask_price": bbo.get("ask_price"),
+                      "ask_qty": bbo.get("ask_qty", "0")})  # fmt: skip
+
+    # -- the reader thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = 0.05
+        first = True
+        ns = self.namespace
+        while not self._stopping:
+            pubsub = None
+            try:
+                pubsub = self.client_factory().pubsub()
+                pubsub.psubscribe(ns.md_pattern, ns.acct_pattern)
+                pubsub.subscribe(ns.global_keys.control)
+                # wait for the confirmations: only then is the subscription live
+                confirmed = 0
+                deadline = time.monotonic() + 5
+                while confirmed < 3 and time.monotonic() < deadline:
+                    msg = pubsub.parse_response(block=False, timeout=0.5)
+                    if msg and msg[0] in (b"psubscribe", b"subscribe", "psubscribe", "subscribe"):
+                        confirmed += 1
+                if confirmed < 3:
+                    raise redis.exceptions.ConnectionError("pub/sub subscribe not confirmed")
+                if not first:
+                    self._resubscribed()
+                first = False
+                delay = 0.05
+                self.ready.set()
+                while not self._stopping:
+                    msg = pubsub.get_message(timeout=1.0)
+                    if msg is None:
+                        continue
+                    if msg["type"] in ("message", "pmessage"):
+                        self.dispatch(msg)
+                    elif msg["type"] in ("subscribe", "psubscribe"):
+                        # redis-py reconnected and resubscribed: increments may be lost
+                        self._resubscribed(msg)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    OSError) as exc:  # fmt: skip
+                if not first or self.ready.is_set():
+                    log.warning("pub/sub connection lost (%s); reconnecting in %.2fs", exc, delay)
+                self.ready.clear()
+                time.sleep(delay)
+                delay = min(self.reconnect_max, delay * 2)
+            except Exception:  # a bug must not kill market data for the whole process
+                log.exception("pub/sub reader failed; restarting it")
+                self.ready.clear()
+                time.sleep(delay)
+                delay = min(self.reconnect_max, delay * 2)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001 - closing a dead connection
+                        pass
+
+    def _resubscribed(self, msg: dict[str, Any] | None = None) -> None:
+        """After a reconnect (ours, or redis-py's behind our back, seen as a repeated
+        subscription confirmation): fresh snapshots for everyone, once per reconnect."""
+        if msg is not None:  # a reconnect confirms three subscriptions: resync once
+            channel = msg.get("channel")
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            if channel != self.namespace.md_pattern:
+                return
+        self.stats["reconnects"] += 1
+        log.warning("pub/sub reconnected; resyncing every subscriber")
+        self._client = None  # a fresh client for the snapshot reads too
+        self.resync_all()
+
+    def dispatch(self, msg: dict[str, Any]) -> None:
+        """Route one pub/sub message (from the reader thread, or directly in tests)."""
+        channel = msg.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        data = msg.get("data")
+        self.stats["messages"] += 1
+        ns = self.namespace
+        if channel.startswith(ns.md_prefix):
+            symbol = channel[len(ns.md_prefix) :]
+            if not (self.trade_subs.get(symbol) or symbol in self.books):
+                self.stats["ignored"] += 1
+                return
+            self._on_market_data(symbol, wire.loads(data))
+        elif channel.startswith(ns.acct_prefix):
+            account = channel[len(ns.acct_prefix) :]
+            if not self.acct_subs.get(account):
+                self.stats["ignored"] += 1
+                return
+            self._on_account(account, wire.loads(data))
+        elif channel == ns.global_keys.control:
+            try:
+                body = wire.loads(data)
+            except ValueError:
+                return
+            if isinstance(body, dict) and body.get("type") == "resync":
+                log.warning("worker asked for a resync")
+                self.resync_all()
+
+    def _fanout(self, subs: Iterable[Subscriber], data: bytes, slow: list[Subscriber]) -> None:
+        for sub in subs:
+            if not sub.offer(data):
+                slow.append(sub)
+            self.stats["frames"] += 1
+
+    def _finish(self, slow: list[Subscriber]) -> None:
+        for sub in slow:
+            self.stats["overflows"] += 1
+            self.remove(sub)
+            sub.slow_consumer()
+
+    def _on_market_data(self, symbol: str, body: dict[str, Any]) -> None:
+        slow: list[Subscriber] = []
+        with self.lock:
+            subs = self.trade_subs.get(symbol)
+            if subs:
+                channel = f"trades:{symbol}"
+                for record in body.get("trades") or ():
+                    self._fanout(subs, frame({"channel": channel, "type": "trade",
+                                              "sequence": int(record["trade_id"]),
+                                              "data": record}), slow)  # fmt: skip
+            book = self.books.get(symbol)
+            if book is not None:
+                increment = body.get("book")
+                if increment and int(increment["sequence"]) > book.sequence:
+                    if int(increment["prev_sequence"]) == book.sequence:
+                        frames = book.apply(increment)
+                        if not all(book.reliable_for(v.depth) for v in book.views.values()):
+                            frames += self._reload(book)
+                    else:  # a gap (or a mirror ahead of nothing): re-read the key
+                        log.info("book %s gap: have %s, got (%s, %s]; reloading", symbol,
+                                 book.sequence, increment["prev_sequence"],
+                                 increment["sequence"])  # fmt: skip
+                        frames = self._reload(book)
+                    for view, data in frames:
+                        self._fanout(view.subs, data, slow)
+                bbo = body.get("bbo")
+                if bbo and int(bbo["sequence"]) > int(book.bbo.get("sequence") or 0):
+                    book.bbo = bbo
+                    bsubs = self.bbo_subs.get(symbol)
+                    if bsubs:
+                        self._fanout(bsubs, self._bbo_frame(symbol, book, "update"), slow)
+        self._finish(slow)
+
+    def _on_account(self, account: str, body: dict[str, Any]) -> None:
+        slow: list[Subscriber] = []
+        with self.lock:
+            subs = self.acct_subs.get(account)
+            if not subs:
+                return
+            events = [(e.get("event", "order"), wire.dumps(e)) for e in body.get("events") or []]
+            for sub in subs:
+                if sub.account != account:  # never another account's data
+                    continue
+                for kind, data in events:
+                    seq = sub.next_sequence("orders")
+                    item = frame({"channel": "orders", "type": kind, "sequence": seq,
+                                  "data": wire.Fragment(data)})  # fmt: skip
+                    if not sub.offer(item):
+                        slow.append(sub)
+                        break
+        self._finish(slow)
+
+    def resync_all(self) -> None:
+        """After a lost connection or a worker request: tell clients, then fresh snapshots."""
+        slow: list[Subscriber] = []
+        with self.lock:
+            for symbol, subs in self.trade_subs.items():
+                self._fanout(subs, _resync_frame(f"trades:{symbol}"), slow)
+            for subs in self.acct_subs.values():
+                self._fanout(subs, _resync_frame("orders"), slow)
+            for symbol, book in self.books.items():
+                try:
+                    book.load(self._read_book(symbol))
+                except redis.exceptions.RedisError:
+                    log.warning("resync: cannot read the %s book yet", symbol)
+                    raise
+                bsubs = self.bbo_subs.get(symbol) or set()
+                self._fanout(bsubs, _resync_frame(f"bbo:{symbol}"), slow)
+                self._fanout(bsubs, self._bbo_frame(symbol, book, "snapshot"), slow)
+                for view in book.views.values():
+                    view.sequence = book.sequence
+                    self._fanout(view.subs, _resync_frame(view.channel), slow)
+                    self._fanout(view.subs, book.snapshot_frame(view), slow)
+        self._finish(slow)
+
+
+def _resync_frame(channel: str) -> bytes:
+    return frame({"channel": channel, "type": "resync"})
+
+
+def _discard(table: dict[str, set[Subscriber]], key: str, sub: Subscriber) -> None:
+    subs = table.get(key)
+    if subs is not None:
+        subs.discard(sub)
+        if not subs:
+            del table[key]
