@@ -27,6 +27,7 @@ from typing import Any
 import engine
 from bench.flow import OrderFlow
 from engine.commands import make_public_id
+from protocol import wire
 from protocol.config import load_markets
 from protocol.keys import Keys
 from worker.runner import PartitionWorker
@@ -47,11 +48,11 @@ def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
     pipe = client.pipeline(transaction=False)
     last = ""
     for i in range(n):
-        wire = flow.next()
+        command = flow.next()
         cmd_id = make_public_id(i + 1, keys.partition)
         # tagged like the web's commands: the worker renders and publishes every reply
-        body = {"id": cmd_id, **wire, "reply_to": f"bench-{i + 1}"}
-        flow.record(wire, cmd_id)
+        body = {"id": cmd_id, **command, "reply_to": f"bench-{i + 1}"}
+        flow.record(command, cmd_id)
         pipe.xadd(keys.stream, {wire.COMMAND_FIELD: wire.dumps(body)})
         if len(pipe) >= 5000:
             last = pipe.execute()[-1]
@@ -159,10 +160,10 @@ def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any
             due = started + sent / rate
             if due > now:
                 time.sleep(due - now)
-            wire = flow.next()
-            wire["reply_to"] = f"bench-{sent + 1}"
-            flow_ids = journal.append(wire)
-            flow.record(wire, flow_ids)
+            command = flow.next()
+            command["reply_to"] = f"bench-{sent + 1}"
+            flow_ids = journal.append(command)
+            flow.record(command, flow_ids)
             sent += 1
         deadline = time.monotonic() + 30
         while int(client.get(keys.applied_count) or 0) < warm + sent:

@@ -47,13 +47,14 @@ def reply_inbox(token: Any) -> str | None:
     return None if match is None else match.group(1)
 
 
-def order_reply(order: bytes) -> bytes:
-    """``{"ok": true, "order": <REST order object>}``."""
-    return dumps({"ok": True, "order": Fragment(order)})
+def order_reply(body: dict[str, Any], fills: list[dict[str, Any]]) -> bytes:
+    """``{"ok": true, "order": <REST order object>}`` (``body`` is the object without fills)."""
+    return dumps({"ok": True, "order": {**body, "fills": fills}})
 
 
 def cancelled_reply(orders: list[bytes]) -> bytes:
-    """The answer to cancel_all: ``{"ok": true, "cancelled": [<REST order object>, ...]}``."""
+    """The answer to cancel_all: ``{"ok": true, "cancelled": [<REST order object>, ...]}``
+    (each order already encoded, as it was when cancelled)."""
     return dumps({"ok": True, "cancelled": [Fragment(o) for o in orders]})
 
 
@@ -69,9 +70,9 @@ def inbox_message(replies: dict[str, bytes]) -> bytes:
 # -- order records ------------------------------------------------------------------------------
 
 
-def order_record(account: str, order: dict[str, Any]) -> bytes:
-    """The ``order:<id>`` value: the REST order object (fills included) plus its owner."""
-    return dumps({"account": account, **order})
+def order_record(account: str, body: dict[str, Any], fills: list[dict[str, Any]]) -> bytes:
+    """The ``order:<id>`` value: its owner and the REST order object (``body`` + ``fills``)."""
+    return dumps({"account": account, **body, "fills": fills})
 
 
 def parse_order_record(raw: bytes | str | None) -> tuple[str, dict[str, Any]] | None:

@@ -34,6 +34,10 @@ MODULES = (
     "engine/validation.py",
     "engine/book.py",
     "engine/matcher.py",
+    "protocol/keys.py",
+    "protocol/wire.py",
+    "worker/orders.py",
+    "worker/processor.py",
 )
 WORK_DIR = ROOT / "var" / "native"
 STAMP = WORK_DIR / "stamp"

@@ -21,7 +21,7 @@ from engine.markets import Market
 from engine.units import SchemaError
 from protocol.config import load_markets, redis_url
 from protocol.keys import Keys, Namespace
-from web.journal import Inbox, Journal
+from web.journal import DirectConnections, Inbox, Journal
 
 #: Largest request body accepted (bytes); bigger bodies get a 413 JSON error.
 DEFAULT_MAX_BODY = 64 * 1024
@@ -74,6 +74,16 @@ class Fairbook:
     auth_cache_ttl: float = 5.0
     #: this process's reply inbox, created with the first journal
     inbox: Inbox | None = None
+    #: connections for the per-request hot path (appends, order and book GETs)
+    connections: DirectConnections | None = None
+
+    def __post_init__(self) -> None:
+        self.connections = DirectConnections(self.redis)
+
+    def get(self, key: str) -> Any:
+        """GET on the hot read paths (order records, books)."""
+        assert self.connections is not None
+        return self.connections.call("GET", key)
 
     @property
     def partitions(self) -> list[int]:
@@ -88,7 +98,7 @@ class Fairbook:
         if journal is None:
             if self.inbox is None:  # one per process, for every partition's replies
                 self.inbox = Inbox(self.redis, [self.keys(p) for p in self.partitions])
-            journal = Journal(self.redis, self.keys(partition), inbox=self.inbox)
+            journal = Journal(self.redis, self.keys(partition), self.inbox, self.connections)
             self.journals[partition] = journal
         return journal
 

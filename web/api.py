@@ -153,7 +153,7 @@ def _text(value: Any) -> str:
 
 def _load_owned_order(order_id: int, partition: int, account: str) -> dict[str, Any] | None:
     """The REST order object if the order exists and belongs to ``account``; another's is None."""
-    record = parse_order_record(state().redis.get(keys(partition).order(order_id)))
+    record = parse_order_record(state().get(keys(partition).order(order_id)))
     if record is None or record[0] != account:
         return None
     return record[1]
@@ -226,7 +226,7 @@ def cancel_order(order_id: str):
     """Cancel one order; the engine is the judge of ownership, Redis gives a fast 404."""
     oid, partition = _parse_order_id(order_id)
     st = state()
-    record = parse_order_record(st.redis.get(keys(partition).order(oid)))
+    record = parse_order_record(st.get(keys(partition).order(oid)))
     if record is not None and record[0] != g.account:
         raise _unknown_order(oid)
     wire = {"op": "cancel", "account": g.account, "order_id": oid}
@@ -351,7 +351,7 @@ def _scan_orders(key: str, partition: int, symbol: str | None, limit: int) -> li
 
 
 def _book(symbol: str) -> dict[str, Any]:
-    raw = state().redis.get(keys(partition_for(symbol)).book(symbol))
+    raw = state().get(keys(partition_for(symbol)).book(symbol))
     if not raw:
         return {"symbol": symbol, "sequence": 0, "bids": [], "asks": []}
     return json.loads(raw)

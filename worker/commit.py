@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import hiredis
 import redis
 from redis.connection import Connection
 
@@ -28,6 +29,10 @@ log = logging.getLogger("worker")
 
 #: Redis command arguments, as redis-py packs them
 Command = tuple[Any, ...]
+
+
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
 
 
 class StateMismatch(Exception):
@@ -101,7 +106,8 @@ class BatchWriter:
         tail: list[Command] = [("SET", self.keys.applied, applied)] if applied else []
         tail += [("PUBLISH", m.channel, m.payload) for m in messages]
         queued = [*commands, *tail]
-        data = self.conn.pack_commands([("MULTI",), *queued, ("EXEC",)])
+        # hiredis packs a command in C; redis-py's packer walks every argument in Python
+        data = [b"".join([_MULTI, *map(hiredis.pack_command, queued), _EXEC])]
         try:
             self._verify()
             self.conn.send_packed_command([*data, self._check], check_health=False)

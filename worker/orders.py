@@ -73,9 +73,17 @@ class OrderState:
         self.persisted = False
 
     def body(self, market: Market) -> dict[str, Any]:
-        """The REST order object without ``fills`` (also the account event's fields)."""
+        """The REST order object without ``fills``."""
+        out = self.event(market)
+        del out["event"]
+        return out
+
+    def event(self, market: Market) -> dict[str, Any]:
+        """The account event of the order's current state: ``{"event": "order"}`` and the REST
+        order object without ``fills`` (delete ``event`` to reuse it as the body)."""
         lot = market.lot
         return {
+            "event": "order",
             "order_id": self.id,
             "client_order_id": self.client_order_id,
             "symbol": self.symbol,

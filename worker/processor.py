@@ -47,7 +47,8 @@ SNAPSHOT_VERSION = 2
 #: Levels per side in the ``book:<symbol>`` key (the REST and WebSocket depth limit).
 BOOK_DEPTH = 500
 
-#: (stream id, fields) as redis-py returns a stream entry
+#: (stream id, fields): fields a {field: value} dict (redis-py's XRANGE) or the flat
+#: [field, value, ...] list of a raw XREAD reply
 Entry = Sequence[Any]
 
 _REJECT_MESSAGES = {
@@ -317,7 +318,9 @@ class Processor:
             if oid == outcome.target:
                 outcome.touched = st
             return
-        body = st.body(market)
+        body = st.event(market)
+        work.account_event(account, wire.dumps(body))
+        del body["event"]  # the same dict, now the order's body for its reply and record
         if not detached:
             work.bodies[oid] = body
         if oid == outcome.target:
@@ -325,7 +328,6 @@ class Processor:
             outcome.touched_body = body
         elif type(command) is CancelAll and status == CANCELLED:
             outcome.cancelled.append(wire.dumps({**body, "fills": st.fills}))
-        work.account_event(account, wire.dumps({"event": "order", **body}))
 
     def _on_trade(self, ev: Event, work: _Work) -> None:
         (_, symbol, trade_id, price, qty, taker_side, maker_id, taker_id, maker_account,
@@ -342,22 +344,22 @@ class Processor:
         work.trades.append(
             TradeRecord(f"{ts}-{self.trade_no}", record, maker_account, taker_account, symbol)
         )
-        maker_side = SELL if taker_side == BUY else BUY
-        for oid, account, side, fee, liquidity in (
-            (maker_id, maker_account, maker_side, mf, "maker"),
-            (taker_id, taker_account, taker_side, tf, "taker"),
-        ):
-            fill = {"trade_id": trade_id, "price": p, "quantity": q, "fee": fee,
-                    "fee_asset": asset, "liquidity": liquidity}  # fmt: skip
-            st = self.orders.get(oid)
-            if st is not None:
-                st.fills.append(fill)
-            if work.emit:
-                event = {"event": "fill", "order_id": oid,
-                         "client_order_id": None if st is None else st.client_order_id,
-                         "symbol": symbol, "side": side, **fill, "timestamp": ts}  # fmt: skip
-                work.account_event(account, wire.dumps(event))
+        maker = self.orders.get(maker_id)
+        taker = self.orders.get(taker_id)
+        maker_fill = {"trade_id": trade_id, "price": p, "quantity": q, "fee": mf,
+                      "fee_asset": asset, "liquidity": "maker"}  # fmt: skip
+        taker_fill = {"trade_id": trade_id, "price": p, "quantity": q, "fee": tf,
+                      "fee_asset": asset, "liquidity": "taker"}  # fmt: skip
+        if maker is not None:
+            maker.fills.append(maker_fill)
+        if taker is not None:
+            taker.fills.append(taker_fill)
         if work.emit:
+            maker_side = SELL if taker_side == BUY else BUY
+            work.account_event(maker_account, _fill_event(maker, maker_id, symbol, maker_side,
+                                                           maker_fill, ts))  # fmt: skip
+            work.account_event(taker_account, _fill_event(taker, taker_id, symbol, taker_side,
+                                                           taker_fill, ts))  # fmt: skip
             self._symbol_work(symbol, work).trades.append(record)
 
     def _reply(self, outcome: _Outcome) -> bytes:
@@ -370,7 +372,7 @@ class Processor:
         st, body = outcome.touched, outcome.touched_body
         if st is None or body is None:  # cannot happen with a correct engine; never hang a client
             return wire.error_reply("internal_error", "no outcome")
-        return wire.order_reply(wire.dumps({**body, "fills": st.fills}))
+        return wire.order_reply(body, st.fills)
 
     def _new_state(self, cmd: NewOrder, ts: int) -> OrderState:
         market = self.markets[cmd.symbol]
@@ -391,9 +393,7 @@ class Processor:
         for oid, st in work.dirty.items():
             closed = st.status in CLOSED_STATUSES
             if work.emit:
-                batch.records[oid] = wire.order_record(
-                    st.account, {**work.bodies[oid], "fills": st.fills}
-                )
+                batch.records[oid] = wire.order_record(st.account, work.bodies[oid], st.fills)
                 if not st.persisted:
                     if not closed:
                         batch.opened.setdefault(st.account, []).append(oid)
@@ -499,6 +499,16 @@ class Processor:
         return proc
 
 
+def _fill_event(st: OrderState | None, oid: int, symbol: str, side: str, fill: dict[str, Any],
+                ts: int) -> bytes:  # fmt: skip
+    """The account event of one fill of one order."""
+    return wire.dumps(
+        {"event": "fill", "order_id": oid,
+         "client_order_id": None if st is None else st.client_order_id, "symbol": symbol,
+         "side": side, **fill, "timestamp": ts}
+    )  # fmt: skip
+
+
 def _best_first(item: tuple[tuple[str, int], int]) -> tuple[bool, int]:
     (side, ticks), _ = item
     return (side != BUY, -ticks if side == BUY else ticks)
@@ -515,6 +525,9 @@ def _text(value: str | bytes) -> str:
 
 def _decode(raw_id: Any, fields: Any) -> dict[str, Any] | None:
     """The entry's wire command, or None (logged) when it is not a JSON object."""
+    if type(fields) is list:
+        flat = fields
+        fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
     payload = fields.get(b"c") if b"c" in fields else fields.get(wire.COMMAND_FIELD)
     try:
         command = wire.loads(payload)

@@ -8,9 +8,11 @@ from protocol import wire
 
 
 def test_order_record_round_trip() -> None:
-    order = {"order_id": 1280, "client_order_id": "c-1", "symbol": "BTC-USDT", "post_only": True,
-             "stop_price": None, "fills": [{"trade_id": 1, "liquidity": "maker"}]}  # fmt: skip
-    text = wire.order_record("7", order)
+    body = {"order_id": 1280, "client_order_id": "c-1", "symbol": "BTC-USDT", "post_only": True,
+            "stop_price": None}  # fmt: skip
+    fills = [{"trade_id": 1, "liquidity": "maker"}]
+    order = {**body, "fills": fills}
+    text = wire.order_record("7", body, fills)
     assert json.loads(text) == {"account": "7", **order}
     assert wire.parse_order_record(text) == ("7", order)
     # absent or damaged records read as "no such order", never as an exception
@@ -27,9 +29,10 @@ def test_reply_tokens() -> None:
 
 
 def test_replies_and_messages_are_encoded_json() -> None:
-    order = wire.dumps({"order_id": 1, "client_order_id": 'q"\n'})
-    assert json.loads(wire.order_reply(order)) == {
-        "ok": True, "order": {"order_id": 1, "client_order_id": 'q"\n'}}  # fmt: skip
+    body = {"order_id": 1, "client_order_id": 'q"\n'}
+    assert json.loads(wire.order_reply(body, [])) == {
+        "ok": True, "order": {"order_id": 1, "client_order_id": 'q"\n', "fills": []}}  # fmt: skip
+    order = wire.dumps(body)
     assert json.loads(wire.cancelled_reply([order, order]))["cancelled"][1]["order_id"] == 1
     assert json.loads(wire.error_reply("x", 'a "b"')) == {
         "ok": False, "error": {"code": "x", "message": 'a "b"'}}  # fmt: skip

@@ -34,7 +34,7 @@ def test_order_state_public_form(markets) -> None:
     assert (public["filled_quantity"], public["remaining_quantity"], public["cum_quote"]) == (
         "0.04000", "0.06000", "4.0200000",
     )  # fmt: skip
-    record = wire.order_record("7", public)
+    record = wire.order_record("7", st.body(markets["BTC-USDT"]), st.fills)
     assert wire.parse_order_record(record) == ("7", public)
     assert OrderState.from_list(json.loads(json.dumps(st.to_list()))).public(
         markets["BTC-USDT"]) == public  # fmt: skip
