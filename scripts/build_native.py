@@ -32,10 +32,13 @@ MODULES = (
     "engine/commands.py",
     "engine/markets.py",
     "engine/validation.py",
+    "engine/orders.py",
     "engine/book.py",
+    "engine/stops.py",
     "engine/matcher.py",
     "protocol/keys.py",
     "protocol/wire.py",
+    "worker/batch.py",
     "worker/orders.py",
     "worker/processor.py",
 )

@@ -14,6 +14,7 @@ import sys
 from bench.flow import OrderFlow
 from engine import book
 from engine.commands import make_public_id
+from protocol import wire
 from protocol.config import load_markets
 from protocol.keys import Keys
 from worker.commit import batch_commands
@@ -28,10 +29,10 @@ def main(entries: int = 20_000, seed: int = 7) -> None:
     batch: list[tuple[bytes, dict[bytes, bytes]]] = []
     trades = 0
     for i in range(entries):
-        wire = flow.next()
+        command = flow.next()
         cmd_id = make_public_id(i + 1, 0)
-        flow.record(wire, cmd_id)
-        body = {"id": cmd_id, **wire, "reply_to": f"t{i % 3}-{i}"}
+        flow.record(command, cmd_id)
+        body = {"id": cmd_id, **command, "reply_to": f"t{i % 3}-{i}"}
         if i % 997 == 0:
             body["price"] = "1.0000001"  # an off-tick order: the error path too
         batch.append((f"{1_700_000_000_000 + i // 7}-{i % 7}".encode(),

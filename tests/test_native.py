@@ -47,7 +47,8 @@ def test_native_build_is_not_stale() -> None:
 @pytest.mark.skipif(not NATIVE, reason="no native build in this tree (pure Python)")
 def test_native_and_pure_python_outputs_are_byte_identical(tmp_path: Path) -> None:
     pure = tmp_path / "pure"
-    for pattern in ("engine/*.py", "engine/*.json", "worker/*.py", "tests/native_digest.py"):
+    for pattern in ("engine/*.py", "protocol/*.py", "protocol/*.json", "worker/*.py",
+                    "bench/__init__.py", "bench/flow.py", "tests/native_digest.py"):
         for path in ROOT.glob(pattern):
             target = pure / path.relative_to(ROOT)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -25,19 +25,15 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import redis
-from sortedcontainers import SortedDict
 
 from engine.markets import Market
 from protocol import wire
 from protocol.keys import Namespace
+from web.books import MAX_DEPTH, BookMirror, BookView
 
 log = logging.getLogger("fairbook.ws")
 
 DEFAULT_DEPTH = 50
-MAX_DEPTH = 500  # the worker's book key holds the top 500 levels per side
-SIDES = ("bids", "asks")
-
-Level = tuple[str, str]  # (price, quantity) as the worker rendered them
 
 
 def text_frame(payload: str | bytes) -> bytes:
@@ -74,170 +70,6 @@ class Subscriber(Protocol):
     def slow_consumer(self) -> None:
         """Called (outside the hub lock) after :meth:`offer` returned False."""
         ...
-
-
-# ---------------------------------------------------------------------------------------------
-# One book per symbol, and what each depth view of it sees
-# ---------------------------------------------------------------------------------------------
-
-
-class BookView:
-    """The subscribers of ``book:<symbol>[:<depth>]`` and the sequence of their last frame."""
-
-    __slots__ = ("channel", "depth", "subs", "sequence")
-
-    def __init__(self, channel: str, depth: int, sequence: int) -> None:
-        self.channel = channel
-        self.depth = depth
-        self.subs: set[Subscriber] = set()
-        self.sequence = sequence
-
-
-class BookMirror:
-    """One symbol's book as the worker published it, and its depth views.
-
-    Levels are keyed by integer ticks (negated for bids, so both sides sort best first);
-    the texts are kept as the worker rendered them. The ``book:<symbol>`` key holds at most
-    :data:`MAX_DEPTH` levels per side: beyond the worst level it held (``worst``), the mirror
-    knows only what increments told it, so a view that would need more is served after a
-    re-read of the key.
-    """
-
-    def __init__(self, market: Market, symbol: str) -> None:
-        self.market = market
-        self.symbol = symbol
-        self.sequence = -1  # not loaded
-        self.levels: dict[str, SortedDict] = {"bids": SortedDict(), "asks": SortedDict()}
-        self.worst: dict[str, int | None] = {"bids": None, "asks": None}
-        self.bbo: dict[str, Any] = wire.bbo_object(0, None, "0", None, "0")
-        self.views: dict[str, BookView] = {}
-
-    def _key(self, side: str, price: str) -> int:
-        ticks = self.market.price_to_ticks(price)
-        return -ticks if side == "bids" else ticks
-
-    def load(self, snap: dict[str, Any]) -> None:
-        """Replace everything with the worker's ``book:<symbol>`` value."""
-        self.sequence = int(snap.get("sequence") or 0)
-        for side in SIDES:
-            rows = snap.get(side) or []
-            levels = self.levels[side] = SortedDict(
-                (self._key(side, p), (p, q)) for p, q in rows
-            )
-            self.worst[side] = levels.keys()[-1] if len(rows) >= MAX_DEPTH else None
-        bbo = snap.get("bbo")
-        if isinstance(bbo, dict):
-            self.bbo = bbo
-        else:
-            self.bbo = wire.bbo_object(int(snap.get("bbo_sequence") or 0), None, "0", None, "0")
-
-    def top(self, side: str, depth: int) -> list[Level]:
-        levels = self.levels[side]
-        return [levels[k] for k in levels.islice(0, depth)]
-
-    def reliable_for(self, depth: int) -> bool:
-        """False when a view of ``depth`` may need levels the key did not carry."""
-        for side in SIDES:
-            worst = self.worst[side]
-            if worst is not None and self.levels[side].bisect_right(worst) < depth:
-                return False
-        return True
-
-    def snapshot_frame(self, view: BookView) -> bytes:
-        return frame({"channel": view.channel, "type": "snapshot", "sequence": view.sequence,
-                      "bids": self.top("bids", view.depth),
-                      "asks": self.top("asks", view.depth)})  # fmt: skip
-
-    def _boundaries(self) -> dict[tuple[str, int], int | None]:
-        """(side, depth) -> key of the view's last visible level (None: it sees them all)."""
-        out: dict[tuple[str, int], int | None] = {}
-        for side in SIDES:
-            keys = self.levels[side].keys()
-            for view in self.views.values():
-                out[(side, view.depth)] = keys[view.depth - 1] if len(keys) >= view.depth else None
-        return out
-
-    def apply(self, increment: dict[str, Any]) -> list[tuple[BookView, bytes]]:
-        """Apply one increment (its ``prev_sequence`` checked by the caller); the frame each
-        view must send, for the views whose top N changed."""
-        before = self._boundaries()
-        old: dict[str, dict[int, Level | None]] = {"bids": {}, "asks": {}}
-        for side in SIDES:
-            levels = self.levels[side]
-            for price, qty in increment.get(side) or ():
-                key = self._key(side, price)
-                old[side].setdefault(key, levels.get(key))
-                if _is_zero(qty):
-                    levels.pop(key, None)
-                else:
-                    levels[key] = (price, qty)
-        self.sequence = int(increment["sequence"])
-        after = self._boundaries()
-        frames = []
-        for view in self.views.values():
-            changes = {
-                side: self._visible_changes(side, old[side], before[(side, view.depth)],
-                                            after[(side, view.depth)])
-                for side in SIDES
-            }  # fmt: skip
-            if changes["bids"] or changes["asks"]:
-                frames.append((view, self._update(view, changes)))
-        return frames
-
-    def _visible_changes(
-        self, side: str, old: dict[int, Level | None], was: int | None, now: int | None
-    ) -> list[list[str]]:
-        """What a view whose last visible key went from ``was`` to ``now`` must be told."""
-        levels = self.levels[side]
-        candidates = set(old)
-        if now is None or (was is not None and now > was):  # levels entered from below
-            candidates.update(levels.irange(was, now, inclusive=(False, True)))
-        if was is None or (now is not None and was > now):  # levels pushed out below
-            candidates.update(levels.irange(now, was, inclusive=(False, True)))
-        out = []
-        for key in sorted(candidates):
-            seen_before = old[key] if key in old else levels.get(key)
-            if seen_before is not None and was is not None and key > was:
-                seen_before = None
-            seen_now = levels.get(key)
-            if seen_now is not None and now is not None and key > now:
-                seen_now = None
-            if seen_before != seen_now:
-                if seen_now is not None:
-                    out.append(list(seen_now))
-                elif seen_before is not None:
-                    out.append([seen_before[0], "0"])
-        return out
-
-    def reload(self, snap: dict[str, Any]) -> list[tuple[BookView, bytes]]:
-        """Re-read the key (after a gap, or when a view needs more than the mirror knows): each
-        view gets the difference between what it showed and the new book as a normal update."""
-        shown = {name: {side: dict(self.top(side, view.depth)) for side in SIDES}
-                 for name, view in self.views.items()}  # fmt: skip
-        self.load(snap)
-        frames = []
-        for name, view in self.views.items():
-            changes = {}
-            for side in SIDES:
-                was, now = shown[name][side], dict(self.top(side, view.depth))
-                diff = [[p, q] for p, q in now.items() if was.get(p) != q]
-                diff += [[p, "0"] for p in was if p not in now]
-                changes[side] = diff
-            if changes["bids"] or changes["asks"]:
-                frames.append((view, self._update(view, changes)))
-            else:
-                view.sequence = self.sequence
-        return frames
-
-    def _update(self, view: BookView, changes: dict[str, list[list[str]]]) -> bytes:
-        prev, view.sequence = view.sequence, self.sequence
-        return frame({"channel": view.channel, "type": "update", "prev_sequence": prev,
-                      "sequence": view.sequence, "bids": changes["bids"],
-                      "asks": changes["asks"]})  # fmt: skip
-
-
-def _is_zero(qty: str) -> bool:
-    return qty.strip("0.") == ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,10 +189,10 @@ class Hub:
                     if view is None:
                         view = book.views[channel] = BookView(channel, depth, book.sequence)
                         if not book.reliable_for(depth):  # the other views follow the re-read
-                            for other, data in self._reload(book):
-                                self._fanout(other.subs, data, slow)
+                            for other, update in self._reload(book):
+                                self._fanout(other.subs, frame(update), slow)
                     view.subs.add(sub)
-                    overflow = not sub.offer(book.snapshot_frame(view))
+                    overflow = not sub.offer(frame(book.snapshot(view)))
         self._finish(slow)
         if overflow:
             sub.slow_consumer()
@@ -417,7 +249,7 @@ class Hub:
         raw = self.client.get(self.namespace.keys_for(symbol).book(symbol))
         return wire.loads(raw) if raw else {"sequence": 0, "bids": [], "asks": []}
 
-    def _reload(self, book: BookMirror) -> list[tuple[BookView, bytes]]:
+    def _reload(self, book: BookMirror) -> list[tuple[BookView, dict[str, Any]]]:
         return book.reload(self._read_book(book.symbol))
 
     # -- frames ---------------------------------------------------------------------------------
@@ -561,8 +393,8 @@ class Hub:
                                  book.sequence, increment["prev_sequence"],
                                  increment["sequence"])  # fmt: skip
                         frames = self._reload(book)
-                    for view, data in frames:
-                        self._fanout(view.subs, data, slow)
+                    for view, update in frames:
+                        self._fanout(view.subs, frame(update), slow)
                 bbo = body.get("bbo")
                 if bbo and int(bbo["sequence"]) > int(book.bbo.get("sequence") or 0):
                     book.bbo = bbo
@@ -610,7 +442,7 @@ class Hub:
                 for view in book.views.values():
                     view.sequence = book.sequence
                     self._fanout(view.subs, _resync_frame(view.channel), slow)
-                    self._fanout(view.subs, book.snapshot_frame(view), slow)
+                    self._fanout(view.subs, frame(book.snapshot(view)), slow)
         self._finish(slow)
 
 

@@ -22,8 +22,8 @@ import redis
 from redis.connection import Connection
 
 from protocol.keys import Keys
+from worker.batch import Batch, Message
 from worker.lease import Lease, LeaseLost
-from worker.processor import Batch, Message
 
 log = logging.getLogger("worker")
 

@@ -15,8 +15,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from engine.book import OrderBook
 from engine.commands import (
@@ -37,6 +36,7 @@ from engine.units import SchemaError
 from engine.validation import command_from_wire
 from protocol import wire
 from protocol.keys import DEFAULT_NAMESPACE, Keys
+from worker.batch import Batch, BookUpdate, Message, TradeRecord
 from worker.orders import OrderState
 
 log = logging.getLogger("worker")
@@ -66,54 +66,6 @@ def parse_stream_id(stream_id: str | bytes) -> tuple[int, int]:
         stream_id = stream_id.decode()
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-# -- what a batch produces ----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class TradeRecord:
-    """One trade as the trades stream stores it (replay compares these)."""
-
-    stream_id: str  # "<ms of the command's entry>-<partition trade number>"
-    record: bytes  # the REST trade record
-    maker_account: str
-    taker_account: str
-    symbol: str
-
-
-@dataclass(slots=True)
-class BookUpdate:
-    """One symbol touched by the batch: its new ``book:<symbol>`` value and md message."""
-
-    symbol: str
-    value: bytes
-    message: bytes
-
-
-class Message(NamedTuple):
-    channel: str
-    payload: bytes
-
-
-@dataclass(slots=True)
-class Batch:
-    """What one processed batch produced. In state-only mode just the ids, counts and trades."""
-
-    first_id: str | None = None
-    last_id: str | None = None
-    count: int = 0  # valid commands applied
-    consumed: int = 0  # journal entries consumed since genesis, this batch included
-    trades: list[TradeRecord] = field(default_factory=list)
-    #: order id -> its ``order:<id>`` value, for every order the batch changed
-    records: dict[int, bytes] = field(default_factory=dict)
-    #: account -> ids entering its ``open`` index / leaving it / entering its ``closed`` index
-    opened: dict[str, list[int]] = field(default_factory=dict)
-    unopened: dict[str, list[int]] = field(default_factory=dict)
-    closed: dict[str, list[int]] = field(default_factory=dict)
-    books: list[BookUpdate] = field(default_factory=list)
-    #: replies (one per inbox), market data, account events: published in this order
-    messages: list[Message] = field(default_factory=list)
 
 
 # -- per-batch and per-command scratch state ----------------------------------------------------

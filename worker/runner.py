@@ -21,9 +21,10 @@ import engine
 from engine.markets import Market
 from protocol import wire
 from protocol.keys import Namespace
+from worker.batch import Message
 from worker.commit import BatchWriter, StateMismatch, batch_commands
 from worker.lease import Lease, LeaseLost
-from worker.processor import Entry, Message, Processor, parse_stream_id
+from worker.processor import Entry, Processor, parse_stream_id
 from worker.snapshots import SnapshotStore, stream_was_trimmed
 
 log = logging.getLogger("worker")

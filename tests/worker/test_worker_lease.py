@@ -15,9 +15,9 @@ from wk_helpers import feed, last_stream_id, redis_state, trade_numbers, wait_ap
 
 from protocol.keys import Keys
 from web.journal import Journal
+from worker.batch import Message
 from worker.commit import BatchWriter, StateMismatch
 from worker.lease import Lease, LeaseLost
-from worker.processor import Message
 from worker.replay import replay_partition
 from worker.runner import connect
 
