@@ -1,8 +1,8 @@
 # shellcheck shell=bash
-# Sourced by scripts/test and scripts/run: creates .venv if missing and installs
-# requirements.txt into it, skipping the install while requirements.txt is unchanged;
-# then builds the optional native modules (scripts/build_native.py).
-# Sets ROOT, VENV, PY.
+# Sourced by scripts/test and scripts/run: creates .venv if missing and installs the
+# requirements file named by FAIRBOOK_REQUIREMENTS (scripts/run: requirements.txt, scripts/test:
+# requirements-dev.txt) into it, skipping the install while the files are unchanged; then
+# builds the compiled modules (scripts/build_native.py). Sets ROOT, VENV, PY.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -13,20 +13,22 @@ if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
 fi
 
-_fb_stamp="$VENV/.requirements.stamp"
-_fb_want="$( { sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1; "$PY" -V; } 2>&1 | tr '\n' ' ')"
-if [ "$(cat "$_fb_stamp" 2>/dev/null)" != "$_fb_want" ]; then
-    echo "[fairbook] installing requirements.txt into .venv" >&2
-    rm -f "$_fb_stamp"
-    if ! "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt" \
+# Install a requirements file unless its stamp says these exact files are installed already.
+_fb_install() {
+    local file="$1" stamp="$VENV/.stamp-$1" want
+    want="$( { cat "$ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1; "$PY" -V; } 2>&1 | tr '\n' ' ')"
+    [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+    echo "[fairbook] installing $file into .venv" >&2
+    rm -f "$stamp"
+    if ! "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/$file" \
             >"$VENV/pip-install.log" 2>&1; then
         cat "$VENV/pip-install.log" >&2
         echo "[fairbook] pip install failed (log: $VENV/pip-install.log)" >&2
-        exit 1
+        return 1
     fi
-    printf '%s' "$_fb_want" >"$_fb_stamp"
-fi
-unset _fb_stamp _fb_want
+    printf '%s' "$want" >"$stamp"
+}
+_fb_install "${FAIRBOOK_REQUIREMENTS:-requirements.txt}" || exit 1
 
 # Compile the hot modules with mypyc (rebuilt only when a source changed). Optional: on a
 # failure, or with FAIRBOOK_PURE=1, everything runs as plain Python.
