@@ -10,6 +10,7 @@ Environment:
   REDIS_URL               use this Redis instead of starting one
   FAIRBOOK_REDIS_PORT     port of the private Redis (default 6380)
   FAIRBOOK_FSYNC          appendfsync of the private Redis: everysec (default) or always
+  FAIRBOOK_DATA_DIR       directory of the private Redis's AOF (default ./var)
   FAIRBOOK_GUNICORN_ARGS  gunicorn worker options (default DEFAULT_GUNICORN_ARGS below)
 
 Pure stdlib + redis-py.
@@ -99,8 +100,8 @@ def find_redis_server() -> str:
 def start_redis(port: int, fsync: str, env: dict[str, str]) -> subprocess.Popen:
     if port == 6379:
         raise SystemExit("refusing to start a private Redis on 6379")
-    data_dir = ROOT / "var"
-    data_dir.mkdir(exist_ok=True)
+    data_dir = Path(os.environ.get("FAIRBOOK_DATA_DIR") or ROOT / "var")
+    data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         find_redis_server(),
         "--port", str(port),
