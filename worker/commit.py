@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import hiredis
 import redis
 from redis.connection import Connection
 
@@ -29,10 +28,6 @@ log = logging.getLogger("worker")
 
 #: Redis command arguments, as redis-py packs them
 Command = tuple[Any, ...]
-
-
-_MULTI = hiredis.pack_command(("MULTI",))
-_EXEC = hiredis.pack_command(("EXEC",))
 
 
 class StateMismatch(Exception):
@@ -106,8 +101,7 @@ class BatchWriter:
         tail: list[Command] = [("SET", self.keys.applied, applied)] if applied else []
         tail += [("PUBLISH", m.channel, m.payload) for m in messages]
         queued = [*commands, *tail]
-        # hiredis packs a command in C; redis-py's packer walks every argument in Python
-        data = [b"".join([_MULTI, *map(hiredis.pack_command, queued), _EXEC])]
+        data = self.conn.pack_commands([("MULTI",), *queued, ("EXEC",)])
         try:
             self._verify()
             self.conn.send_packed_command([*data, self._check], check_health=False)

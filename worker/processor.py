@@ -47,8 +47,7 @@ SNAPSHOT_VERSION = 2
 #: Levels per side in the ``book:<symbol>`` key (the REST and WebSocket depth limit).
 BOOK_DEPTH = 500
 
-#: (stream id, fields): fields a {field: value} dict (redis-py's XRANGE) or the flat
-#: [field, value, ...] list of a raw XREAD reply
+#: (stream id, {field: value}) as redis-py returns a stream entry
 Entry = Sequence[Any]
 
 _REJECT_MESSAGES = {
@@ -477,9 +476,6 @@ def _text(value: str | bytes) -> str:
 
 def _decode(raw_id: Any, fields: Any) -> dict[str, Any] | None:
     """The entry's wire command, or None (logged) when it is not a JSON object."""
-    if type(fields) is list:
-        flat = fields
-        fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
     payload = fields.get(b"c") if b"c" in fields else fields.get(wire.COMMAND_FIELD)
     try:
         command = wire.loads(payload)

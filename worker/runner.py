@@ -72,10 +72,8 @@ class PartitionWorker:
         self.block_ms = block_ms
         self.on_batch = on_batch
         self.redis = connect(redis_url)
-        # XREAD on a connection of its own, replies left as hiredis parses them: redis-py's
-        # reply callbacks would build a dict per entry
-        pool = self.redis.connection_pool
-        self.reader = pool.connection_class(**pool.connection_kwargs)
+        # XREAD BLOCK holds its connection: a client of its own
+        self.reader = connect(redis_url)
         self.lease = Lease(connect(redis_url), self.keys.lease, lease_ms, renew_s)
         self.writer = BatchWriter(self.redis, self.keys, self.lease)
         self.snapshots = SnapshotStore(self.redis, self.keys, keep_snapshots, trim)
@@ -124,7 +122,6 @@ class PartitionWorker:
                 self.active.clear()
                 self.processor = None  # memory may be ahead of or behind Redis: never trust it
                 self.writer.close()
-                self.reader.disconnect()
                 self.lease.stop_renewing()
         self.lease.release()
         log.info("partition %d: worker stopped", self.partition)
@@ -197,14 +194,10 @@ class PartitionWorker:
     # -- matching -------------------------------------------------------------------------------
     def _read(self, after: str, block: bool) -> list[Entry]:
         """The next batch after ``after``: waits up to ``block_ms`` only when ``block``."""
-        wait = ("BLOCK", self.block_ms) if block else ()
-        try:
-            self.reader.send_command("XREAD", "COUNT", self.batch_size, *wait, "STREAMS",
-                                     self.keys.stream, after)  # fmt: skip
-            reply = self.reader.read_response()
-        except BaseException:
-            self.reader.disconnect()
-            raise
+        reply = self.reader.xread(
+            {self.keys.stream: after}, count=self.batch_size,
+            block=self.block_ms if block else None,
+        )  # fmt: skip
         if not reply:
             return []
         # RESP3: {stream: entries}; RESP2: [[stream, entries]]
