@@ -70,8 +70,6 @@ class Fairbook:
     redis: redis.Redis
     reply_timeout: float
     journals: dict[int, Journal] = field(default_factory=dict)
-    auth_cache: dict[str, tuple[str, float]] = field(default_factory=dict)
-    auth_cache_ttl: float = 5.0
     #: this process's reply inbox, created with the first journal
     inbox: Inbox | None = None
     #: connections for the per-request hot path (appends, order and book GETs)
@@ -84,6 +82,11 @@ class Fairbook:
         """GET on the hot read paths (order records, books)."""
         assert self.connections is not None
         return self.connections.call("GET", key)
+
+    def get_hash_field(self, key: str, field_name: str) -> Any:
+        """HGET on the hot path (the API key lookup of every private request)."""
+        assert self.connections is not None
+        return self.connections.call("HGET", key, field_name)
 
     @property
     def partitions(self) -> list[int]:
