@@ -37,7 +37,7 @@ from redis.retry import Retry
 # REST and thousands of WebSockets from one process; one web process per spare core (the worker
 # and Redis need the rest): on 2 cores, -w 1 measured p99 POST->result 22 ms at 1,000 orders/s
 # against 31 ms with -w 2 (README, Benchmarks). Keep in step with the Procfile's web line.
-DEFAULT_GUNICORN_ARGS = f"-k gevent -w {max(1, (os.cpu_count() or 2) - 1)}"
+DEFAULT_GUNICORN_ARGS = f"-k web.server.Worker -w {max(1, (os.cpu_count() or 2) - 1)}"
 DEFAULT_PORT = 8000
 DEFAULT_REDIS_PORT = 6380
 STOP_TIMEOUT = 15.0  # seconds a child gets to exit after SIGTERM before SIGKILL

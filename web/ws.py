@@ -338,13 +338,15 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _prepare_websocket() -> None:
-        """No permessage-deflate (frames are pre-encoded), one send lock per socket."""
+        """No permessage-deflate (frames are pre-encoded), one send lock per socket, and no
+        request timeout on a socket that lives on as a WebSocket (``web.server``)."""
         if request.path != "/ws":
             return
         environ = request.environ
         environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         raw = environ.get("gunicorn.socket")
         if raw is not None and not isinstance(raw, LockedSocket):
+            raw.settimeout(None)
             sndbuf = int(setting("FAIRBOOK_WS_SNDBUF"))
             if sndbuf:
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
