@@ -5,6 +5,6 @@ Commands: ``flask --app app create-account NAME`` prints ``{"account_id", "api_k
 
 from __future__ import annotations
 
-from web import create_app
+from web.app import create_app
 
 app = create_app()

@@ -121,12 +121,10 @@ def start_redis(port: int, fsync: str, env: dict[str, str]) -> subprocess.Popen:
             raise _Stop
         if proc.poll() is not None:
             raise SystemExit(f"redis-server exited with {proc.returncode} (port {port} in use?)")
-        try:
+        try:  # any error before the deadline (refused, timed out, still loading) is "not yet"
             if client.info("server").get("process_id") == proc.pid:
                 break
-        except redis.exceptions.BusyLoadingError:
-            pass
-        except redis.exceptions.ConnectionError:
+        except redis.exceptions.RedisError:
             pass
         if time.monotonic() > deadline:
             stop_process("redis", proc)

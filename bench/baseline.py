@@ -13,6 +13,8 @@ on. This measures what the developers' guide quotes for "these 2-core machines":
   workers, driven by the e2e benchmark's HTTP client; the guide quotes ~2k requests/s.
 
 Divide a Fairbook figure by the machine's ratio to these references to compare across days.
+``bench core`` and ``bench e2e`` measure the same references in their own runs and report their
+figure as a ratio to them (``bench worker``: to Redis alone absorbing the worker's writes).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import gc
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +39,7 @@ from typing import Any
 from sortedcontainers import SortedDict
 
 from bench.e2e import Conn
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, wait_until
 
 GUIDE_MATCHER_ORDERS_PER_S = 500_000
 GUIDE_FLASK_XADD_REQUESTS_PER_S = 2_000
@@ -124,22 +127,28 @@ def bare_flow(count: int, seed: int) -> list[tuple[Any, ...]]:
     return flow
 
 
-def run_matcher(count: int, runs: int, seed: int) -> dict[str, Any]:
-    flow = bare_flow(count, seed)
-    rates = []
-    for _ in range(runs):
-        book = BareBook()
-        limit, cancel = book.limit, book.cancel
-        gc.collect()
-        gc.freeze()
+def time_bare(flow: list[tuple[Any, ...]]) -> tuple[float, BareBook]:
+    """One timed pass of ``flow`` through a fresh :class:`BareBook`: (orders/s, the book)."""
+    book = BareBook()
+    limit, cancel = book.limit, book.cancel
+    gc.collect()
+    gc.freeze()
+    try:
         start = time.perf_counter()
         for item in flow:
             if item[0] == "limit":
                 limit(item[1], item[2], item[3], item[4])
             else:
                 cancel(item[1])
-        rates.append(count / (time.perf_counter() - start))
+        elapsed = time.perf_counter() - start
+    finally:
         gc.unfreeze()
+    return len(flow) / elapsed, book
+
+
+def run_matcher(count: int, runs: int, seed: int) -> dict[str, Any]:
+    flow = bare_flow(count, seed)
+    rates = [time_bare(flow)[0] for _ in range(runs)]
     median = statistics.median(rates)
     return {
         "orders": count,
@@ -172,10 +181,13 @@ BASELINE_APP = textwrap.dedent(
 )
 
 
+ORDER_BODY = json.dumps(
+    {"symbol": "BTC-USDT", "side": "buy", "price": "30000.00", "quantity": "0.01000"}
+).encode()
+
+
 async def _hammer(port: int, clients: int, seconds: float) -> tuple[int, dict[str, int]]:
-    body = json.dumps(
-        {"symbol": "BTC-USDT", "side": "buy", "price": "30000.00", "quantity": "0.01000"}
-    ).encode()
+    """``clients`` keep-alive connections POSTing for ``seconds``: (201 answers, errors)."""
     done = 0
     errors: dict[str, int] = {}
     stop_at = time.monotonic() + seconds
@@ -183,65 +195,113 @@ async def _hammer(port: int, clients: int, seconds: float) -> tuple[int, dict[st
     async def one_client() -> None:
         nonlocal done
         conn = Conn("127.0.0.1", port, "unused")
-        while time.monotonic() < stop_at:
-            try:
-                status, _ = await conn.request("POST", "/orders", body)
-            except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                conn.close()
-                continue
-            if status == 201:
-                done += 1
-            else:
-                errors[str(status)] = errors.get(str(status), 0) + 1
-        conn.close()
+        try:
+            while time.monotonic() < stop_at:
+                try:
+                    status, _ = await conn.request("POST", "/orders", ORDER_BODY)
+                except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    conn.close()
+                    await asyncio.sleep(0.01)
+                    continue
+                if status == 201:
+                    done += 1
+                else:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+        finally:
+            conn.close()
 
-    await asyncio.gather(*(one_client() for _ in range(clients)))
+    # a request the server never answers must not hang the benchmark past its end
+    await asyncio.wait_for(
+        asyncio.gather(*(one_client() for _ in range(clients))), seconds + 30
+    )
     return done, errors
 
 
-def run_flask(seconds: float, clients: int) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="fb-baseline-"))
-    (workdir / "baseline_app.py").write_text(BASELINE_APP)
-    server = RedisServer(dir=workdir / "redis")
-    server.start()
-    port = free_port()
-    env = dict(os.environ, REDIS_URL=server.url)
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "baseline_app:app", "-k", "sync", "-w", "2",
-         "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],  # fmt: skip
-        cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-    )
+async def _probe(port: int) -> bool:
+    """One POST answered 201 within 5 s; any failure raises (the caller retries)."""
+    conn = Conn("127.0.0.1", port, "unused")
     try:
-        deadline = time.monotonic() + 30
-        while True:  # wait for both gunicorn workers to answer
-            try:
-                done, _ = asyncio.run(_hammer(port, 2, 0.3))
-                if done:
-                    break
-            except OSError:
-                pass
-            if web.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the baseline gunicorn did not start")
-            time.sleep(0.1)
-        start = time.monotonic()
-        done, errors = asyncio.run(_hammer(port, clients, seconds))
-        elapsed = time.monotonic() - start
+        status, _ = await asyncio.wait_for(conn.request("POST", "/orders", ORDER_BODY), 5)
+        return status == 201
     finally:
-        web.terminate()
-        web.wait(15)
-        server.stop()
-    rate = done / elapsed
-    return {
-        "gunicorn": "-k sync -w 2",
-        "clients": clients,
-        "seconds": round(elapsed, 3),
-        "requests": done,
-        "errors": errors,
-        "requests_per_s": round(rate, 1),
-        "guide_requests_per_s": GUIDE_FLASK_XADD_REQUESTS_PER_S,
-        "ratio_to_guide": round(rate / GUIDE_FLASK_XADD_REQUESTS_PER_S, 3),
-    }
+        conn.close()
+
+
+class FlaskXadd:
+    """The minimal Flask + XADD app under gunicorn sync -w 2 with a private redis-server:
+    :meth:`start`, then :meth:`measure` as often as wanted, then :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="fb-baseline-"))
+        self.server = RedisServer(dir=self.workdir / "redis")
+        self.port = free_port()
+        self.web: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> FlaskXadd:
+        try:
+            (self.workdir / "baseline_app.py").write_text(BASELINE_APP)
+            self.server.start()
+            env = dict(os.environ, REDIS_URL=self.server.url)
+            self.web = web = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "baseline_app:app", "-k", "sync", "-w", "2",
+                 "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning"],  # fmt: skip
+                cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+            )
+            # any error (refused, reset, a read that times out) is "not yet" until the
+            # deadline; two probes in a row, so both sync workers have most likely booted
+            wait_until(
+                lambda: asyncio.run(_probe(self.port)) and asyncio.run(_probe(self.port)),
+                timeout, "the baseline gunicorn", alive=lambda: web.poll() is None,
+            )  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def measure(self, seconds: float, clients: int, warmup: float = 0.0) -> dict[str, Any]:
+        if warmup:
+            asyncio.run(_hammer(self.port, clients, warmup))
+        start = time.monotonic()
+        done, errors = asyncio.run(_hammer(self.port, clients, seconds))
+        elapsed = time.monotonic() - start
+        rate = done / elapsed
+        return {
+            "gunicorn": "-k sync -w 2",
+            "clients": clients,
+            "seconds": round(elapsed, 3),
+            "warmup": warmup,
+            "requests": done,
+            "errors": errors,
+            "requests_per_s": round(rate, 1),
+            "guide_requests_per_s": GUIDE_FLASK_XADD_REQUESTS_PER_S,
+            "ratio_to_guide": round(rate / GUIDE_FLASK_XADD_REQUESTS_PER_S, 3),
+        }
+
+    def stop(self) -> None:
+        if self.web is not None:
+            self.web.terminate()
+            try:
+                self.web.wait(15)
+            except subprocess.TimeoutExpired:
+                self.web.kill()
+                self.web.wait()
+            self.web = None
+        self.server.stop()
+        self.server.cleanup()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> FlaskXadd:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_flask(seconds: float, clients: int, warmup: float = 0.0) -> dict[str, Any]:
+    """Start the app, measure it once, stop it."""
+    with FlaskXadd() as app:
+        return app.measure(seconds, clients, warmup)
 
 
 def main(argv: list[str]) -> int:
@@ -253,6 +313,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--runs", type=int, default=3, help="matcher runs; the median counts")
     ap.add_argument("--seconds", type=float, default=10.0, help="Flask + XADD load duration")
     ap.add_argument("--clients", type=int, default=16, help="concurrent HTTP connections")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured Flask lead-in seconds")
     ap.add_argument("--seed", type=int, default=7)
     opts = ap.parse_args(argv)
     result = {
@@ -260,7 +321,7 @@ def main(argv: list[str]) -> int:
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "matcher": run_matcher(opts.orders, opts.runs, opts.seed),
-        "flask_xadd": run_flask(opts.seconds, opts.clients),
+        "flask_xadd": run_flask(opts.seconds, opts.clients, opts.warmup),
     }
     m, f = result["matcher"], result["flask_xadd"]
     print(

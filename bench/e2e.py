@@ -2,6 +2,12 @@
 
 ``python -m bench e2e [--json PATH] [--clients N] [--seconds S] [--rate R] [--gunicorn ARGS]``
 
+The headline is a ratio measured in one run: Fairbook's requests/s at its unpaced maximum over
+those of the minimal Flask + XADD app of ``bench baseline`` (gunicorn sync -w 2), driven by the
+same number of connections for the same duration and warm-up, once before and once after the
+Fairbook run (the mean counts). Target: >= 1.0x. ``--rate R`` adds a paced latency run (on a
+fresh stack) after the maximum; its figures go under ``"paced"``.
+
 Starts a private redis-server, ``python -m worker`` and ``gunicorn app:app`` on free ports (see
 ``bench.stack``), then drives a seeded order flow from N concurrent keep-alive HTTP connections
 (a small asyncio HTTP/1.1 client: the load generator shares the machine, so it must be cheap).
@@ -324,7 +330,10 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     listener = ctx.Process(target=_listen, args=(stack.redis_url, ready, stop, out), daemon=True)
     listener.start()
-    ready.wait(10)
+    if not ready.wait(60):  # a deadline, not a guess: without it the fill latencies are empty
+        listener.terminate()
+        stack.stop()
+        raise RuntimeError("the pub/sub fill listener did not subscribe within 60 s")
     rdb = redis.Redis.from_url(stack.redis_url)
     try:
         clients = setup_clients(stack, opts.clients, opts.seed)
@@ -430,8 +439,10 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
 def one_line(r: dict[str, Any]) -> str:
     """A human summary of one run."""
     p, f = r["post_to_result_ms"], r["post_to_fill_published_ms"]
+    rate = r["config"]["rate"]
     return (
-        f"[{r['config']['gunicorn']}] {r['accepted_orders_per_s']} orders/s "
+        f"[{r['config']['gunicorn']}, {f'paced at {rate:g}/s' if rate else 'unpaced'}] "
+        f"{r['accepted_orders_per_s']} orders/s "
         f"({r['requests_per_s']} req/s, {r['orders_202']} x 202, errors {r['errors']}); "
         f"POST->result p50 {p['p50']} p99 {p['p99']} ms; POST->fill published p50 {f['p50']} "
         f"p99 {f['p99']} ms; lag at end {r['worker_lag_at_end']}, "
@@ -439,13 +450,41 @@ def one_line(r: dict[str, Any]) -> str:
     )
 
 
+TARGET_RATIO = 1.0
+
+
+def run_baseline(opts: argparse.Namespace) -> dict[str, Any]:
+    """The minimal Flask + XADD app with the Fairbook run's connections, duration and warm-up."""
+    from bench.baseline import run_flask  # bench.baseline imports this module's client
+
+    return run_flask(opts.seconds, opts.clients, opts.warmup)
+
+
+def ratio_line(run: dict[str, Any], baseline: dict[str, Any]) -> str:
+    p = run["post_to_result_ms"]
+    return (
+        f"bench e2e [{run['config']['gunicorn']}]: Fairbook {run['requests_per_s']:,} "
+        f"requests/s unpaced vs minimal Flask + XADD {baseline['requests_per_s']:,} "
+        f"(runs {baseline['runs']}) with {run['config']['clients']} connections = "
+        f"{run['ratio']}x (target >= {TARGET_RATIO}x); POST->result p50 {p['p50']} "
+        f"p99 {p['p99']} ms"
+    )
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench e2e", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     ap.add_argument("--json", metavar="PATH", help="write the result as JSON here")
     ap.add_argument("--clients", type=int, default=32, help="concurrent connections/accounts")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured duration")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured lead-in seconds")
-    ap.add_argument("--rate", type=float, default=None, help="total orders/s (default: max)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="also a latency run paced at this many orders/s in total "
+                         "(the ratio always comes from the unpaced maximum)")  # fmt: skip
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the Flask + XADD calibration (no ratio)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--gunicorn",
@@ -457,14 +496,54 @@ def main(argv: list[str]) -> int:
     opts = ap.parse_args(argv)
     if opts.clients < 1 or opts.seconds <= 0:
         ap.error("--clients must be >= 1 and --seconds > 0")
+    if opts.rate is not None and opts.rate <= 0:
+        ap.error("--rate must be > 0")
+    baselines = [] if opts.no_baseline else [run_baseline(opts)]
+    if baselines:
+        print(f"minimal Flask + XADD (before): {baselines[0]['requests_per_s']:,} requests/s",
+              file=sys.stderr)  # fmt: skip
     runs = []
     for gunicorn in opts.gunicorn or ["-k gevent -w 1"]:
-        one = argparse.Namespace(**{**vars(opts), "gunicorn": gunicorn})
-        runs.append(run_bench(one))
+        unpaced = argparse.Namespace(**{**vars(opts), "gunicorn": gunicorn, "rate": None})
+        runs.append(run_bench(unpaced))
         print(one_line(runs[-1]), file=sys.stderr)
+        if opts.rate:
+            paced = argparse.Namespace(**{**vars(opts), "gunicorn": gunicorn})
+            runs[-1]["paced"] = run_bench(paced)
+            print(one_line(runs[-1]["paced"]), file=sys.stderr)
+    baseline: dict[str, Any] | None = None
+    if baselines:
+        baselines.append(run_baseline(opts))
+        print(f"minimal Flask + XADD (after): {baselines[1]['requests_per_s']:,} requests/s",
+              file=sys.stderr)  # fmt: skip
+        rates = [b["requests_per_s"] for b in baselines]
+        baseline = {
+            "app": "Flask + XADD, gunicorn -k sync -w 2 (bench baseline)",
+            "requests_per_s": round(statistics.fmean(rates), 1),
+            "runs": rates,
+            "when": ["before", "after"],
+            "clients": opts.clients,
+            "seconds": opts.seconds,
+            "warmup": opts.warmup,
+            "measurements": baselines,
+        }
+        for run in runs:
+            run["baseline"] = baseline
+            run["ratio"] = round(run["requests_per_s"] / max(baseline["requests_per_s"], 1e-9), 3)
+            run["target_ratio"] = TARGET_RATIO
     result: dict[str, Any] = runs[0] if len(runs) == 1 else {"bench": "e2e", "runs": runs}
+    if len(runs) > 1 and baseline is not None:
+        result["baseline"] = baseline
+        result["ratio"] = runs[0]["ratio"]
     text = json.dumps(result, indent=2)
     print(text)
+    for run in runs:
+        if "paced" in run:
+            print(f"bench e2e latency run: {one_line(run['paced'])}")
+        if baseline is not None:
+            print(ratio_line(run, baseline))
+        else:
+            print(f"bench e2e: {one_line(run)}")
     if opts.json:
         with open(opts.json, "w") as fh:
             fh.write(text + "\n")

@@ -24,6 +24,7 @@ import requests
 from protocol.config import load_markets
 from protocol.keys import Namespace
 from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer as TestsRedisServer
 from web.accounts import create_account
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ class Stack:
         log_dir: str | os.PathLike[str] | None = None,
         appendfsync: str = "everysec",
         namespace: str = "fb",
-        redis_server: RedisServer | None = None,
+        redis_server: TestsRedisServer | None = None,
     ) -> None:
         self.gunicorn_args = list(gunicorn_args)
         self.reply_timeout = reply_timeout
@@ -136,7 +137,7 @@ class Stack:
                 try:
                     if all(client.exists(lease) for lease in leases):
                         return
-                except redis.RedisError:
+                except Exception:  # refused, timed out, loading...: all "not yet"
                     pass
                 time.sleep(0.05)
         finally:
@@ -159,7 +160,7 @@ class Stack:
             try:  # any answer will do; any failure is retried until the deadline
                 requests.get(self.url + "/healthz", timeout=2)
                 return
-            except requests.RequestException:
+            except Exception:  # refused, read timeout, a reply cut short...: all "not yet"
                 time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not answer:\n{self.log_tail('web')}")
 

@@ -4,6 +4,17 @@ A private redis-server (AOF on, everysec) is filled with N seeded mixed commands
 XADD; then a worker starts and the clock runs until ``applied`` reaches the last entry, i.e.
 every trade, order record, book, reply and snapshot of the run is committed.
 
+Calibration, same run: Redis alone absorbing the same writes. Before the drain, outside any
+timing, the journal is read back and processed in batches of ``--batch`` entries by a
+``worker.processor.Processor`` (the worker's XREAD returns exactly those batches), and each
+batch's commit is packed as the worker packs it (``worker.commit.batch_commands``, SET applied,
+the PUBLISHes, in MULTI ... EXEC, and the fence check WATCH/GET/GET behind it; redis-py's packer,
+which is hiredis's). Then a fresh private redis-server (AOF on, everysec) is sent those commits
+one after the other on one redis-py connection, each read back before the next is sent, as the
+worker does with no matching in between; once before the drain and once after it, and the mean
+counts. Not replayed: the journal reads, lease renewals and the snapshots (a few per run). The
+ratio worker / Redis alone is well below 1: it says how much of the drain time Redis needs.
+
 ``--live RATE``: the worker's cost at live flow instead, where batches hold one or two entries
 and per-batch costs dominate. ``python -m worker`` runs as its own process; after a drained
 warm-up journal (a realistic book), commands are appended one by one, as the web does, paced at
@@ -14,10 +25,12 @@ RATE/s for ``--seconds``; reported is the CPU per entry of the worker process an
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import resource
+import statistics
 import sys
 import threading
 import time
@@ -29,17 +42,20 @@ from bench.flow import OrderFlow
 from engine.commands import make_public_id
 from protocol import wire
 from protocol.config import load_markets
-from protocol.keys import Keys
+from protocol.keys import DEFAULT_NAMESPACE, Keys, Namespace
+from tests.redis_server import RedisServer, wait_until
+from worker.batch import Message
+from worker.commit import batch_commands
+from worker.processor import Processor
 from worker.runner import PartitionWorker
 
 ROOT = Path(__file__).resolve().parent.parent
+#: a generous bound on any one drain (the loop also stops if the worker thread dies)
+DRAIN_TIMEOUT_S = 1800.0
 
 
 def _redis_server_class() -> Any:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from redis_server import RedisServer  # the infra helper: free port, temp dir, never 6379
-
-    return RedisServer
+    return RedisServer  # the infra helper, with a start-up wait that retries any error
 
 
 def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
@@ -72,37 +88,160 @@ def _cpu(client: Any) -> dict[str, float]:
     }
 
 
-def run(n: int, seed: int, snapshot_every: int, batch: int) -> dict[str, Any]:
-    markets = load_markets()
+class Commit:
+    """One commit as the worker sends it, packed: MULTI, ``queued`` commands, EXEC."""
+
+    __slots__ = ("data", "queued", "entries")
+
+    def __init__(self, data: list[bytes], queued: int, entries: int) -> None:
+        self.data = data
+        self.queued = queued
+        self.entries = entries
+
+
+def worker_commits(client: Any, keys: Keys, markets: dict, batch: int) -> dict[str, Any]:
+    """Every commit a worker draining ``keys.stream`` from genesis sends, packed like
+    :class:`worker.commit.BatchWriter` packs them (untimed: this is the preparation).
+
+    Returns the commits, the fence check sent behind each, the journal's last id and trade count.
+    """
+    pool = client.connection_pool
+    conn = pool.connection_class(**pool.connection_kwargs)  # only its packer is used
+    check = b"".join(conn.pack_commands(
+        [("WATCH", keys.lease, keys.applied), ("GET", keys.lease), ("GET", keys.applied)]
+    ))  # fmt: skip
+
+    def pack(commands: list[Any], applied: str | None, messages: list[Message],
+             entries: int) -> Commit:  # fmt: skip
+        tail: list[Any] = [("SET", keys.applied, applied)] if applied else []
+        tail += [("PUBLISH", m.channel, m.payload) for m in messages]
+        queued = [*commands, *tail]
+        return Commit(conn.pack_commands([("MULTI",), *queued, ("EXEC",)]), len(queued), entries)
+
+    proc = Processor(markets, keys.partition, namespace=keys.namespace)
+    # the recovery commit at start-up: every book rewritten, a resync message
+    books = [x for s in sorted(markets) for x in (keys.book(s), proc.book_value(s))]
+    resync = Message(keys.control, wire.resync_message(keys.partition))
+    commits = [pack([("MSET", *books)], None, [resync], 0)]
+    last = "0-0"
+    trades = 0
+    while True:
+        entries = client.xrange(keys.stream, min="(" + last, max="+", count=batch)
+        if not entries:
+            break
+        out = proc.process(entries)
+        trades += len(out.trades)
+        commits.append(pack(batch_commands(out, keys), out.last_id, out.messages, len(entries)))
+        last = out.last_id or last
+    return {"commits": commits, "check": check, "last_id": last, "trades": trades}
+
+
+def time_redis_alone(commits: list[Commit], check: bytes, keys: Keys) -> dict[str, Any]:
+    """Send ``commits`` to a fresh private redis-server, each (with the fence check behind it)
+    read back before the next is sent; the clock covers exactly that loop."""
     server = _redis_server_class()()
     server.start()
     try:
         client = server.client()
-        keys = Keys(0)
+        pool = client.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        conn.connect()
+        read = conn.read_response
+        send = conn.send_packed_command
+        send([check])  # the check in force before the first commit, as in the worker
+        read(), read(), read()
+        cpu0 = _redis_cpu(client)
+        gc.collect()
+        gc.freeze()
+        try:
+            start = time.perf_counter()
+            for commit in commits:
+                send([*commit.data, check], check_health=False)
+                read()  # MULTI: OK
+                for _ in range(commit.queued):
+                    read()  # QUEUED
+                result = read()  # EXEC
+                if result is None:
+                    raise RuntimeError("EXEC aborted: a watched key changed")
+                for reply in result:
+                    if isinstance(reply, Exception):
+                        raise RuntimeError(f"a command failed inside EXEC: {reply}")
+                read(), read(), read()  # WATCH, GET lease, GET applied
+            seconds = time.perf_counter() - start
+        finally:
+            gc.unfreeze()
+        redis_cpu = _redis_cpu(client) - cpu0
+        written = {
+            "applied": (client.get(keys.applied) or b"").decode(),
+            "trades": client.xlen(keys.trades),
+        }
+        conn.disconnect()
+        client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+    entries = sum(c.entries for c in commits)
+    return {
+        "entries_per_s": round(entries / seconds, 1),
+        "seconds": round(seconds, 3),
+        "redis_cpu_us_per_entry": round(redis_cpu / max(1, entries) * 1e6, 1),
+        "written": written,
+    }
+
+
+def _redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def run(n: int, seed: int, snapshot_every: int, batch: int,
+        redis_alone: bool = True) -> dict[str, Any]:  # fmt: skip
+    markets = load_markets()
+    # every symbol in partition 0, whatever the environment says: the prefill writes them all
+    namespace = Namespace(DEFAULT_NAMESPACE, markets, "")
+    keys = namespace.keys(0)
+    server = _redis_server_class()()
+    server.start()
+    try:
+        client = server.client()
         started = time.perf_counter()
         last = prefill(client, keys, markets, n, seed)
         fill_s = time.perf_counter() - started
+        alone: list[dict[str, Any]] = []
+        prep: dict[str, Any] = {}
+        if redis_alone:
+            started = time.perf_counter()
+            prep = worker_commits(client, keys, markets, batch)
+            prep_s = time.perf_counter() - started
+            if prep["last_id"] != last:
+                raise RuntimeError(f"the journal ends at {last}, the batches at {prep['last_id']}")
+            alone.append(time_redis_alone(prep["commits"], prep["check"], keys))
+        gc.collect()
         worker = PartitionWorker(
-            server.url, 0, markets, snapshot_every=snapshot_every, batch_size=batch
-        )
+            server.url, 0, markets, namespace=namespace, snapshot_every=snapshot_every,
+            batch_size=batch,
+        )  # fmt: skip
         thread = threading.Thread(target=worker.run, daemon=True)
         cpu0 = _cpu(client)
         t0 = time.perf_counter()
         thread.start()
-        while True:
+
+        def drained() -> bool:
             applied = client.get(keys.applied)
-            if applied is not None and applied.decode() == last:
-                break
-            if not thread.is_alive():
-                raise RuntimeError("the worker died; see the log above")
-            time.sleep(0.01)
+            return applied is not None and applied.decode() == last
+
+        # a Redis error or timeout while polling is retried; a dead worker thread is not
+        wait_until(drained, DRAIN_TIMEOUT_S, "the worker drain (see the log above)",
+                   alive=thread.is_alive, interval=0.01)  # fmt: skip
         seconds = time.perf_counter() - t0
         worker.stop()
         thread.join(30)
         cpu1 = _cpu(client)
         cpu = {k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0}
         trades = client.xlen(keys.trades)
-        return {
+        if redis_alone:
+            alone.append(time_redis_alone(prep["commits"], prep["check"], keys))
+        result: dict[str, Any] = {
             "entries_per_s": round(n / seconds, 1),
             "entries": n,
             "trades": trades,
@@ -117,6 +256,23 @@ def run(n: int, seed: int, snapshot_every: int, batch: int) -> dict[str, Any]:
             "load_average": os.getloadavg()[0],
             "seed": seed,
         }
+        if redis_alone:
+            rate = statistics.fmean(a["entries_per_s"] for a in alone)
+            same = all(a["written"] == {"applied": last, "trades": trades} for a in alone)
+            if not same:
+                raise RuntimeError(f"Redis alone wrote {alone}, the worker {last}, {trades}")
+            result["redis_alone"] = {
+                "entries_per_s": round(rate, 1),
+                "runs": [a["entries_per_s"] for a in alone],
+                "seconds": [a["seconds"] for a in alone],
+                "redis_cpu_us_per_entry": [a["redis_cpu_us_per_entry"] for a in alone],
+                "commits": len(prep["commits"]),
+                "bytes_sent": sum(len(d) for c in prep["commits"] for d in c.data),
+                "prepare_seconds": round(prep_s, 3),
+                "same_writes": same,  # same applied id and trades stream length as the worker
+            }
+            result["ratio"] = round(result["entries_per_s"] / rate, 3)
+        return result
     finally:
         server.stop()
         server.cleanup()
@@ -137,9 +293,11 @@ def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any
         last = prefill(client, keys, markets, warm, seed) if warm else None
         stack.start_worker()
         assert stack.worker_proc is not None
-        if last is not None:
-            while (client.get(keys.applied) or b"").decode() != last:
-                time.sleep(0.02)
+        if last is not None:  # any polling error is retried; a dead worker is not
+            proc = stack.worker_proc
+            wait_until(lambda: (client.get(keys.applied) or b"").decode() == last,
+                       DRAIN_TIMEOUT_S, "the warm-up drain", alive=lambda: proc.poll() is None,
+                       interval=0.02)  # fmt: skip
         journal = Journal(client, 0)
         worker_pids = _tree(stack.worker_proc.pid)
         redis_pid = stack.redis_server.proc.pid
@@ -165,11 +323,8 @@ def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any
             flow_ids = journal.append(command)
             flow.record(command, flow_ids)
             sent += 1
-        deadline = time.monotonic() + 30
-        while int(client.get(keys.applied_count) or 0) < warm + sent:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker did not catch up")
-            time.sleep(0.01)
+        wait_until(lambda: int(client.get(keys.applied_count) or 0) >= warm + sent, 60,
+                   "the worker catching up", interval=0.01)  # fmt: skip
         elapsed = time.monotonic() - started
         worker1, redis1 = cpu()
         book = json.loads(client.get(keys.book("BTC-USDT")) or b"{}")
@@ -214,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="live flow duration (default: %(default)s)")
     parser.add_argument("--warm", type=int, default=20_000,
                         help="entries drained before the live flow (default: %(default)s)")
+    parser.add_argument("--no-redis-alone", action="store_true",
+                        help="drain only: skip the Redis-alone calibration")
     parser.add_argument("--json", dest="json_path", default=None, help="write results here")
     parser.add_argument("-v", "--verbose", action="store_true", help="show worker logs")
     args = parser.parse_args(argv)  # fmt: skip
@@ -229,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['book_levels']}; CPU us per entry: {result['cpu_us_per_entry']}"
         )
     else:
-        result = run(args.entries, args.seed, args.snapshot_every, args.batch)
+        result = run(args.entries, args.seed, args.snapshot_every, args.batch,
+                     redis_alone=not args.no_redis_alone)  # fmt: skip
         print(
             f"worker drain: {result['entries']} entries in {result['seconds']} s = "
             f"{result['entries_per_s']:.0f} entries/s ({result['trades']} trades, "
@@ -238,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{'native' if result['native'] else 'pure Python'} modules)"
             f"\nCPU us per entry: {result['cpu_us_per_entry']}"
         )
+        if "redis_alone" in result:
+            alone = result["redis_alone"]
+            print(
+                f"bench worker: drain {result['entries_per_s']:,.0f} entries/s vs Redis alone "
+                f"absorbing the same writes {alone['entries_per_s']:,.0f} entries/s "
+                f"(runs {alone['runs']}, {alone['commits']} commits, "
+                f"{alone['bytes_sent'] / 1e6:.1f} MB) = {result['ratio']}x"
+            )
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")

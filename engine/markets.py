@@ -126,7 +126,7 @@ class Market:
     def _units(self, value: Any, step: Step, field: str, code: str) -> int:
         units = step.units(check_decimal_text(value, field))
         if units is None:
-            raise SchemaError(code, f"{field} {value} is not a multiple of {step.step}", field)
+            raise SchemaError(code, f"{field} is not a multiple of {step.step}", field)
         if units <= 0:
             raise SchemaError(
                 ErrorCode.INVALID_DECIMAL, f"{field} must be greater than zero", field

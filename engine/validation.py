@@ -48,6 +48,17 @@ WIRE_ORDER_FIELDS: Final = ORDER_REQUEST_FIELDS | {"op", "id", "account", "reply
 _WHY: Final = {t: f"for {t} orders" for t in ORDER_TYPES}
 
 
+_PRINTABLE = re.compile(r"[\x20-\x7e]{1,40}")
+
+
+def shown(value: Any) -> str:
+    """A client's value as an error message may quote it: short printable ASCII text as is,
+    anything else (control characters, Unicode, huge strings, other types) not at all."""
+    if isinstance(value, str) and _PRINTABLE.fullmatch(value) is not None:
+        return repr(value)
+    return "(not shown)"
+
+
 def check_identifier(value: Any, field: str) -> str:
     """An id chosen by a client or an operator (``client_order_id``, account ids)."""
     if not isinstance(value, str) or _IDENTIFIER.fullmatch(value) is None:
@@ -82,9 +93,8 @@ def _require(field: str, why: str) -> SchemaError:
 def _unknown_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
     if not allowed.issuperset(body):
         unknown = sorted(set(body) - allowed)
-        raise SchemaError(
-            ErrorCode.UNKNOWN_FIELD, f"unknown field(s): {', '.join(unknown)}", unknown[0]
-        )
+        names = ", ".join(shown(k) for k in unknown[:5])
+        raise SchemaError(ErrorCode.UNKNOWN_FIELD, f"unknown field(s): {names}", unknown[0])
 
 
 def parse_order_request(
@@ -102,7 +112,7 @@ def parse_order_request(
     if symbol is None:
         raise SchemaError(ErrorCode.MISSING_FIELD, "symbol is required", "symbol")
     if type(symbol) is not str or symbol not in markets:
-        raise SchemaError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}", "symbol")
+        raise SchemaError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {shown(symbol)}", "symbol")
     market = markets[symbol]
     side = _choice(body, "side", SIDES, None)
     type_ = _choice(body, "type", ORDER_TYPES, LIMIT)
@@ -253,16 +263,16 @@ def command_from_wire(wire: dict[str, Any], ts: int, markets: dict[str, Market])
     if op == "cancel_all":
         symbol = wire.get("symbol")
         if symbol is not None and (type(symbol) is not str or symbol not in markets):
-            raise SchemaError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}", "symbol")
+            raise SchemaError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {shown(symbol)}", "symbol")
         return CancelAll(cmd_id, ts, account, symbol)
     if op == "amend":
         symbol = wire.get("symbol")
         if type(symbol) is not str or symbol not in markets:
-            raise SchemaError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}", "symbol")
+            raise SchemaError(ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {shown(symbol)}", "symbol")
         body = {k: wire[k] for k in AMEND_REQUEST_FIELDS if wire.get(k) is not None}
         quantity, price = parse_amend_request(body, markets[symbol])
         return AmendOrder(cmd_id, ts, account, _int(wire, "order_id"), quantity, price)
-    raise SchemaError(ErrorCode.INVALID_FIELD, f"unknown op {op!r}", "op")
+    raise SchemaError(ErrorCode.INVALID_FIELD, f"unknown op {shown(op)}", "op")
 
 
 def _int(wire: dict[str, Any], field: str) -> int:

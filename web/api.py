@@ -14,16 +14,16 @@ from decimal import Decimal
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from engine.commands import Reason, partition_of_id
 from engine.markets import Market
 from engine.units import ErrorCode
-from engine.validation import validate_amend_request, validate_order_request
+from engine.validation import shown, validate_amend_request, validate_order_request
 from protocol.keys import Keys
 from protocol.wire import parse_order_record
-from web import ApiError, state
 from web.accounts import require_account
+from web.app import ApiError, state
 
 public = Blueprint("public", __name__)
 private = Blueprint("private", __name__, url_prefix="/api/v1")
@@ -37,8 +37,9 @@ MAX_ORDERS = 1000
 #: /healthz fails when a partition's worker is further behind than this many commands.
 DEFAULT_HEALTH_MAX_LAG = 10_000
 
-_ORDER_ID = re.compile(r"^[0-9]{1,19}$")  # ASCII only: str.isdigit() accepts "²"
-_SMALL_INT = re.compile(r"^[0-9]{1,9}$")
+# matched in full (``$`` would accept a trailing newline), ASCII only (``str.isdigit`` takes "²")
+_ORDER_ID = re.compile(r"[0-9]{1,19}")
+_SMALL_INT = re.compile(r"[0-9]{1,9}")
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError("a key appears twice")
         out[key] = value
     return out
 
@@ -75,12 +76,20 @@ def _read_body() -> bytes:
     Werkzeug rejects a too-large Content-Length itself, but silently truncates a chunked body at
     the limit; here a chunked body is read up to limit + 1 bytes so the excess is detected.
     """
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
-        return request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    raw = request.environ["wsgi.input"].read(limit + 1)
-    if len(raw) > limit:
-        raise RequestEntityTooLarge()
+    try:
+        if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+            raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
+        else:
+            limit = current_app.config["MAX_CONTENT_LENGTH"]
+            raw = request.environ["wsgi.input"].read(limit + 1)
+            if len(raw) > limit:
+                raise RequestEntityTooLarge()
+    except HTTPException:
+        raise
+    except Exception:  # noqa: BLE001 - bad chunk framing, a client gone mid-body, a timeout
+        raise ApiError(400, "malformed_body", "the request body could not be read") from None
+    if request.content_length is not None and len(raw) != request.content_length:
+        raise ApiError(400, "malformed_body", "the body is shorter than its Content-Length")
     return raw
 
 
@@ -105,7 +114,13 @@ def json_body() -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, ErrorCode.MALFORMED_JSON, "the body is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, ErrorCode.MALFORMED_JSON, f"malformed JSON: {exc}") from None
+        if isinstance(exc, json.JSONDecodeError):
+            message = f"malformed JSON at line {exc.lineno} column {exc.colno}"
+        elif isinstance(exc, RecursionError):
+            message = "malformed JSON: nested too deeply"
+        else:
+            message = f"malformed JSON: {exc}"
+        raise ApiError(400, ErrorCode.MALFORMED_JSON, message) from None
     if not isinstance(body, dict):
         raise ApiError(400, ErrorCode.MALFORMED_JSON, "the body must be a JSON object")
     return body
@@ -115,7 +130,7 @@ def _int_arg(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not _SMALL_INT.match(raw) or not 1 <= int(raw) <= maximum:
+    if not _SMALL_INT.fullmatch(raw) or not 1 <= int(raw) <= maximum:
         raise ApiError(
             400, ErrorCode.INVALID_FIELD, f"{name} must be an integer from 1 to {maximum}"
         )
@@ -125,7 +140,7 @@ def _int_arg(name: str, default: int, maximum: int) -> int:
 def _market(symbol: str, status: int = 404) -> Market:
     market = state().markets.get(symbol)
     if market is None:
-        raise ApiError(status, ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {symbol!r}")
+        raise ApiError(status, ErrorCode.UNKNOWN_SYMBOL, f"unknown symbol {shown(symbol)}")
     return market
 
 
@@ -138,12 +153,12 @@ def _symbol_arg() -> str | None:
 
 def _parse_order_id(text: str) -> tuple[int, int]:
     """``(order_id, partition)``; anything that cannot be one of our ids is a 404."""
-    if not _ORDER_ID.match(text) or int(text) >= 2**63:
+    if not _ORDER_ID.fullmatch(text) or int(text) >= 2**63:
         raise ApiError(404, Reason.UNKNOWN_ORDER, "order ids are positive integers")
     order_id = int(text)
     partition = partition_of_id(order_id)
     if partition not in state().partitions:
-        raise ApiError(404, Reason.UNKNOWN_ORDER, f"unknown order {order_id}")
+        raise _unknown_order(order_id)
     return order_id, partition
 
 
@@ -160,7 +175,8 @@ def _load_owned_order(order_id: int, partition: int, account: str) -> dict[str, 
 
 
 def _unknown_order(order_id: int) -> ApiError:
-    return ApiError(404, Reason.UNKNOWN_ORDER, f"unknown order {order_id}")
+    """Missing, closed, or another account's: one answer, so nobody learns which."""
+    return ApiError(404, Reason.UNKNOWN_ORDER, "unknown order")
 
 
 def _error_from_reply(reply: dict[str, Any]) -> ApiError:
@@ -170,6 +186,7 @@ def _error_from_reply(reply: dict[str, Any]) -> ApiError:
     message = str(error.get("message") or code)
     if code == Reason.UNKNOWN_ORDER:
         status = 404
+        message = "unknown order"  # the same words whether it is missing or somebody else's
     elif code == "internal_error":  # the worker caught an engine bug: not the client's fault
         status = 500
     else:
@@ -422,7 +439,8 @@ def healthz():
         st.redis.ping()
         partitions = [_partition_health(p, max_lag) for p in st.partitions]
     except Exception as exc:  # noqa: BLE001 - any Redis failure means "down", reported as such
-        response = jsonify({"status": "down", "redis": False, "error": str(exc)})
+        current_app.logger.warning("healthz: Redis unavailable: %s", exc)  # the address: logs only
+        response = jsonify({"status": "down", "redis": False})
         response.status_code = 503
         return response
     healthy = all(p["lease"] and p["lag"] <= max_lag for p in partitions)
@@ -433,9 +451,11 @@ def healthz():
     if inbox is not None:
         replies = {"subscribed": inbox.ready.is_set(), "inbox": inbox.id, **inbox.stats}
         healthy = healthy and replies["subscribed"]
+    hub = current_app.extensions.get("fairbook_ws")
+    market_data = {"poison": hub.stats["poison"]} if hub is not None else None
     response = jsonify(
         {"status": "ok" if healthy else "degraded", "redis": True, "partitions": partitions,
-         "replies": replies}
+         "replies": replies, "market_data": market_data}
     )  # fmt: skip
     response.status_code = 200 if healthy else 503
     return response

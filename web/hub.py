@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import redis
 
 from engine.markets import Market
+from engine.validation import shown
 from protocol import wire
 from protocol.keys import Namespace
 from web.books import MAX_DEPTH, BookMirror, BookView
@@ -106,7 +107,8 @@ class Hub:
         self.books: dict[str, BookMirror] = {}
         self.acct_subs: dict[str, set[Subscriber]] = {}
         self.ready = threading.Event()  # pub/sub active (snapshots may be read)
-        self.stats = {"messages": 0, "ignored": 0, "frames": 0, "reconnects": 0, "overflows": 0}
+        self.stats = {"messages": 0, "ignored": 0, "poison": 0, "frames": 0, "reconnects": 0,
+                      "overflows": 0}  # fmt: skip
         self._client: redis.Redis | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -134,7 +136,7 @@ class Hub:
         """``(kind, symbol, depth)``; kind is trades|book|bbo|orders. Raises ChannelError."""
         if not isinstance(channel, str) or not channel:
             raise ChannelError(
-                "unknown_channel", f"channel must be a non-empty string: {channel!r}"
+                "unknown_channel", "a channel must be a non-empty string"
             )
         if channel == "orders":
             return "orders", "", 0
@@ -143,12 +145,12 @@ class Hub:
         if kind not in ("trades", "book", "bbo") or len(parts) < 2:
             raise ChannelError(
                 "unknown_channel",
-                f"unknown channel {channel!r}: use trades:<symbol>, book:<symbol>[:<depth>], "
+                f"unknown channel {shown(channel)}: use trades:<symbol>, book:<symbol>[:<depth>], "
                 "bbo:<symbol> or orders",
             )
         symbol = parts[1]
         if symbol not in self.markets:
-            raise ChannelError("unknown_symbol", f"unknown symbol {symbol!r} in {channel!r}")
+            raise ChannelError("unknown_symbol", f"unknown symbol in {shown(channel)}")
         depth = 0
         if kind == "book":
             if len(parts) == 2:
@@ -159,10 +161,10 @@ class Hub:
             else:
                 raise ChannelError(
                     "unknown_channel",
-                    f"{channel!r}: depth must be an integer from 1 to {MAX_DEPTH}",
+                    f"{shown(channel)}: depth must be an integer from 1 to {MAX_DEPTH}",
                 )
         elif len(parts) != 2:
-            raise ChannelError("unknown_channel", f"unknown channel {channel!r}")
+            raise ChannelError("unknown_channel", f"unknown channel {shown(channel)}")
         return kind, symbol, depth
 
     # -- subscriptions (called from socket threads) ---------------------------------------------
@@ -330,33 +332,51 @@ class Hub:
         self.resync_all()
 
     def dispatch(self, msg: dict[str, Any]) -> None:
-        """Route one pub/sub message (from the reader thread, or directly in tests)."""
+        """Route one pub/sub message (from the reader thread, or directly in tests).
+
+        A message this process cannot use (not JSON, not the documented shape) is counted in
+        ``stats["poison"]``, logged and skipped alone: it never stops the reader or disturbs
+        other subscribers. A book whose increment failed half-way is re-read from its key.
+        """
         channel = msg.get("channel")
         if isinstance(channel, bytes):
-            channel = channel.decode()
-        data = msg.get("data")
+            channel = channel.decode("utf-8", "replace")
         self.stats["messages"] += 1
         ns = self.namespace
-        if channel.startswith(ns.md_prefix):
-            symbol = channel[len(ns.md_prefix) :]
-            if not (self.trade_subs.get(symbol) or symbol in self.books):
-                self.stats["ignored"] += 1
-                return
-            self._on_market_data(symbol, wire.loads(data))
-        elif channel.startswith(ns.acct_prefix):
-            account = channel[len(ns.acct_prefix) :]
-            if not self.acct_subs.get(account):
-                self.stats["ignored"] += 1
-                return
-            self._on_account(account, wire.loads(data))
-        elif channel == ns.global_keys.control:
-            try:
-                body = wire.loads(data)
-            except ValueError:
-                return
-            if isinstance(body, dict) and body.get("type") == "resync":
-                log.warning("worker asked for a resync")
-                self.resync_all()
+        try:
+            if channel.startswith(ns.md_prefix):
+                symbol = channel[len(ns.md_prefix) :]
+                if not (self.trade_subs.get(symbol) or symbol in self.books):
+                    self.stats["ignored"] += 1
+                    return
+                self._guarded_market_data(symbol, _object(msg.get("data")))
+            elif channel.startswith(ns.acct_prefix):
+                account = channel[len(ns.acct_prefix) :]
+                if not self.acct_subs.get(account):
+                    self.stats["ignored"] += 1
+                    return
+                self._on_account(account, _object(msg.get("data")))
+            elif channel == ns.global_keys.control:
+                if _object(msg.get("data")).get("type") == "resync":
+                    log.warning("worker asked for a resync")
+                    self.resync_all()
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.stats["poison"] += 1
+            log.warning("skipped an unusable message on %s (%s)", wire_channel(channel),
+                        type(exc).__name__)  # fmt: skip
+
+    def _guarded_market_data(self, symbol: str, body: dict[str, Any]) -> None:
+        try:
+            self._on_market_data(symbol, body)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            book = self.books.get(symbol)
+            if book is not None:  # it may hold half an increment: start from the key again
+                slow: list[Subscriber] = []
+                with self.lock:
+                    for view, update in self._reload(book):
+                        self._fanout(view.subs, frame(update), slow)
+                self._finish(slow)
+            raise
 
     def _fanout(self, subs: Iterable[Subscriber], data: bytes, slow: list[Subscriber]) -> None:
         for sub in subs:
@@ -444,6 +464,19 @@ class Hub:
                     self._fanout(view.subs, _resync_frame(view.channel), slow)
                     self._fanout(view.subs, frame(book.snapshot(view)), slow)
         self._finish(slow)
+
+
+def _object(data: Any) -> dict[str, Any]:
+    """A pub/sub payload as the JSON object it must be (ValueError otherwise)."""
+    body = wire.loads(data)
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    return body
+
+
+def wire_channel(channel: str) -> str:
+    """A channel name fit for a log line (names come from Redis, not from clients)."""
+    return channel[:80].encode("ascii", "replace").decode()
 
 
 def _resync_frame(channel: str) -> bytes:

@@ -122,7 +122,7 @@ class Inbox:
         self.reconnect_max = reconnect_max
         self.ready = threading.Event()  # subscribed: replies published from now on arrive
         self.settled = threading.Event()  # the first subscribe attempt succeeded or failed
-        self.stats = {"messages": 0, "replies": 0, "unclaimed": 0, "reconnects": 0}
+        self.stats = {"messages": 0, "replies": 0, "unclaimed": 0, "poison": 0, "reconnects": 0}
         self._lock = threading.Lock()
         self._pid = -1
         self._stopping = False
@@ -173,11 +173,15 @@ class Inbox:
         try:
             answers = wire.loads(data)
         except wire.DecodeError:
+            answers = None
+        if not isinstance(answers, dict):
+            self.stats["poison"] += 1
             log.error("inbox %s: unreadable message dropped", self.id)
             return
-        if not isinstance(answers, dict):
-            return
         for token, reply in answers.items():
+            if not isinstance(reply, dict):  # one bad answer costs only its own request
+                self.stats["poison"] += 1
+                continue
             waiter = self.waiting.pop(token, None)
             if waiter is None:  # timed out already (the request answered 202)
                 self.stats["unclaimed"] += 1

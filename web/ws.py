@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -27,7 +28,8 @@ from flask import Flask, current_app, request, send_from_directory
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from web import config_float
+from engine.validation import shown
+from web.app import config_float, error_response
 from web.hub import ChannelError, Hub, frame
 
 log = logging.getLogger("fairbook.ws")
@@ -44,7 +46,8 @@ SETTINGS: dict[str, tuple[float, str]] = {
     "FAIRBOOK_WS_PING_INTERVAL": (20, "seconds between server pings; no pong by the next: closed"),
     "FAIRBOOK_WS_CLOSE_TIMEOUT": (5, "seconds a slow consumer gets to take its close frame"),
     "FAIRBOOK_WS_SNDBUF": (0, "SO_SNDBUF of WebSocket sockets in bytes (0 = kernel default)"),
-    "FAIRBOOK_WS_MAX_MESSAGE": (65536, "largest client message in bytes"),
+    "FAIRBOOK_WS_MAX_MESSAGE": (65536, "largest client message (longer: an error reply; past 16x "
+                                "it the socket is closed 1009)"),
 }
 
 
@@ -87,8 +90,11 @@ class LockedSocket:
 class Connection:
     """One client socket: its subscriptions, account, outbound queue and writer."""
 
-    def __init__(self, ws: Any, hub: Hub, queue_limit: int, close_timeout: float) -> None:
+    def __init__(
+        self, ws: Any, hub: Hub, queue_limit: int, close_timeout: float, max_message: int = 0
+    ) -> None:
         self.ws = ws
+        self.max_message = max_message
         self.hub = hub
         self.account: str | None = None
         self.channels: set[str] = set()
@@ -190,20 +196,34 @@ class Connection:
 
     # -- client messages ------------------------------------------------------------------------
     def handle(self, raw: str | bytes) -> None:
+        """One client message; whatever it holds, the answer is a JSON frame on this socket."""
+        if self.max_message and len(raw) > self.max_message:
+            self.error("message_too_big",
+                       f"a message may hold at most {self.max_message} characters")  # fmt: skip
+            return
+        try:
+            self._handle(raw)
+        except Exception:  # a bug must cost this message an error reply, not the socket
+            log.exception("websocket message failed")
+            self.error("internal_error", "the message could not be handled")
+
+    def _handle(self, raw: str | bytes) -> None:
         try:
             msg = json.loads(raw)
         except (ValueError, RecursionError) as exc:
-            self.error("malformed_json", f"message is not valid JSON: {exc}")
+            where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            self.error("malformed_json", f"message is not valid JSON{where}")
             return
         if not isinstance(msg, dict):
             self.error("invalid_message", "a message must be a JSON object with an op")
             return
         msg_id = msg.get("id")
-        if msg_id is not None and not isinstance(msg_id, (str, int)):
-            msg_id = None
+        if msg_id is not None and not _valid_id(msg_id):
+            self.error("invalid_message", "id must be an integer or a short printable string")
+            return
         op = msg.get("op")
         if op not in OPS:
-            self.error("unknown_op", f"unknown op {op!r}; use one of {', '.join(OPS)}", msg_id)
+            self.error("unknown_op", f"unknown op {shown(op)}; use one of {', '.join(OPS)}", msg_id)
             return
         try:
             getattr(self, f"op_{op}")(msg, msg_id)
@@ -264,11 +284,11 @@ class Connection:
         self.reply(body)
 
     def op_auth(self, msg: dict[str, Any], msg_id: Any) -> None:
-        from web.accounts import lookup_account
+        from web.accounts import lookup_account, valid_api_key
 
         api_key = msg.get("api_key")
-        if not isinstance(api_key, str) or not api_key or len(api_key) > 256:
-            self.error("unauthorized", "api_key must be a non-empty string", msg_id)
+        if not valid_api_key(api_key):
+            self.error("unauthorized", "api_key must be a non-empty printable string", msg_id)
             return
         account = lookup_account(api_key)
         if account is None:
@@ -286,6 +306,33 @@ class Connection:
         if msg_id is not None:
             body["id"] = msg_id
         self.reply(body)
+
+
+_MSG_ID = re.compile(r"[\x20-\x7e]{1,64}")
+_WS_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")  # base64 of 16 bytes (RFC 6455)
+
+
+def _handshake_refusal(headers: Any) -> Any:
+    """A JSON 400 (426 for another protocol version) for an upgrade RFC 6455 does not allow;
+    None for a good one. Checked before the upgrade, so a bad one never reaches the socket."""
+    if "websocket" not in headers.get("Upgrade", "").lower() or "upgrade" not in headers.get(
+        "Connection", ""
+    ).lower():
+        return error_response(400, "bad_handshake", "/ws is a WebSocket: send an upgrade")
+    if headers.get("Sec-WebSocket-Version") != "13":
+        response = error_response(426, "bad_handshake", "only WebSocket version 13 is spoken")
+        response.headers["Sec-WebSocket-Version"] = "13"
+        return response
+    if _WS_KEY.fullmatch(headers.get("Sec-WebSocket-Key", "")) is None:
+        return error_response(400, "bad_handshake", "Sec-WebSocket-Key is missing or malformed")
+    return None
+
+
+def _valid_id(value: Any) -> bool:
+    """A message id the reply may echo: an integer, or a short printable ASCII string."""
+    if type(value) is int:
+        return -(2**63) <= value < 2**63
+    return isinstance(value, str) and _MSG_ID.fullmatch(value) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,22 +373,27 @@ def get_hub() -> Hub:
 
 
 def init_app(app: Flask) -> None:
-    """Register ``/ws`` and ``/`` on the app (called by web.create_app)."""
+    """Register ``/ws`` and ``/`` on the app (called by web.app.create_app)."""
     sock = Sock(app)
     with app.app_context():
         ping = setting("FAIRBOOK_WS_PING_INTERVAL")
         max_message = int(setting("FAIRBOOK_WS_MAX_MESSAGE"))
     app.config.setdefault(
         "SOCK_SERVER_OPTIONS",
-        {"ping_interval": ping or None, "max_message_size": max_message or None},
+        # the library closes the socket on a message past its cap: let it do so only past 16x
+        # ours (its buffer's bound); up to that, a message too big is answered with an error
+        {"ping_interval": ping or None, "max_message_size": 16 * max_message or None},
     )
 
     @app.before_request
-    def _prepare_websocket() -> None:
+    def _prepare_websocket() -> Any:
         """No permessage-deflate (frames are pre-encoded), one send lock per socket, and no
         request timeout on a socket that lives on as a WebSocket (``web.server``)."""
         if request.path != "/ws":
-            return
+            return None
+        refusal = _handshake_refusal(request.headers)
+        if refusal is not None:
+            return refusal
         environ = request.environ
         environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         raw = environ.get("gunicorn.socket")
@@ -352,6 +404,7 @@ def init_app(app: Flask) -> None:
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             environ["gunicorn.socket"] = LockedSocket(raw)
+        return None
 
     @sock.route("/ws")
     def websocket(ws: Any) -> None:
@@ -364,6 +417,7 @@ def init_app(app: Flask) -> None:
             hub,
             queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
             close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
+            max_message=int(setting("FAIRBOOK_WS_MAX_MESSAGE")),
         )
         conn.start()
         try:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import redis
 
 from engine.markets import Market
+from protocol import wire
 from protocol.keys import DEFAULT_NAMESPACE, Keys
+from protocol.wire import parse_order_record
 from worker.processor import Processor, parse_stream_id
 from worker.snapshots import SnapshotStore, stream_was_trimmed
 
@@ -31,6 +33,7 @@ class ReplayResult:
     entries: int = 0
     trades: int = 0
     books_checked: int = 0
+    records_checked: int = 0
     start: str = "genesis"
     until: str | None = None
     seconds: float = 0.0
@@ -42,6 +45,7 @@ class ReplayResult:
         text = (
             f"{head}: {self.entries} journal entries from {self.start} up to {self.until}, "
             f"{self.trades} trades compared, {self.books_checked} books compared, "
+            f"{self.records_checked} order records read, "
             f"{self.seconds:.2f} s"
         )
         if self.difference:
@@ -147,5 +151,30 @@ def replay_partition(
                     break
                 if stored is not None:
                     result.books_checked += 1
+    if result.ok:
+        _check_records(client, keys, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _check_records(client: redis.Redis, keys: Keys, result: ReplayResult) -> None:
+    """Every order record and recent-trades entry must be readable: a reader skips an
+    unreadable one as absent, so only the audit can report it."""
+    prefix = keys.order("")
+    for raw_key in client.scan_iter(match=prefix + "*", count=1000):
+        key = _text(raw_key) or ""
+        record = parse_order_record(client.get(raw_key))
+        if record is None or str(record[1].get("order_id")) != key[len(prefix) :]:
+            result.ok = False
+            result.difference = f"{key} is not a readable order record"
+            return
+        result.records_checked += 1
+    for raw_key in client.scan_iter(match=keys.recent("*"), count=1000):
+        for row in client.lrange(raw_key, 0, -1):
+            try:
+                if not isinstance(wire.loads(row), dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                result.ok = False
+                result.difference = f"{_text(raw_key)} holds an unreadable trade record"
+                return

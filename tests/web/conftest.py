@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from protocol.keys import Keys
-from web import create_app
 from web.accounts import create_account
+from web.app import create_app
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import redis
 
 from engine.commands import make_public_id
 from protocol.keys import Keys
-from web import create_app
+from web.app import create_app
 from web.journal import Inbox, Journal
 from worker.runner import connect
 

@@ -9,8 +9,8 @@ import pytest
 
 from protocol.keys import Keys
 from redis_server import free_port
-from web import create_app
 from web.accounts import hash_key
+from web.app import create_app
 
 K = Keys(0)
 ORDER = {"symbol": "BTC-USDT", "side": "buy", "type": "limit", "price": "100.5", "quantity": "0.01"}
