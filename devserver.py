@@ -33,6 +33,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from protocol.config import redacted_url
+
 # Gunicorn worker options for the web process; FAIRBOOK_GUNICORN_ARGS overrides. gevent serves
 # REST and thousands of WebSockets from one process; one web process per spare core (the worker
 # and Redis need the rest): on 2 cores, -w 1 measured p99 POST->result 22 ms at 1,000 orders/s
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_proc = start_redis(redis_port, fsync, env)
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         else:
-            log(f"using REDIS_URL={env['REDIS_URL']}")
+            log(f"using REDIS_URL={redacted_url(env['REDIS_URL'])}")
 
         gunicorn_args = shlex.split(os.environ.get("FAIRBOOK_GUNICORN_ARGS", DEFAULT_GUNICORN_ARGS))
         if not opts.no_worker:

@@ -204,10 +204,10 @@ class Stack:
     def partition_ids(self) -> list[int]:
         return self.namespace.partitions
 
-    def create_account(self, name: str) -> dict[str, str]:
+    def create_account(self, name: str, operator: bool = False) -> dict[str, str]:
         client = self.redis()
         try:
-            return create_account(client, name, self.namespace.global_keys)
+            return create_account(client, name, self.namespace.global_keys, operator=operator)
         finally:
             client.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from engine.markets import Market, markets_from_list
 
@@ -37,5 +38,23 @@ def load_markets(path: str | os.PathLike[str] | None = None) -> dict[str, Market
 
 
 def redis_url(explicit: str | None = None) -> str:
-    """``explicit``, else ``REDIS_URL``, else a local Redis."""
+    """``explicit``, else ``REDIS_URL``, else a local Redis.
+
+    The URL may carry a password (``redis://:secret@host:6379/0``, or ``user:secret@`` for an
+    ACL user) and TLS (``rediss://...?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem``):
+    every process builds its clients from it with ``redis.Redis.from_url``, and the
+    connections made by hand copy the pool's ``connection_kwargs`` (password, TLS included).
+    """
     return explicit or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def redacted_url(url: str) -> str:
+    """The URL fit for a log line or ``--help``: any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "(unparsable Redis URL)"

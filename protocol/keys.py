@@ -44,7 +44,8 @@ class Keys:
         self.lease = p + "lease"
         self.accounts = f"{namespace}:accounts"  # sha256(api key) -> account id
         self.next_account = f"{namespace}:next_account"
-        self.control = f"{namespace}:control"  # channel: {"type": "resync", ...}
+        # channel: {"type": "resync"} (worker), {"type": "revoked", "key": sha256} (key CLI)
+        self.control = f"{namespace}:control"
 
     def order(self, order_id: int | str) -> str:
         return f"{self.prefix}order:{order_id}"
@@ -70,6 +71,10 @@ class Keys:
 
     def account(self, account_id: str) -> str:
         return f"{self.namespace}:account:{account_id}"
+
+    def account_keys(self, account_id: str) -> str:
+        """Set of the sha256 of every live API key of an account (rotation revokes them all)."""
+        return f"{self.namespace}:account_keys:{account_id}"
 
     def md_channel(self, symbol: str) -> str:
         return f"{self.namespace}:md:{symbol}"

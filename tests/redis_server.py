@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -95,6 +96,7 @@ class RedisServer:
         extra_args: list[str] | tuple[str, ...] = (),
         binary: str | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
+        password: str | None = None,
     ):
         if port == 6379:
             raise ValueError("port 6379 is reserved for a real Redis; tests never use it")
@@ -104,6 +106,13 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.appendonly = appendonly
         self.extra_args = list(extra_args)
+        if password is None and "--requirepass" in self.extra_args:  # the server's own option
+            index = self.extra_args.index("--requirepass") + 1
+            password = self.extra_args[index] if index < len(self.extra_args) else None
+        elif password is not None:
+            self.extra_args += ["--requirepass", password]
+        #: AUTH password (``--requirepass``): carried by :attr:`url` and :meth:`client`
+        self.password = password
         self.binary = binary or find_redis_server()
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
@@ -111,7 +120,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -133,6 +143,8 @@ class RedisServer:
 
     def client(self, **kwargs) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 30)
+        if self.password:
+            kwargs.setdefault("password", self.password)
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
     def start(self) -> RedisServer:
@@ -222,4 +234,5 @@ class RedisServer:
         self.cleanup()
 
     def __repr__(self) -> str:
-        return f"RedisServer({self.url}, dir={self.dir}, running={self.running})"
+        shown = f"redis://{':***@' if self.password else ''}127.0.0.1:{self.port}/0"
+        return f"RedisServer({shown}, dir={self.dir}, running={self.running})"

@@ -22,7 +22,7 @@ from engine.units import ErrorCode
 from engine.validation import shown, validate_amend_request, validate_order_request
 from protocol.keys import Keys
 from protocol.wire import parse_order_record
-from web.accounts import require_account
+from web.accounts import API_KEY_HEADER, is_operator, lookup_account, require_account, valid_api_key
 from web.app import ApiError, state
 
 public = Blueprint("public", __name__)
@@ -430,19 +430,40 @@ def trades(symbol: str):
     return jsonify([json.loads(row) for row in rows])
 
 
+def _quiet_health(healthy: bool):
+    """What anyone may know: up or not (no addresses, lag numbers or exception text)."""
+    response = jsonify({"status": "ok" if healthy else "unavailable"})
+    response.status_code = 200 if healthy else 503
+    return response
+
+
+def _operator_request() -> bool:
+    """An operator's ``X-API-Key`` came with the request. A missing, unknown or non-operator
+    key is not an error here: the answer is the quiet one (a load balancer's probe must not
+    fail because a key was rotated)."""
+    api_key = request.headers.get(API_KEY_HEADER)
+    if not valid_api_key(api_key):
+        return False
+    account = lookup_account(api_key)
+    return account is not None and is_operator(account)
+
+
 @public.get("/healthz")
 def healthz():
-    """Redis reachable, and per partition: a lease holder and how far the worker lags."""
+    """Redis reachable, and per partition: a lease holder and how far the worker lags.
+
+    Anonymous callers get ``{"status": "ok"}`` (200) or ``{"status": "unavailable"}`` (503);
+    an operator account's key gets the details below with the same status code.
+    """
     st = state()
     max_lag = int(current_app.config.get("FAIRBOOK_HEALTH_MAX_LAG", DEFAULT_HEALTH_MAX_LAG))
     try:
         st.redis.ping()
         partitions = [_partition_health(p, max_lag) for p in st.partitions]
+        operator = _operator_request()
     except Exception as exc:  # noqa: BLE001 - any Redis failure means "down", reported as such
         current_app.logger.warning("healthz: Redis unavailable: %s", exc)  # the address: logs only
-        response = jsonify({"status": "down", "redis": False})
-        response.status_code = 503
-        return response
+        return _quiet_health(False)
     healthy = all(p["lease"] and p["lag"] <= max_lag for p in partitions)
     # this process's reply inbox (started with its first order): unsubscribed, every order
     # would be answered 202 however fast the worker is
@@ -451,10 +472,12 @@ def healthz():
     if inbox is not None:
         replies = {"subscribed": inbox.ready.is_set(), "inbox": inbox.id, **inbox.stats}
         healthy = healthy and replies["subscribed"]
+    if not operator:
+        return _quiet_health(healthy)
     hub = current_app.extensions.get("fairbook_ws")
     market_data = {"poison": hub.stats["poison"]} if hub is not None else None
     response = jsonify(
-        {"status": "ok" if healthy else "degraded", "redis": True, "partitions": partitions,
+        {"status": "ok" if healthy else "unavailable", "redis": True, "partitions": partitions,
          "replies": replies, "market_data": market_data}
     )  # fmt: skip
     response.status_code = 200 if healthy else 503

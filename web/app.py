@@ -219,8 +219,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     _register_error_handlers(app)
 
-    from web import accounts, api
+    from web import accounts, api, headers
 
+    headers.init_app(app)  # CSP, X-Frame-Options, nosniff, Referrer-Policy
     app.register_blueprint(api.public)
     app.register_blueprint(api.private)
     accounts.init_app(app)

@@ -18,6 +18,7 @@ queue; a full queue closes that socket (slow consumer) without ever blocking thi
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import threading
 import time
@@ -35,6 +36,7 @@ from web.books import MAX_DEPTH, BookMirror, BookView
 log = logging.getLogger("fairbook.ws")
 
 DEFAULT_DEPTH = 50
+_KEY_HASH = re.compile(r"[0-9a-f]{64}")  # sha256 hex of an API key (web.accounts.hash_key)
 
 
 def text_frame(payload: str | bytes) -> bytes:
@@ -72,6 +74,10 @@ class Subscriber(Protocol):
         """Called (outside the hub lock) after :meth:`offer` returned False."""
         ...
 
+    def revoked(self) -> None:
+        """Called (outside the hub lock) when a key it authenticated with was revoked."""
+        ...
+
 
 # ---------------------------------------------------------------------------------------------
 # The hub
@@ -106,6 +112,8 @@ class Hub:
         self.bbo_subs: dict[str, set[Subscriber]] = {}
         self.books: dict[str, BookMirror] = {}
         self.acct_subs: dict[str, set[Subscriber]] = {}
+        #: sha256 of an API key -> the sockets that authenticated (or are authenticating) with it
+        self.key_subs: dict[str, set[Subscriber]] = {}
         self.ready = threading.Event()  # pub/sub active (snapshots may be read)
         self.stats = {"messages": 0, "ignored": 0, "poison": 0, "frames": 0, "reconnects": 0,
                       "overflows": 0}  # fmt: skip
@@ -219,10 +227,44 @@ class Hub:
                         del book.views[channel]  # type: ignore[union-attr]
                 self._maybe_drop_book(symbol)
 
+    def register_key(self, sub: Subscriber, key_hash: str) -> None:
+        """Remember that ``sub`` authenticates with this key. Called *before* the key is looked
+        up: a revocation committed after the lookup then always finds the socket."""
+        with self.lock:
+            self.key_subs.setdefault(key_hash, set()).add(sub)
+
+    def forget_key(self, sub: Subscriber, key_hash: str) -> None:
+        with self.lock:
+            _discard(self.key_subs, key_hash, sub)
+
+    def revoke(self, key_hash: str) -> int:
+        """A key was revoked: no more events for its sockets, then each is closed (1008)."""
+        with self.lock:
+            subs = self.key_subs.pop(key_hash, set())
+            for sub in subs:
+                self.remove(sub)
+        for sub in subs:
+            sub.revoked()
+        if subs:
+            log.info("closed %d socket(s) of a revoked API key", len(subs))
+        return len(subs)
+
+    def recheck_keys(self) -> None:
+        """Close the sockets whose key is gone from Redis: after a pub/sub reconnect a
+        revocation may have been published while nobody here listened."""
+        with self.lock:
+            hashes = list(self.key_subs)
+        if not hashes:
+            return
+        found = self.client.hmget(self.namespace.global_keys.accounts, hashes)
+        for key_hash, account in zip(hashes, found, strict=True):
+            if account is None:
+                self.revoke(key_hash)
+
     def remove(self, sub: Subscriber) -> None:
         """Forget a socket everywhere (closed, or a slow consumer)."""
         with self.lock:
-            for table in (self.trade_subs, self.bbo_subs, self.acct_subs):
+            for table in (self.trade_subs, self.bbo_subs, self.acct_subs, self.key_subs):
                 for key in [k for k, subs in table.items() if sub in subs]:
                     _discard(table, key, sub)
             for symbol, book in list(self.books.items()):
@@ -329,6 +371,7 @@ class Hub:
         self.stats["reconnects"] += 1
         log.warning("pub/sub reconnected; resyncing every subscriber")
         self._client = None  # a fresh client for the snapshot reads too
+        self.recheck_keys()
         self.resync_all()
 
     def dispatch(self, msg: dict[str, Any]) -> None:
@@ -357,9 +400,15 @@ class Hub:
                     return
                 self._on_account(account, _object(msg.get("data")))
             elif channel == ns.global_keys.control:
-                if _object(msg.get("data")).get("type") == "resync":
+                body = _object(msg.get("data"))
+                if body.get("type") == "resync":
                     log.warning("worker asked for a resync")
                     self.resync_all()
+                elif body.get("type") == "revoked":
+                    key_hash = body.get("key")
+                    if not isinstance(key_hash, str) or _KEY_HASH.fullmatch(key_hash) is None:
+                        raise ValueError("revoked: key is not a sha256 hex digest")
+                    self.revoke(key_hash)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.stats["poison"] += 1
             log.warning("skipped an unusable message on %s (%s)", wire_channel(channel),

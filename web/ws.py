@@ -38,6 +38,7 @@ STATIC_DIR = Path(__file__).with_name("static")
 MAX_CHANNELS_PER_MESSAGE = 100
 MAX_CHANNELS_PER_SOCKET = 200
 SLOW_CONSUMER = 4008
+POLICY_VIOLATION = 1008  # RFC 6455: the socket's API key was revoked
 OPS = ("subscribe", "unsubscribe", "ping", "auth")
 
 #: name -> (default, help); read from app.config, then the environment.
@@ -97,6 +98,8 @@ class Connection:
         self.max_message = max_message
         self.hub = hub
         self.account: str | None = None
+        #: sha256 of every key this socket authenticated with: revoking any of them closes it
+        self.key_hashes: set[str] = set()
         self.channels: set[str] = set()
         # a deque + Event rather than queue.Queue: gevent swaps queue.Queue for its own class,
         # and a deque's append/popleft are atomic in both models
@@ -131,6 +134,9 @@ class Connection:
     def slow_consumer(self) -> None:
         log.warning("closing slow consumer (queue of %s frames full)", self.queue_limit)
         self.close(SLOW_CONSUMER, "slow consumer")
+
+    def revoked(self) -> None:
+        self.close(POLICY_VIOLATION, "api key revoked")
 
     # -- replies --------------------------------------------------------------------------------
     def reply(self, body: dict[str, Any]) -> None:
@@ -284,23 +290,41 @@ class Connection:
         self.reply(body)
 
     def op_auth(self, msg: dict[str, Any], msg_id: Any) -> None:
-        from web.accounts import lookup_account, valid_api_key
+        from web.accounts import hash_key, lookup_account, valid_api_key
 
         api_key = msg.get("api_key")
         if not valid_api_key(api_key):
             self.error("unauthorized", "api_key must be a non-empty printable string", msg_id)
             return
-        account = lookup_account(api_key)
-        if account is None:
-            self.error("unauthorized", "invalid API key", msg_id)
+        # registered with the hub before the lookup: a revocation committed after the lookup
+        # finds this socket; one committed before it makes the lookup fail
+        key_hash = hash_key(api_key)
+        known = key_hash in self.key_hashes
+        if not known:
+            self.hub.register_key(self, key_hash)
+        accepted = False
+        try:
+            account = lookup_account(api_key)
+            if account is None:
+                self.error("unauthorized", "invalid API key", msg_id)
+                if known:  # the key this socket authenticated with is dead: so is the socket
+                    self.hub.remove(self)
+                    self.revoked()
+                return
+            if self.account is not None and self.account != account:
+                self.error(
+                    "already_authenticated",
+                    "this socket is authenticated as another account; open a new socket",
+                    msg_id,
+                )
+                return
+            accepted = True
+        finally:
+            if not accepted and not known:
+                self.hub.forget_key(self, key_hash)
+        if self.dying:  # revoked while we looked it up
             return
-        if self.account is not None and self.account != account:
-            self.error(
-                "already_authenticated",
-                "this socket is authenticated as another account; open a new socket",
-                msg_id,
-            )
-            return
+        self.key_hashes.add(key_hash)
         self.account = account
         body: dict[str, Any] = {"type": "authenticated", "account": account}
         if msg_id is not None:

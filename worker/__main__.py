@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from protocol.config import NAMESPACE_ENV, PARTITIONS_ENV, load_markets, redis_url
+from protocol.config import NAMESPACE_ENV, PARTITIONS_ENV, load_markets, redacted_url, redis_url
 from protocol.keys import DEFAULT_NAMESPACE, Namespace
 from worker.replay import replay_partition
 from worker.runner import PartitionWorker, connect
@@ -23,8 +23,9 @@ log = logging.getLogger("worker")
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
-        default=redis_url(),
-        help="Redis to use (default: $REDIS_URL, else %(default)s)",
+        default=None,
+        help=f"Redis to use (default: $REDIS_URL, else {redacted_url(redis_url())}); a "
+        "password is better passed in $REDIS_URL, where ps cannot show it",
     )
     parser.add_argument(
         "--namespace",
@@ -149,7 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_children(args: argparse.Namespace, partitions: list[int]) -> int:
     """One process per partition: the GIL would serialise them in one process."""
-    base = [sys.executable, "-m", "worker", "run", "--redis-url", args.redis_url,
+    # the URL (which may hold a password) goes in the environment, not on a command line
+    env = {**os.environ, "REDIS_URL": args.redis_url}
+    base = [sys.executable, "-m", "worker", "run",
             "--namespace", args.namespace, "--snapshot-every", str(args.snapshot_every),
             "--snapshot-seconds", str(args.snapshot_seconds),
             "--keep-snapshots", str(args.keep_snapshots), "--lease-ms", str(args.lease_ms),
@@ -160,8 +163,8 @@ def _run_children(args: argparse.Namespace, partitions: list[int]) -> int:
         base += ["--partitions", args.partitions]
     if args.trim:
         base.append("--trim")
-    children = [subprocess.Popen([*base, "--partition", str(p)], preexec_fn=_die_with_parent)
-                for p in partitions]  # fmt: skip
+    children = [subprocess.Popen([*base, "--partition", str(p)], env=env,
+                                 preexec_fn=_die_with_parent) for p in partitions]  # fmt: skip
     log.info("started %d partition workers: %s", len(children), partitions)
 
     def forward(signum: int, _frame: Any) -> None:
@@ -207,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
+    args.redis_url = redis_url(args.redis_url)
     _setup_logging(args.log_level)
     try:
         if args.command == "replay":

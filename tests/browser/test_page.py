@@ -63,7 +63,21 @@ def test_place_see_open_cross_and_fill(stack, chromium):
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(stack.url + "/#BTC-USDT")
+            # a CSP violation (inline script or style the policy blocks) is a console error
+            page.on("console", lambda msg: errors.append(msg.text)
+                    if msg.type == "error" and "Content Security Policy" in msg.text else None)
+            static: dict[str, dict[str, str]] = {}
+            page.on("response", lambda r: static.__setitem__(r.url, r.headers)
+                    if "/static/" in r.url else None)
+            response = page.goto(stack.url + "/#BTC-USDT")
+            assert response is not None
+            for headers in (response.headers, *static.values()):
+                assert "script-src 'self'" in headers["content-security-policy"]
+                assert "unsafe-inline" not in headers["content-security-policy"]
+                assert headers["x-frame-options"] == "DENY"
+                assert headers["x-content-type-options"] == "nosniff"
+                assert headers["referrer-policy"] == "no-referrer"
+            assert {u.rpartition("/")[2] for u in static} >= {"app.js", "style.css"}
             expect(page.locator("#conn-state")).to_have_attribute("data-state", "live")
             expect(page.locator("#book-asks .lvl")).to_have_count(2)
             expect(page.locator("#book-bids .lvl").first).to_have_attribute("data-price", "98.00")
@@ -71,7 +85,10 @@ def test_place_see_open_cross_and_fill(stack, chromium):
             page.fill("#api-key", alice["api_key"])
             page.click("#save-key")
             expect(page.locator("#account")).to_have_text(f"account {alice['account_id']}")
-            assert page.evaluate("localStorage.getItem('fairbook.apiKey')") == alice["api_key"]
+            # the key stays in this tab's sessionStorage, never in localStorage
+            assert page.evaluate("sessionStorage.getItem('fairbook.apiKey')") == alice["api_key"]
+            assert page.evaluate("localStorage.getItem('fairbook.apiKey')") is None
+            assert page.evaluate("localStorage.length") == 0
 
             page.click("#side-buy")
             page.select_option("#type", "limit")

@@ -28,6 +28,7 @@ def test_keys_layout() -> None:
     assert (k.accounts, k.account("9"), k.next_account) == (
         "fb:accounts", "fb:account:9", "fb:next_account",
     )  # fmt: skip
+    assert k.account_keys("9") == "fb:account_keys:9"
     assert k.md_channel("ETH-USDT") == "fb:md:ETH-USDT"
     assert k.acct_channel("9") == "fb:acct:9"
     assert k.control == "fb:control"

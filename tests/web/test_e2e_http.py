@@ -32,6 +32,12 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         yield s
 
 
+@pytest.fixture(scope="module")
+def operator(stack) -> dict[str, str]:
+    """Headers of an operator account: /healthz details are for operators only."""
+    return {"X-API-Key": stack.create_account("ops", operator=True)["api_key"]}
+
+
 class Client:
     """One account's HTTP session."""
 
@@ -97,15 +103,16 @@ def set_last_price(accounts, price: str, symbol: str = SYM) -> None:
 # -- public ---------------------------------------------------------------------------------------
 
 
-def test_public_routes(stack, accounts):
+def test_public_routes(stack, accounts, operator):
     assert {m["symbol"] for m in requests.get(stack.url + "/api/v1/symbols").json()} >= {SYM}
-    health = requests.get(stack.url + "/healthz")
+    assert requests.get(stack.url + "/healthz").json() == {"status": "ok"}
+    health = requests.get(stack.url + "/healthz", headers=operator)
     assert health.status_code == 200, health.text
     assert all(p["lease"] and p["lag"] == 0 for p in health.json()["partitions"])
     maker, taker = accounts("maker"), accounts("taker")
     for i in range(3):
         maker.order(side="buy", price=f"{29000 - i}", quantity="0.01")
-    replies = requests.get(stack.url + "/healthz").json()["replies"]
+    replies = requests.get(stack.url + "/healthz", headers=operator).json()["replies"]
     assert replies["subscribed"] is True and replies["replies"] >= 3  # 201s came by the inbox
     for i in range(3):
         maker.order(side="sell", price=f"{31000 + i}", quantity="0.01")
@@ -372,7 +379,7 @@ def test_error_paths(stack, accounts):
 # -- the 202 path ---------------------------------------------------------------------------------
 
 
-def test_accepted_while_worker_down_then_processed(stack, accounts):
+def test_accepted_while_worker_down_then_processed(stack, accounts, operator):
     alice = accounts("alice")
     stack.stop_worker()
     try:
@@ -382,7 +389,8 @@ def test_accepted_while_worker_down_then_processed(stack, accounts):
         assert body["status"] == "accepted"
         oid = body["order_id"]
         err(alice.get(f"/api/v1/orders/{oid}"), 404, "unknown_order")  # not applied yet
-        health = requests.get(stack.url + "/healthz")  # lease released on clean stop, lag 1
+        # lease released on clean stop, lag 1
+        health = requests.get(stack.url + "/healthz", headers=operator)
         assert health.status_code == 503, health.text
         assert health.json()["partitions"][0]["lag"] >= 1
     finally:
@@ -395,7 +403,7 @@ def test_accepted_while_worker_down_then_processed(stack, accounts):
         time.sleep(0.1)
     assert got.status_code == 200, got.text
     assert got.json()["status"] == "new"
-    health = requests.get(stack.url + "/healthz")
+    health = requests.get(stack.url + "/healthz", headers=operator)
     assert health.status_code == 200 and health.json()["partitions"][0]["lag"] == 0
 
 

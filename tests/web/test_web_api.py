@@ -9,7 +9,7 @@ import pytest
 
 from protocol.keys import Keys
 from redis_server import free_port
-from web.accounts import hash_key
+from web.accounts import create_account, hash_key
 from web.app import create_app
 
 K = Keys(0)
@@ -104,34 +104,36 @@ def test_trades_newest_first_and_limit(client, rdb):
 
 
 def test_healthz(client, rdb):
-    resp = client.get("/healthz")
+    """The details an operator's key gets (anonymous: tests/web/test_keys_health.py)."""
+    op = {"X-API-Key": create_account(rdb, "ops", operator=True)["api_key"]}
+    resp = client.get("/healthz", headers=op)
     assert resp.status_code == 503  # no worker holds the lease
     body = resp.get_json()
     assert body["redis"] is True and body["partitions"][0]["lease"] is False
     ids = [rdb.xadd(K.stream, {"c": "{}"}) for _ in range(3)]
     rdb.set(K.lease, "token")
     rdb.set(K.applied, ids[0])
-    body = client.get("/healthz").get_json()
+    body = client.get("/healthz", headers=op).get_json()
     assert body["status"] == "ok" and body["partitions"][0]["lag"] == 2
     rdb.set(K.applied, ids[-1])
-    resp = client.get("/healthz")
+    resp = client.get("/healthz", headers=op)
     assert resp.status_code == 200 and resp.get_json()["partitions"][0]["lag"] == 0
     # with the worker's applied_count the lag is O(1): entries-added - applied_count
     rdb.set(K.applied_count, 1)
-    part = client.get("/healthz").get_json()["partitions"][0]
+    part = client.get("/healthz", headers=op).get_json()["partitions"][0]
     assert part["lag"] == 2 and part["stream_length"] == 3
     client.application.config["FAIRBOOK_HEALTH_MAX_LAG"] = 1
-    assert client.get("/healthz").status_code == 503
+    assert client.get("/healthz", headers=op).status_code == 503
     client.application.config["FAIRBOOK_HEALTH_MAX_LAG"] = 10
     # the reply inbox: not started before the first order, then subscribed, and reported
-    assert client.get("/healthz").get_json()["replies"] == {"subscribed": None}
+    assert client.get("/healthz", headers=op).get_json()["replies"] == {"subscribed": None}
     inbox = client.application.extensions["fairbook"].journal(0).inbox
     assert inbox.wait_ready(5)
-    body = client.get("/healthz").get_json()
+    body = client.get("/healthz", headers=op).get_json()
     assert body["status"] == "ok" and body["replies"]["subscribed"] is True
     assert body["replies"]["inbox"] == inbox.id and body["replies"]["replies"] == 0
     inbox.ready.clear()  # as while it reconnects
-    resp = client.get("/healthz")
+    resp = client.get("/healthz", headers=op)
     assert resp.status_code == 503 and resp.get_json()["replies"]["subscribed"] is False
     inbox.ready.set()
 

@@ -6,7 +6,7 @@ const DEPTH = 20;
 const $ = (id) => document.getElementById(id);
 const state = {
   symbols: [], markets: {}, symbol: null, ws: null, backoff: 500, retryTimer: null,
-  lastMessage: 0, apiKey: localStorage.getItem("fairbook.apiKey") || "", account: null,
+  lastMessage: 0, apiKey: sessionStorage.getItem("fairbook.apiKey") || "", account: null,
   book: { bids: new Map(), asks: new Map(), seq: null }, bookDirty: false,
   trades: [], tradeSeq: null, openOrders: new Map(), side: "buy", subscribed: [],
 };
@@ -260,6 +260,8 @@ function selectSymbol(sym) {
 }
 
 async function main() {
+  // the key lives in this tab's sessionStorage only; drop the copy older pages left behind
+  try { localStorage.removeItem("fairbook.apiKey"); } catch (e) { /* storage disabled */ }
   $("api-key").value = state.apiKey;
   $("side-buy").onclick = () => setSide("buy"); $("side-sell").onclick = () => setSide("sell");
   $("type").onchange = syncTicket; syncTicket();
@@ -269,7 +271,7 @@ async function main() {
   $("key-form").onsubmit = (ev) => {
     ev.preventDefault();
     state.apiKey = $("api-key").value.trim(); state.account = null;
-    if (state.apiKey) localStorage.setItem("fairbook.apiKey", state.apiKey); else localStorage.removeItem("fairbook.apiKey");
+    if (state.apiKey) sessionStorage.setItem("fairbook.apiKey", state.apiKey); else sessionStorage.removeItem("fairbook.apiKey");
     $("account").textContent = "";
     if (state.ws) state.ws.close(); // reconnect: a socket is bound to one account
     state.openOrders.clear(); renderOrders(); $("fills").replaceChildren();

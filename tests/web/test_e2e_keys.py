@@ -1,0 +1,204 @@
+"""End to end: a revoked key's WebSocket is closed at once; a password-protected Redis serves
+every process (web, worker and its partition children, CLI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+import websocket
+
+from bench.stack import ROOT, Stack
+from tests.redis_server import RedisServer
+from web.journal import Journal
+
+pytestmark = pytest.mark.e2e
+
+FLASK = str(Path(sys.executable).with_name("flask"))
+SYM = "ETH-USDT"
+
+
+def flask_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """``flask --app app ...`` as an operator runs it: its own process, the stack's env."""
+    return subprocess.run([FLASK, "--app", "app", *args], cwd=ROOT, env=stack.env(),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+class Socket:
+    def __init__(self, stack: Stack) -> None:
+        self.ws = websocket.create_connection(stack.url.replace("http", "ws", 1) + "/ws",
+                                              timeout=10)  # fmt: skip
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(msg))
+
+    def until(self, pred, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                msg = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
+            if pred(msg):
+                return msg
+        raise AssertionError("expected message did not arrive")
+
+    def frames_until_close(self, timeout: float) -> tuple[list[dict[str, Any]], int, str, float]:
+        """Every data frame up to the close frame, its code and reason, and when it came."""
+        seen: list[dict[str, Any]] = []
+        self.ws.settimeout(timeout)
+        while True:
+            opcode, frame = self.ws.recv_data_frame(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(frame.data[:2], "big")
+                return seen, code, frame.data[2:].decode(), time.monotonic()
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                seen.append(json.loads(frame.data))
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def _order(account: str, side: str, price: str, qty: str) -> dict[str, Any]:
+    return {"op": "new", "account": account, "symbol": SYM, "side": side, "type": "limit",
+            "time_in_force": "GTC", "post_only": False, "price": price, "quantity": qty,
+            "quote_quantity": None, "stop_price": None, "client_order_id": None,
+            "stp": "cancel_maker"}  # fmt: skip
+
+
+def _children(pid: int) -> list[Path]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if proc.name.isdigit() and int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    with Stack(log_dir=tmp_path_factory.mktemp("keys-stack")) as s:
+        yield s
+
+
+def test_revoke_key_closes_its_socket_within_a_second(stack):
+    acct = stack.create_account("revoked")
+    key, account = acct["api_key"], acct["account_id"]
+    other = stack.create_account("bystander")
+    sock, bystander = Socket(stack), Socket(stack)
+    for s, a in ((sock, acct), (bystander, other)):
+        s.send({"op": "auth", "api_key": a["api_key"]})
+        s.until(lambda m: m.get("type") == "authenticated")
+        s.send({"op": "subscribe", "channels": ["orders"]})
+        s.until(lambda m: m.get("type") == "subscribed")
+    headers = {"X-API-Key": key}
+    body = {"symbol": SYM, "side": "buy", "price": "50", "quantity": "0.1"}
+    resp = requests.post(stack.url + "/api/v1/orders", json=body, headers=headers, timeout=10)
+    assert resp.status_code == 201, resp.text
+    sock.until(lambda m: m.get("channel") == "orders" and m["type"] == "order")  # it works
+
+    done = flask_cli(stack, "revoke-key", key)
+    revoked_at = time.monotonic()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"account_id": account, "revoked": True}
+    # a private event the dead key's socket must never see (journaled as the worker's input)
+    journal = Journal(stack.redis(), stack.namespace.keys_for(SYM))
+    (late,) = journal.append_many([_order(account, "buy", "51", "0.1")])
+    seen, code, reason, closed_at = sock.frames_until_close(timeout=5)
+    assert (code, reason) == (1008, "api key revoked")
+    assert closed_at - revoked_at < 1.0, f"closed {closed_at - revoked_at:.2f} s after revoke"
+    assert not [m for m in seen if m.get("channel") == "orders" and m["data"]["order_id"] == late]
+    sock.close()
+
+    # the key is dead for REST and for new sockets; the bystander is untouched
+    dead = requests.get(stack.url + "/api/v1/orders", headers=headers, timeout=10)
+    assert dead.status_code == 401
+    again = Socket(stack)
+    again.send({"op": "auth", "api_key": key})
+    assert again.until(lambda m: True)["code"] == "unauthorized"
+    again.send({"op": "subscribe", "channels": ["orders"]})
+    assert again.until(lambda m: True)["code"] == "auth_required"
+    again.close()
+    bystander.send({"op": "ping"})
+    assert bystander.until(lambda m: m.get("type") == "pong")
+    bystander.close()
+    requests.delete(stack.url + "/api/v1/orders", headers={"X-API-Key": other["api_key"]})
+
+
+def test_rotate_key_closes_the_old_keys_socket(stack):
+    acct = stack.create_account("rotating")
+    sock = Socket(stack)
+    sock.send({"op": "auth", "api_key": acct["api_key"]})
+    sock.until(lambda m: m.get("type") == "authenticated")
+    done = flask_cli(stack, "rotate-key", acct["account_id"])
+    assert done.returncode == 0, done.stderr
+    new_key = json.loads(done.stdout)["api_key"]
+    _seen, code, _reason, _at = sock.frames_until_close(timeout=5)
+    assert code == 1008
+    fresh = Socket(stack)
+    fresh.send({"op": "auth", "api_key": new_key})
+    assert fresh.until(lambda m: True) == {"type": "authenticated", "account": acct["account_id"]}
+    fresh.close()
+
+
+def test_whole_stack_on_a_password_protected_redis(tmp_path):
+    server = RedisServer(dir=tmp_path / "redis", extra_args=["--requirepass", "s3cret"])
+    assert server.password == "s3cret" and ":s3cret@" in server.url
+    (tmp_path / "stack").mkdir()
+    try:
+        # two partitions: the worker starts one child process per partition
+        with Stack(redis_server=server, partitions="ETH-USDT=1",
+                   log_dir=tmp_path / "stack") as stack:  # fmt: skip
+            anonymous = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5)
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                anonymous.ping()
+            anonymous.close()
+            assert "s3cret" not in stack.log_tail("worker", 200)
+            assert stack.worker_proc is not None
+            children = _children(stack.worker_proc.pid)
+            assert len(children) == 2  # the partition workers: the password is not in ps
+            assert not [c for c in children if b"s3cret" in (c / "cmdline").read_bytes()]
+            done = flask_cli(stack, "create-account", "maker")
+            assert done.returncode == 0, done.stderr
+            maker = json.loads(done.stdout)
+            taker = stack.create_account("taker")
+            sock = Socket(stack)
+            sock.send({"op": "subscribe", "channels": [f"trades:{SYM}", "trades:BTC-USDT"]})
+            sock.until(lambda m: m.get("type") == "subscribed")
+            trades = {}
+            for symbol in (SYM, "BTC-USDT"):  # one per partition
+                for who, side in ((maker, "sell"), (taker, "buy")):
+                    body = {"symbol": symbol, "side": side, "price": "100", "quantity": "0.1"}
+                    resp = requests.post(stack.url + "/api/v1/orders", json=body, timeout=10,
+                                         headers={"X-API-Key": who["api_key"]})  # fmt: skip
+                    assert resp.status_code == 201, resp.text
+                assert resp.json()["status"] == "filled"
+            for _ in range(2):
+                trade = sock.until(lambda m: m.get("type") == "trade")
+                trades[trade["channel"]] = trade["data"]
+            assert set(trades) == {f"trades:{SYM}", "trades:BTC-USDT"}
+            assert all(t["price"].startswith("100") for t in trades.values())
+            sock.close()
+            done = flask_cli(stack, "create-account", "ops", "--operator")
+            ops = json.loads(done.stdout)["api_key"]
+            health = requests.get(stack.url + "/healthz", headers={"X-API-Key": ops}, timeout=10)
+            assert health.status_code == 200 and len(health.json()["partitions"]) == 2
+            replay = subprocess.run([sys.executable, "-m", "worker", "replay"], cwd=ROOT,
+                                    env=stack.env(), capture_output=True, text=True,
+                                    timeout=120)  # fmt: skip
+            assert replay.returncode == 0, replay.stdout + replay.stderr
+    finally:
+        server.stop()
+        server.cleanup()
