@@ -1,9 +1,10 @@
 """End to end: a revoked key's WebSocket is closed at once; a password-protected Redis serves
-every process (web, worker and its partition children, CLI)."""
+every process (web, worker and its partition children, CLI), and so does one behind TLS."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import requests
 import websocket
 
 from bench.stack import ROOT, Stack
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 from web.journal import Journal
 
 pytestmark = pytest.mark.e2e
@@ -195,6 +196,70 @@ def test_whole_stack_on_a_password_protected_redis(tmp_path):
             ops = json.loads(done.stdout)["api_key"]
             health = requests.get(stack.url + "/healthz", headers={"X-API-Key": ops}, timeout=10)
             assert health.status_code == 200 and len(health.json()["partitions"]) == 2
+            replay = subprocess.run([sys.executable, "-m", "worker", "replay"], cwd=ROOT,
+                                    env=stack.env(), capture_output=True, text=True,
+                                    timeout=120)  # fmt: skip
+            assert replay.returncode == 0, replay.stdout + replay.stderr
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (the openssl command line)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make test certificates")
+    folder.mkdir()
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr, ext = (folder / n for n in ("server.pem", "server.key", "server.csr", "ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "2", "-subj", "/CN=fairbook-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", ext],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+def test_whole_stack_over_tls(tmp_path):
+    """``rediss://`` in REDIS_URL: web, worker, CLI and replay all speak TLS (every one of
+    their connections arrives on the TLS port; the plain port is only the test's own)."""
+    ca, cert, key = _tls_files(tmp_path / "tls")
+    tls_port = free_port()
+    server = RedisServer(dir=tmp_path / "redis", extra_args=[
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"])  # fmt: skip
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
+    (tmp_path / "stack").mkdir()
+    try:
+        with Stack(redis_server=server, env={"REDIS_URL": url},
+                   log_dir=tmp_path / "stack") as stack:  # fmt: skip
+            done = flask_cli(stack, "create-account", "maker")
+            assert done.returncode == 0, done.stderr
+            maker = json.loads(done.stdout)
+            taker = json.loads(flask_cli(stack, "create-account", "taker").stdout)
+            sock = Socket(stack)
+            sock.send({"op": "subscribe", "channels": [f"trades:{SYM}"]})
+            sock.until(lambda m: m.get("type") == "subscribed")
+            for who, side in ((maker, "sell"), (taker, "buy")):
+                body = {"symbol": SYM, "side": side, "price": "100", "quantity": "0.1"}
+                resp = requests.post(stack.url + "/api/v1/orders", json=body, timeout=10,
+                                     headers={"X-API-Key": who["api_key"]})  # fmt: skip
+                assert resp.status_code == 201, resp.text  # the reply came back over TLS
+            assert resp.json()["status"] == "filled"
+            assert sock.until(lambda m: m.get("type") == "trade")["data"]["price"].startswith("100")
+            sock.close()
+            plain = server.client(decode_responses=True)
+            try:
+                clients = [c for c in plain.client_list() if c["id"] != str(plain.client_id())]
+            finally:
+                plain.close()
+            assert clients, "the web and the worker hold connections"
+            assert {c["laddr"].rpartition(":")[2] for c in clients} == {str(tls_port)}
             replay = subprocess.run([sys.executable, "-m", "worker", "replay"], cwd=ROOT,
                                     env=stack.env(), capture_output=True, text=True,
                                     timeout=120)  # fmt: skip
