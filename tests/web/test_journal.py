@@ -99,6 +99,13 @@ def test_inbox_routes_each_reply_to_its_waiter_only(redis_client) -> None:
     t4, w4 = inbox.expect()
     redis_client.publish(channel, json.dumps({t4: {"n": 4}}))
     assert w4.wait(5) == {"n": 4}
+    # one unusable answer in a batch's message costs only its own request, not its neighbours'
+    t5, w5 = inbox.expect()
+    t6, w6 = inbox.expect()
+    poison = inbox.stats["poison"]
+    redis_client.publish(channel, json.dumps({t5: "\n<broken>", t6: {"n": 6}}))
+    assert w6.wait(5) == {"n": 6}
+    assert w5.wait(0.1) is None and inbox.stats["poison"] == poison + 1
     inbox.stop()
     other.stop()
 

@@ -64,6 +64,24 @@ def test_replay_cli_clean_then_tampered(redis_client, redis_url, start_worker, m
     assert missing.returncode == 1
 
 
+def test_replay_reports_an_unreadable_order_record(redis_client, redis_url, start_worker,
+                                                   markets) -> None:  # fmt: skip
+    """Readers skip an undecodable order record as absent; only the audit can say so."""
+    feed(redis_client, markets, 300, seed=5)
+    w = start_worker(batch_size=100)
+    wait_applied(redis_client, last_stream_id(redis_client))
+    w.stop()
+    assert run_replay(redis_url).returncode == 0
+    victim = next(iter(redis_client.scan_iter(match=K.order("*"))))
+    good = redis_client.get(victim)
+    redis_client.set(victim, good[:-1] + b'\n"')  # as a string-formatted record once broke
+    bad = run_replay(redis_url)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "replay FAILED" in bad.stdout and "not a readable order record" in bad.stdout
+    redis_client.set(victim, good)
+    assert run_replay(redis_url).returncode == 0
+
+
 def test_replay_cli_nothing_applied(redis_url) -> None:
     out = run_replay(redis_url)
     assert out.returncode == 0 and "nothing applied yet" in out.stdout
