@@ -231,13 +231,17 @@ async def drive(
 
 def _listen(url: str, ready: Any, stop: Any, out: Any) -> None:
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub()
     pubsub.psubscribe("fb:acct:*")
+    # ready once Redis confirmed the subscription (only then can no fill be missed); the
+    # parent gives up after its own deadline
+    while (message := pubsub.get_message(timeout=1.0)) is None or message["type"] != "psubscribe":
+        pass
     ready.set()
     first_fill: dict[int, float] = {}
     while not stop.is_set():
         message = pubsub.get_message(timeout=0.05)
-        if message is None:
+        if message is None or message["type"] != "pmessage":
             continue
         now = time.monotonic()
         try:

@@ -161,10 +161,13 @@ class RedisServer:
         )
         proc = self.proc
 
-        def ours() -> bool:  # our process answering, not another server on the port
+        def ours() -> bool:  # our process answering, not another server on the port, and
+            # done loading its AOF: INFO answers during loading, most commands say LOADING
             client = self.client(socket_timeout=1, socket_connect_timeout=1)
             try:
-                return bool(client.info("server").get("process_id") == proc.pid)
+                if client.info("server").get("process_id") != proc.pid:
+                    return False
+                return not int(client.info("persistence").get("loading", 1))
             finally:
                 client.close()
 

