@@ -474,14 +474,18 @@ def ratio_line(run: dict[str, Any], baseline: dict[str, Any]) -> str:
 
 def run_ab(opts: argparse.Namespace) -> dict[str, Any]:
     """``--ab-env NAME=VALUE``: unpaced runs as configured (A) and with the setting (B),
-    interleaved A B A B ... for ``--pairs`` pairs, each on a fresh stack; ratio of mean req/s."""
+    interleaved A B B A A B ... for ``--pairs`` pairs (so neither always goes first), each on a
+    fresh stack; ratio of mean req/s, and of the web's CPU per request."""
     name, _, value = opts.ab_env.partition("=")
     runs: dict[str, list[float]] = {"A": [], "B": []}
+    web_cpu: dict[str, list[float]] = {"A": [], "B": []}  # ms of web CPU per request
+    order = [("A", None), ("B", {name: value})]
     for pair in range(opts.pairs):
-        for label, env in (("A", None), ("B", {name: value})):
+        for label, env in order if pair % 2 == 0 else order[::-1]:
             run = run_bench(argparse.Namespace(**{**vars(opts), "rate": None, "env": env,
                                                   "gunicorn": opts.gunicorn[0]}))  # fmt: skip
             runs[label].append(run["requests_per_s"])
+            web_cpu[label].append(run["cpu_ms_per_request"]["web"])
             print(f"pair {pair + 1} {label} ({name}={value if env else 'as configured'}): "
                   f"{one_line(run)}", file=sys.stderr)  # fmt: skip
     a, b = statistics.fmean(runs["A"]), statistics.fmean(runs["B"])
@@ -494,7 +498,12 @@ def run_ab(opts: argparse.Namespace) -> dict[str, Any]:
         "ratio_a_to_b": round(a / max(b, 1e-9), 3),
         "pair_ratios": [round(x / max(y, 1e-9), 3) for x, y in zip(runs["A"], runs["B"],
                                                                   strict=True)],  # fmt: skip
-    }
+        "median_pair_ratio": round(statistics.median(
+            x / max(y, 1e-9) for x, y in zip(runs["A"], runs["B"], strict=True)), 3),
+        "web_cpu_ms_per_request": web_cpu,
+        "web_cpu_ratio_b_to_a": round(statistics.fmean(web_cpu["B"])
+                                      / max(statistics.fmean(web_cpu["A"]), 1e-9), 3),
+    }  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -537,7 +546,8 @@ def main(argv: list[str]) -> int:
         print(text)
         print(f"bench e2e --ab-env {opts.ab_env}: A {result['mean_a']:,} req/s, B "
               f"{result['mean_b']:,} req/s (means of {opts.pairs}), A/B = "
-              f"{result['ratio_a_to_b']}x; per pair {result['pair_ratios']}")  # fmt: skip
+              f"{result['ratio_a_to_b']}x; per pair {result['pair_ratios']}; web CPU per "
+              f"request B/A {result['web_cpu_ratio_b_to_a']}x")  # fmt: skip
         if opts.json:
             with open(opts.json, "w") as fh:
                 fh.write(text + "\n")

@@ -243,7 +243,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web import accounts, api, headers, limits
 
     # first: its before_request counts every request, even one a later hook refuses
-    limits.init_app(app, client, namespace.global_keys.rate_limits)
+    limits.init_app(app, client, app.extensions["fairbook"].connections,
+                    namespace.global_keys.rate_limits)
 
     headers.init_app(app)  # CSP, X-Frame-Options, nosniff, Referrer-Policy
     app.register_blueprint(api.public)

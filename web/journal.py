@@ -105,6 +105,27 @@ class DirectConnections:
         self._release(conn)
         return reply
 
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands in one round trip; their replies in order (an error reply is
+        returned as its exception, not raised: the connection stays in step)."""
+        try:
+            conn = self.idle.pop()
+        except IndexError:
+            conn = self.pool.connection_class(**self.pool.connection_kwargs)
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._release(conn)
+        return replies
+
     def _release(self, conn: Any) -> None:
         if len(self.idle) < self.max_idle:
             self.idle.append(conn)

@@ -101,6 +101,26 @@ def test_per_address_limit_counts_every_route(apps, redis_url):
     assert other.status_code == 200  # another address has its own count
 
 
+def test_each_request_counts_once_against_each_of_its_limits(apps, redis_url):
+    """A private request's counters ride with its key lookup: counted once, not twice."""
+    app = apps(redis_url, FAIRBOOK_RATE_LIMIT_KEY="100 per minute",
+               FAIRBOOK_RATE_LIMIT_IP="100 per minute")  # fmt: skip
+    client, rdb = app.test_client(), app.extensions["fairbook"].redis
+    alice = create_account(rdb, "alice")
+    for _ in range(3):
+        assert client.get("/api/v1/orders", headers={"X-API-Key": alice["api_key"]}).status_code \
+            == 200  # fmt: skip
+    assert client.get("/api/v1/symbols").status_code == 200
+    assert client.get("/api/v1/orders").status_code == 401  # no key: the address counts it
+    assert client.get("/api/v1/orders", headers={"X-API-Key": "nobody"}).status_code == 401
+    # read back with the library's own storage: the names and windows are its own
+    limiter = app.extensions["fairbook_rate_limiter"]
+    by_ip = limiter.in_redis.get_window_stats(limiter.ip_limits[0], "127.0.0.1", "address")
+    by_key = limiter.in_redis.get_window_stats(limiter.key_limits[0], hash_key(alice["api_key"]),
+                                               "api_key")  # fmt: skip
+    assert (by_ip.remaining, by_key.remaining) == (100 - 6, 100 - 3)
+
+
 def test_two_apps_on_one_redis_share_one_count(apps, redis_url):
     one = apps(redis_url, FAIRBOOK_RATE_LIMIT_KEY="4 per minute")
     two = apps(redis_url, FAIRBOOK_RATE_LIMIT_KEY="4 per minute")
