@@ -19,6 +19,11 @@ Reports accepted orders/s (201 answers), cancels/s, latency POST->result (the 20
 matched result), 202s (reply timeouts), worker lag when the load stops and how long it takes to
 drain, and POST->fill-published latency (taker orders, measured by a pub/sub subscriber process on
 ``fb:acct:*``). JSON with ``--json PATH``.
+
+``--ab-env NAME=VALUE [--pairs N]`` measures what a setting costs instead: N pairs of unpaced runs
+as configured and with the setting, interleaved A B B A ..., each on a fresh stack; it prints
+both means, the ratio and the web's CPU per request (e.g. ``--ab-env FAIRBOOK_RATE_LIMITS=off``:
+the rate limits' cost).
 """
 
 from __future__ import annotations

