@@ -31,7 +31,7 @@ from simple_websocket import ConnectionClosed
 from engine.validation import shown
 from web.app import config_float, error_response
 from web.hub import ChannelError, Hub, frame
-from web.limits import SocketCaps, socket_caps
+from web.limits import RateLimited, SocketCaps, socket_caps
 
 log = logging.getLogger("fairbook.ws")
 
@@ -304,7 +304,7 @@ class Connection:
         self.reply(body)
 
     def op_auth(self, msg: dict[str, Any], msg_id: Any) -> None:
-        from web.accounts import hash_key, lookup_account, valid_api_key
+        from web.accounts import hash_key, lookup_account_counted, valid_api_key
 
         api_key = msg.get("api_key")
         if not valid_api_key(api_key):
@@ -318,7 +318,11 @@ class Connection:
             self.hub.register_key(self, key_hash)
         accepted = False
         try:
-            account = lookup_account(api_key)
+            try:  # an auth op counts like a private request: no key guessing at socket speed
+                account = lookup_account_counted(api_key)
+            except RateLimited as exc:
+                self.error("rate_limited", exc.message, msg_id)
+                return
             if account is None:
                 self.error("unauthorized", "invalid API key", msg_id)
                 if known:  # the key this socket authenticated with is dead: so is the socket

@@ -227,13 +227,15 @@ def check_backlog_bound(redis_client: Any) -> None:
 WS_MAX_PER_IP = 3
 WS_MAX_PER_KEY = 2
 MAX_BACKLOG = 4
+KEY_LIMIT = 100  # per minute: far above the other tests' requests per key
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     env = {"FAIRBOOK_WS_MAX_PER_IP": str(WS_MAX_PER_IP),
            "FAIRBOOK_WS_MAX_PER_KEY": str(WS_MAX_PER_KEY),
-           "FAIRBOOK_MAX_BACKLOG": str(MAX_BACKLOG)}  # fmt: skip
+           "FAIRBOOK_MAX_BACKLOG": str(MAX_BACKLOG),
+           "FAIRBOOK_RATE_LIMIT_KEY": f"{KEY_LIMIT} per minute"}  # fmt: skip
     with Stack(reply_timeout=0.3, env=env, log_dir=tmp_path_factory.mktemp("limits")) as s:
         yield s
 
@@ -307,6 +309,21 @@ def test_socket_cap_per_key_closes_the_extra_socket_1008(stack):
     finally:
         for ws in sockets:
             ws.close()
+
+
+@pytest.mark.e2e
+def test_websocket_auth_ops_count_against_the_key_limit(stack):
+    """No guessing keys at socket speed: each auth op is counted like a private request."""
+    key = stack.create_account("ws-auth")["api_key"]
+    ws = wait_until(lambda: open_socket(stack), 10, "a socket")
+    try:
+        answers = [ask(ws, {"op": "auth", "api_key": key, "id": n}) for n in range(KEY_LIMIT + 1)]
+        assert [a["type"] for a in answers[:KEY_LIMIT]] == ["authenticated"] * KEY_LIMIT
+        assert answers[-1]["type"] == "error" and answers[-1]["code"] == "rate_limited"
+        assert answers[-1]["id"] == KEY_LIMIT and key not in json.dumps(answers[-1])
+        assert ask(ws, {"op": "ping"})["type"] == "pong"  # the socket stays usable
+    finally:
+        ws.close()
 
 
 @pytest.mark.e2e
