@@ -10,8 +10,9 @@ Why not flask-limiter's request hook (the first version used it): it resolves th
 request anew (blueprints, exemptions, scopes) for ~200-280 us of CPU and sends each counter
 through redis-py's pool for ~120-135 us more; measured interleaved, ``bench e2e`` ran at 0.63-0.79x
 of limits off with it. Here the counters of a private request travel in the round trip of its
-API-key lookup (one pipelined write of HGET + one EVAL per limit): 1.05-1.09x, i.e. no cost
-measurable above the noise (``python -m bench e2e --ab-env FAIRBOOK_RATE_LIMITS=off``).
+API-key lookup (one pipelined write of HGET + one EVAL per limit): 0.97x and 1.09x in two runs of
+4 interleaved pairs, the web's CPU per request +8-9 %
+(``python -m bench e2e --ab-env FAIRBOOK_RATE_LIMITS=off --pairs 4``).
 
 * ``FAIRBOOK_RATE_LIMIT_IP`` counts every request of one client address (``request.remote_addr``:
   behind a reverse proxy, wrap the app in werkzeug's ``ProxyFix``; ``X-Forwarded-For`` is not
