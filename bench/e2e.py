@@ -19,6 +19,11 @@ Reports accepted orders/s (201 answers), cancels/s, latency POST->result (the 20
 matched result), 202s (reply timeouts), worker lag when the load stops and how long it takes to
 drain, and POST->fill-published latency (taker orders, measured by a pub/sub subscriber process on
 ``fb:acct:*``). JSON with ``--json PATH``.
+
+``--ab-env NAME=VALUE [--pairs N]`` measures what a setting costs instead: N pairs of unpaced runs
+as configured and with the setting, interleaved A B B A ..., each on a fresh stack; it prints
+both means, the ratio and the web's CPU per request (e.g. ``--ab-env FAIRBOOK_RATE_LIMITS=off``:
+the rate limits' cost).
 """
 
 from __future__ import annotations
@@ -328,7 +333,8 @@ def setup_clients(stack: Stack, count: int, seed: int) -> list[Client]:
 def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     load_at_start = _loadavg()
     gunicorn_args = shlex.split(opts.gunicorn)
-    stack = Stack(gunicorn_args=gunicorn_args, reply_timeout=opts.reply_timeout)
+    stack = Stack(gunicorn_args=gunicorn_args, reply_timeout=opts.reply_timeout,
+                  env=getattr(opts, "env", None))  # fmt: skip
     stack.start()
     ctx = mp.get_context("fork")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -475,6 +481,40 @@ def ratio_line(run: dict[str, Any], baseline: dict[str, Any]) -> str:
     )
 
 
+def run_ab(opts: argparse.Namespace) -> dict[str, Any]:
+    """``--ab-env NAME=VALUE``: unpaced runs as configured (A) and with the setting (B),
+    interleaved A B B A A B ... for ``--pairs`` pairs (so neither always goes first), each on a
+    fresh stack; ratio of mean req/s, and of the web's CPU per request."""
+    name, _, value = opts.ab_env.partition("=")
+    runs: dict[str, list[float]] = {"A": [], "B": []}
+    web_cpu: dict[str, list[float]] = {"A": [], "B": []}  # ms of web CPU per request
+    order = [("A", None), ("B", {name: value})]
+    for pair in range(opts.pairs):
+        for label, env in order if pair % 2 == 0 else order[::-1]:
+            run = run_bench(argparse.Namespace(**{**vars(opts), "rate": None, "env": env,
+                                                  "gunicorn": opts.gunicorn[0]}))  # fmt: skip
+            runs[label].append(run["requests_per_s"])
+            web_cpu[label].append(run["cpu_ms_per_request"]["web"])
+            print(f"pair {pair + 1} {label} ({name}={value if env else 'as configured'}): "
+                  f"{one_line(run)}", file=sys.stderr)  # fmt: skip
+    a, b = statistics.fmean(runs["A"]), statistics.fmean(runs["B"])
+    return {
+        "bench": "e2e-ab",
+        "b_env": opts.ab_env,
+        "requests_per_s": runs,
+        "mean_a": round(a, 1),
+        "mean_b": round(b, 1),
+        "ratio_a_to_b": round(a / max(b, 1e-9), 3),
+        "pair_ratios": [round(x / max(y, 1e-9), 3) for x, y in zip(runs["A"], runs["B"],
+                                                                  strict=True)],  # fmt: skip
+        "median_pair_ratio": round(statistics.median(
+            x / max(y, 1e-9) for x, y in zip(runs["A"], runs["B"], strict=True)), 3),
+        "web_cpu_ms_per_request": web_cpu,
+        "web_cpu_ratio_b_to_a": round(statistics.fmean(web_cpu["B"])
+                                      / max(statistics.fmean(web_cpu["A"]), 1e-9), 3),
+    }  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench e2e", description=__doc__,
@@ -497,11 +537,30 @@ def main(argv: list[str]) -> int:
         "repeat to compare several",
     )
     ap.add_argument("--reply-timeout", type=float, default=2.0)
+    ap.add_argument("--ab-env", metavar="NAME=VALUE",
+                    help="measure the cost of a setting instead: interleaved unpaced runs as "
+                         "configured (A) and with NAME=VALUE (B); prints the A/B ratio")
+    ap.add_argument("--pairs", type=int, default=3, help="A/B pairs for --ab-env")
     opts = ap.parse_args(argv)
     if opts.clients < 1 or opts.seconds <= 0:
         ap.error("--clients must be >= 1 and --seconds > 0")
     if opts.rate is not None and opts.rate <= 0:
         ap.error("--rate must be > 0")
+    if opts.ab_env:
+        if "=" not in opts.ab_env or opts.pairs < 1:
+            ap.error("--ab-env takes NAME=VALUE and --pairs must be >= 1")
+        opts.gunicorn = opts.gunicorn or ["-k gevent -w 1"]
+        result = run_ab(opts)
+        text = json.dumps(result, indent=2)
+        print(text)
+        print(f"bench e2e --ab-env {opts.ab_env}: A {result['mean_a']:,} req/s, B "
+              f"{result['mean_b']:,} req/s (means of {opts.pairs}), A/B = "
+              f"{result['ratio_a_to_b']}x; per pair {result['pair_ratios']}; web CPU per "
+              f"request B/A {result['web_cpu_ratio_b_to_a']}x")  # fmt: skip
+        if opts.json:
+            with open(opts.json, "w") as fh:
+                fh.write(text + "\n")
+        return 0
     baselines = [] if opts.no_baseline else [run_baseline(opts)]
     if baselines:
         print(f"minimal Flask + XADD (before): {baselines[0]['requests_per_s']:,} requests/s",

@@ -249,7 +249,9 @@ def main(argv: list[str]) -> int:
     results = []
     for n in [int(x) for x in opts.sockets.split(",") if x]:
         rate = max(1.0, opts.messages / n)
-        stack = Stack(gunicorn_args=shlex.split(opts.gunicorn_args))
+        # N sockets from one address is the point here: lift the per-address socket cap to N
+        stack = Stack(gunicorn_args=shlex.split(opts.gunicorn_args),
+                      env={"FAIRBOOK_WS_MAX_PER_IP": str(n)})  # fmt: skip
         stack.start()
         try:
             stack.create_account("maker")

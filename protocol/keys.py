@@ -26,7 +26,7 @@ class Keys:
 
     __slots__ = (
         "partition", "namespace", "prefix", "stream", "next_id", "applied", "applied_count",
-        "trades", "snapshots", "lease", "accounts", "next_account", "control",
+        "trades", "snapshots", "lease", "accounts", "next_account", "control", "rate_limits",
     )  # fmt: skip
 
     def __init__(self, partition: int, namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -46,6 +46,8 @@ class Keys:
         self.next_account = f"{namespace}:next_account"
         # channel: {"type": "resync"} (worker), {"type": "revoked", "key": sha256} (key CLI)
         self.control = f"{namespace}:control"
+        # prefix of the rate-limit counters (web.limits): "<ns>:rate_limits:LIMITER/..."
+        self.rate_limits = f"{namespace}:rate_limits"
 
     def order(self, order_id: int | str) -> str:
         return f"{self.prefix}order:{order_id}"

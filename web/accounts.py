@@ -24,6 +24,7 @@ from flask import Flask, g, request
 
 from protocol.keys import Keys
 from web.app import ApiError, state
+from web.limits import count_request
 
 API_KEY_HEADER = "X-API-Key"
 MAX_NAME = 64
@@ -163,14 +164,26 @@ def lookup_account(api_key: str) -> str | None:
     return account.decode() if isinstance(account, bytes) else account
 
 
+def lookup_account_counted(api_key: str) -> str | None:
+    """:func:`lookup_account`, with the request counted against the rate limits of its address
+    and its key in the same round trip (``web.limits.RateLimited`` beyond them)."""
+    st = state()
+    key_hash = hash_key(api_key)
+    account = count_request(key_hash, ("HGET", st.namespace.global_keys.accounts, key_hash))
+    return account.decode() if isinstance(account, bytes) else account
+
+
 def authenticate() -> str:
-    """Resolve ``X-API-Key`` to an account id (stored in ``g.account``) or raise 401."""
+    """Resolve ``X-API-Key`` to an account id (stored in ``g.account``) or raise 401; the
+    request is counted against the rate limits (address and key) in the lookup's round trip,
+    429 beyond them (``web.limits``)."""
     api_key = request.headers.get(API_KEY_HEADER)
-    if not api_key:
-        raise ApiError(401, "unauthorized", f"missing {API_KEY_HEADER} header")
     if not valid_api_key(api_key):
+        count_request()  # the address's count only: no key to count
+        if not api_key:
+            raise ApiError(401, "unauthorized", f"missing {API_KEY_HEADER} header")
         raise ApiError(401, "unauthorized", "invalid API key")
-    account = lookup_account(api_key)
+    account = lookup_account_counted(api_key)
     if account is None:
         raise ApiError(401, "unauthorized", "invalid API key")
     g.account = account

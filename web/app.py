@@ -21,11 +21,15 @@ from engine.markets import Market
 from engine.units import SchemaError
 from protocol.config import load_markets, redis_url
 from protocol.keys import Keys, Namespace
-from web.journal import DirectConnections, Inbox, Journal
+from web.journal import DirectConnections, Inbox, Journal, Overloaded
 
 #: Largest request body accepted (bytes); bigger bodies get a 413 JSON error.
 DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_REPLY_TIMEOUT = 2.0
+#: unprocessed entries a partition's journal may hold before new orders and amends are refused
+DEFAULT_MAX_BACKLOG = 10_000
+#: Retry-After (seconds) of a 503 "overloaded": the worker drains thousands of entries a second
+OVERLOADED_RETRY_AFTER = 1
 REDIS_TIMEOUT_S = 10.0  # no web call blocks in Redis: replies come by pub/sub (web.journal)
 
 
@@ -69,6 +73,8 @@ class Fairbook:
     namespace: Namespace
     redis: redis.Redis
     reply_timeout: float
+    #: ``FAIRBOOK_MAX_BACKLOG``: the journal's bound for new orders and amends (0: none)
+    max_backlog: int = DEFAULT_MAX_BACKLOG
     journals: dict[int, Journal] = field(default_factory=dict)
     #: this process's reply inbox, created with the first journal
     inbox: Inbox | None = None
@@ -101,7 +107,8 @@ class Fairbook:
         if journal is None:
             if self.inbox is None:  # one per process, for every partition's replies
                 self.inbox = Inbox(self.redis, [self.keys(p) for p in self.partitions])
-            journal = Journal(self.redis, self.keys(partition), self.inbox, self.connections)
+            journal = Journal(self.redis, self.keys(partition), self.inbox, self.connections,
+                              max_backlog=self.max_backlog)  # fmt: skip
             self.journals[partition] = journal
         return journal
 
@@ -154,6 +161,14 @@ def _register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
+    @app.errorhandler(Overloaded)
+    def _overloaded(exc: Overloaded):
+        response = error_response(
+            503, "overloaded", "the matching engine is busy: retry after a moment"
+        )
+        response.headers["Retry-After"] = str(OVERLOADED_RETRY_AFTER)
+        return response
+
     @app.errorhandler(redis.exceptions.ConnectionError)
     @app.errorhandler(redis.exceptions.TimeoutError)
     @app.errorhandler(redis.exceptions.BusyLoadingError)
@@ -184,6 +199,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     ``REDIS_URL``, ``FAIRBOOK_SYMBOLS`` (path), ``FAIRBOOK_NAMESPACE``, ``FAIRBOOK_PARTITIONS``,
     ``FAIRBOOK_REPLY_TIMEOUT`` (seconds to wait for the worker before answering 202),
+    ``FAIRBOOK_MAX_BACKLOG`` (unprocessed entries per partition before new orders and amends
+    are refused 503), the rate limits and socket caps of ``web.limits``,
     ``MAX_CONTENT_LENGTH``, ``FAIRBOOK_MARKETS`` (a ready ``dict[str, Market]``, for tests),
     ``FAIRBOOK_REDIS`` (a ready client, for tests).
     """
@@ -199,6 +216,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     markets = config.get("FAIRBOOK_MARKETS") or load_markets(config.get("FAIRBOOK_SYMBOLS"))
     reply_timeout = config_float(config, "FAIRBOOK_REPLY_TIMEOUT", DEFAULT_REPLY_TIMEOUT)
+    max_backlog = config_float(config, "FAIRBOOK_MAX_BACKLOG", DEFAULT_MAX_BACKLOG)
+    if max_backlog != int(max_backlog):
+        raise SystemExit("fairbook: FAIRBOOK_MAX_BACKLOG must be a whole number (0 = no bound)")
     client = config.get("FAIRBOOK_REDIS")
     if client is None:
         client = redis.Redis.from_url(
@@ -214,12 +234,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         markets, config.get("FAIRBOOK_NAMESPACE"), config.get("FAIRBOOK_PARTITIONS")
     )
     app.extensions["fairbook"] = Fairbook(
-        markets=markets, namespace=namespace, redis=client, reply_timeout=reply_timeout
-    )
+        markets=markets, namespace=namespace, redis=client, reply_timeout=reply_timeout,
+        max_backlog=int(max_backlog),
+    )  # fmt: skip
 
     _register_error_handlers(app)
 
-    from web import accounts, api, headers
+    from web import accounts, api, headers, limits
+
+    # first: its before_request counts every request, even one a later hook refuses
+    limits.init_app(app, client, app.extensions["fairbook"].connections,
+                    namespace.global_keys.rate_limits)
 
     headers.init_app(app)  # CSP, X-Frame-Options, nosniff, Referrer-Policy
     app.register_blueprint(api.public)

@@ -29,10 +29,25 @@ from protocol.keys import Keys
 
 log = logging.getLogger("fairbook.journal")
 
-# KEYS[1] = next_id counter, KEYS[2] = stream; ARGV[1] = partition, ARGV[2] = the wire command
-# WITHOUT "id" (a JSON object). The id is spliced in as the first field, so no JSON library runs
-# in Redis and the entry keeps the encoder's exact text.
+# KEYS[1] = next_id counter, KEYS[2] = stream, KEYS[3] = applied_count; ARGV[1] = partition,
+# ARGV[2] = the wire command WITHOUT "id" (a JSON object), ARGV[3] = the backlog bound (0: none).
+# The id is spliced in as the first field, so no JSON library runs in Redis and the entry keeps
+# the encoder's exact text. Backlog = entries ever added - entries the worker consumed (what
+# /healthz reports); at the bound the script refuses before the INCR, so nothing is journaled.
 APPEND_LUA = """
+local bound = tonumber(ARGV[3])
+if bound > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  local added = nil
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then added = info[i + 1] break end
+  end
+  if added == nil then added = tonumber(redis.call('GET', KEYS[1]) or '0') end -- Redis < 7
+  local backlog = added - tonumber(redis.call('GET', KEYS[3]) or '0')
+  if backlog >= bound then
+    return redis.error_reply('OVERLOADED ' .. backlog)
+  end
+end
 local counter = redis.call('INCR', KEYS[1])
 local id = string.format('%d', counter * 256 + tonumber(ARGV[1]))
 local body = ARGV[2]
@@ -45,6 +60,17 @@ end
 redis.call('XADD', KEYS[2], '*', 'c', body)
 return id
 """
+#: ops refused at the backlog bound: those that add work; cancels always go through
+BOUNDED_OPS = frozenset({"new", "amend"})
+
+
+class Overloaded(Exception):
+    """The partition's journal holds its bound of unprocessed entries: nothing was journaled."""
+
+    def __init__(self, partition: int, backlog: int) -> None:
+        super().__init__(f"partition {partition}: {backlog} unprocessed journal entries")
+        self.partition = partition
+        self.backlog = backlog
 
 
 class DirectConnections:
@@ -78,6 +104,27 @@ class DirectConnections:
             raise
         self._release(conn)
         return reply
+
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands in one round trip; their replies in order (an error reply is
+        returned as its exception, not raised: the connection stays in step)."""
+        try:
+            conn = self.idle.pop()
+        except IndexError:
+            conn = self.pool.connection_class(**self.pool.connection_kwargs)
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._release(conn)
+        return replies
 
     def _release(self, conn: Any) -> None:
         if len(self.idle) < self.max_idle:
@@ -256,9 +303,12 @@ class Journal:
 
     def __init__(
         self, client: redis.Redis, keys: Keys | int, inbox: Inbox | None = None,
-        connections: DirectConnections | None = None,
+        connections: DirectConnections | None = None, max_backlog: int = 0,
     ) -> None:  # fmt: skip
         self.redis = client
+        #: new orders and amends are refused (:class:`Overloaded`) at this many unprocessed
+        #: entries (0: never)
+        self.max_backlog = max_backlog
         self.keys = keys if isinstance(keys, Keys) else Keys(keys)
         self.partition = self.keys.partition
         self._script = client.register_script(APPEND_LUA)
@@ -274,14 +324,25 @@ class Journal:
 
     def _args(self, command: dict[str, Any]) -> dict[str, Any]:
         body = wire.dumps({k: v for k, v in command.items() if k != "id"})
-        return {"keys": [self.keys.next_id, self.keys.stream], "args": [self.partition, body]}
+        k = self.keys
+        return {"keys": [k.next_id, k.stream, k.applied_count], "args": [self.partition, body, 0]}
 
     def append(self, command: dict[str, Any]) -> int:
         """Assign the public id and journal the command (one round trip); returns the id and
-        sets ``command["id"]``. EVAL, not EVALSHA: no NOSCRIPT round trip after a restart."""
+        sets ``command["id"]``. EVAL, not EVALSHA: no NOSCRIPT round trip after a restart.
+        Raises :class:`Overloaded` (nothing journaled) for a new order or an amend while the
+        backlog is at ``max_backlog``."""
         body = wire.dumps({k: v for k, v in command.items() if k != "id"})
-        cmd_id = int(self.connections.call("EVAL", APPEND_LUA, 2, self.keys.next_id,
-                                           self.keys.stream, self.partition, body))  # fmt: skip
+        bound = self.max_backlog if command.get("op") in BOUNDED_OPS else 0
+        k = self.keys
+        try:
+            cmd_id = int(self.connections.call("EVAL", APPEND_LUA, 3, k.next_id, k.stream,
+                                               k.applied_count, self.partition, body, bound))
+        except redis.ResponseError as exc:  # fmt: skip
+            text = str(exc)
+            if not text.startswith("OVERLOADED"):
+                raise
+            raise Overloaded(self.partition, int(text.split()[-1])) from None
         command["id"] = cmd_id
         return cmd_id
 

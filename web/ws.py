@@ -31,6 +31,7 @@ from simple_websocket import ConnectionClosed
 from engine.validation import shown
 from web.app import config_float, error_response
 from web.hub import ChannelError, Hub, frame
+from web.limits import RateLimited, SocketCaps, socket_caps
 
 log = logging.getLogger("fairbook.ws")
 
@@ -38,7 +39,10 @@ STATIC_DIR = Path(__file__).with_name("static")
 MAX_CHANNELS_PER_MESSAGE = 100
 MAX_CHANNELS_PER_SOCKET = 200
 SLOW_CONSUMER = 4008
-POLICY_VIOLATION = 1008  # RFC 6455: the socket's API key was revoked
+POLICY_VIOLATION = 1008  # RFC 6455: the socket's API key was revoked, or has too many sockets
+#: Retry-After (seconds) of a refused upgrade: a socket of the address must close first
+SOCKET_CAP_RETRY_AFTER = 5
+_WS_IP = "fairbook.ws_ip"  # environ: the address whose socket count this request holds
 OPS = ("subscribe", "unsubscribe", "ping", "auth")
 
 #: name -> (default, help); read from app.config, then the environment.
@@ -92,9 +96,13 @@ class Connection:
     """One client socket: its subscriptions, account, outbound queue and writer."""
 
     def __init__(
-        self, ws: Any, hub: Hub, queue_limit: int, close_timeout: float, max_message: int = 0
-    ) -> None:
+        self, ws: Any, hub: Hub, queue_limit: int, close_timeout: float, max_message: int = 0,
+        caps: SocketCaps | None = None,
+    ) -> None:  # fmt: skip
         self.ws = ws
+        self.caps = caps or SocketCaps()
+        #: the account whose socket count this socket holds (released when it ends)
+        self.counted: str | None = None
         self.max_message = max_message
         self.hub = hub
         self.account: str | None = None
@@ -163,6 +171,12 @@ class Connection:
             timer = threading.Timer(self.close_timeout, self._abort)
             timer.daemon = True
             timer.start()
+
+    def release(self) -> None:
+        """Give back this socket's place in its account's count (once; the socket ended)."""
+        if self.counted is not None:
+            self.caps.release_key(self.counted)
+            self.counted = None
 
     def _abort(self) -> None:
         if not self.done.is_set():
@@ -290,7 +304,7 @@ class Connection:
         self.reply(body)
 
     def op_auth(self, msg: dict[str, Any], msg_id: Any) -> None:
-        from web.accounts import hash_key, lookup_account, valid_api_key
+        from web.accounts import hash_key, lookup_account_counted, valid_api_key
 
         api_key = msg.get("api_key")
         if not valid_api_key(api_key):
@@ -304,7 +318,11 @@ class Connection:
             self.hub.register_key(self, key_hash)
         accepted = False
         try:
-            account = lookup_account(api_key)
+            try:  # an auth op counts like a private request: no key guessing at socket speed
+                account = lookup_account_counted(api_key)
+            except RateLimited as exc:
+                self.error("rate_limited", exc.message, msg_id)
+                return
             if account is None:
                 self.error("unauthorized", "invalid API key", msg_id)
                 if known:  # the key this socket authenticated with is dead: so is the socket
@@ -318,6 +336,12 @@ class Connection:
                     msg_id,
                 )
                 return
+            if self.counted is None and not self.caps.acquire_key(account):
+                # the close frame says why (a close drops any reply still queued)
+                self.hub.remove(self)
+                self.close(POLICY_VIOLATION, f"at most {self.caps.per_key} sockets per api key")
+                return
+            self.counted = account
             accepted = True
         finally:
             if not accepted and not known:
@@ -419,6 +443,14 @@ def init_app(app: Flask) -> None:
         if refusal is not None:
             return refusal
         environ = request.environ
+        caps = socket_caps(current_app)
+        ip = request.remote_addr or ""
+        if not caps.acquire_ip(ip):
+            response = error_response(429, "too_many_connections",
+                                      f"at most {caps.per_ip} open sockets per client address")
+            response.headers["Retry-After"] = str(SOCKET_CAP_RETRY_AFTER)  # fmt: skip
+            return response
+        environ[_WS_IP] = ip  # released by _release_socket_count, however the request ends
         environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         raw = environ.get("gunicorn.socket")
         if raw is not None and not isinstance(raw, LockedSocket):
@@ -429,6 +461,12 @@ def init_app(app: Flask) -> None:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             environ["gunicorn.socket"] = LockedSocket(raw)
         return None
+
+    @app.teardown_request
+    def _release_socket_count(_exc: BaseException | None) -> None:
+        ip = request.environ.pop(_WS_IP, None)
+        if ip is not None:
+            socket_caps(current_app).release_ip(ip)
 
     @sock.route("/ws")
     def websocket(ws: Any) -> None:
@@ -442,6 +480,7 @@ def init_app(app: Flask) -> None:
             queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
             close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
             max_message=int(setting("FAIRBOOK_WS_MAX_MESSAGE")),
+            caps=socket_caps(current_app),
         )
         conn.start()
         try:
@@ -453,6 +492,7 @@ def init_app(app: Flask) -> None:
             pass
         finally:
             hub.remove(conn)
+            conn.release()
             conn.close()
             conn.done.wait(1.0)
 
