@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +28,8 @@ from web.journal import DirectConnections, Inbox, Journal
 DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_REPLY_TIMEOUT = 2.0
 REDIS_TIMEOUT_S = 10.0  # no web call blocks in Redis: replies come by pub/sub (web.journal)
+#: The REST contract (OpenAPI 3.1), shipped with the code and served at /api/v1/openapi.json.
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
 
 class FastJSONProvider(DefaultJSONProvider):
@@ -74,6 +77,8 @@ class Fairbook:
     inbox: Inbox | None = None
     #: connections for the per-request hot path (appends, order and book GETs)
     connections: DirectConnections | None = None
+    #: the OpenAPI document as served (this deployment's symbols in ``Symbol``), encoded once
+    openapi: bytes = b""
 
     def __post_init__(self) -> None:
         self.connections = DirectConnections(self.redis)
@@ -104,6 +109,14 @@ class Fairbook:
             journal = Journal(self.redis, self.keys(partition), self.inbox, self.connections)
             self.journals[partition] = journal
         return journal
+
+
+def openapi_document(markets: dict[str, Market]) -> dict[str, Any]:
+    """The shipped OpenAPI document with this deployment's symbols as the ``Symbol`` enum (the
+    file itself lists none: the symbols file decides them)."""
+    doc = orjson.loads(OPENAPI_PATH.read_bytes())
+    doc["components"]["schemas"]["Symbol"]["enum"] = sorted(markets)
+    return doc
 
 
 def state() -> Fairbook:
@@ -214,7 +227,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         markets, config.get("FAIRBOOK_NAMESPACE"), config.get("FAIRBOOK_PARTITIONS")
     )
     app.extensions["fairbook"] = Fairbook(
-        markets=markets, namespace=namespace, redis=client, reply_timeout=reply_timeout
+        markets=markets, namespace=namespace, redis=client, reply_timeout=reply_timeout,
+        openapi=orjson.dumps(openapi_document(markets)),
     )
 
     _register_error_handlers(app)
