@@ -207,6 +207,7 @@ def _fuzz(stack: Stack, session: requests.Session, keys: dict[str, str], operati
             raise
 
 
+@pytest.mark.timeout(300 + 2 * EXAMPLES)  # a long run takes ~0.7 s per example count
 def test_rest_contract_holds_under_fuzzing(stack, keys, contract) -> None:
     before = {"web": _tree(stack.web_proc.pid), "worker": _tree(stack.worker_proc.pid)}
     assert all(before.values()), before
@@ -325,6 +326,7 @@ def _frames_until_pong(ws: websocket.WebSocket, token: int) -> list[dict[str, An
     raise AssertionError(f"no pong within 10 s; got {frames[-5:]}")
 
 
+@pytest.mark.timeout(300 + WS_EXAMPLES)
 def test_websocket_messages_get_json_answers_and_others_keep_their_data(stack, keys) -> None:
     watcher = _connect(stack)
     watcher.send(json.dumps({"op": "subscribe", "channels": [f"trades:{SYMBOL}"]}))

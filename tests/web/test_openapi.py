@@ -108,3 +108,18 @@ def test_a_response_off_the_contract_is_caught(client, web_app) -> None:
     client.get("/api/v1/symbols")
     found = openapi_conformance._take()  # taken, so that this test itself passes
     assert len(found) == 1 and "GET /api/v1/symbols -> 200" in found[0], found
+
+
+def test_the_page_and_its_files_answer_as_documented(client) -> None:
+    """Conditional and range requests (a browser's reload) included; the plugin checks each."""
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    script = client.get("/static/app.js")
+    assert script.status_code == 200
+    etag = script.headers["ETag"]
+    assert client.get("/static/app.js", headers={"If-None-Match": etag}).status_code == 304
+    assert client.get("/static/app.js", headers={"Range": "bytes=0-9"}).status_code == 206
+    assert client.get("/static/app.js", headers={"Range": "bytes=99999999-"}).status_code == 416
+    assert client.get("/static/nope.js").status_code == 404
+    assert client.options("/api/v1/orders").headers["Allow"]
+    assert client.head("/api/v1/symbols").status_code == 200
