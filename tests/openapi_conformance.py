@@ -124,10 +124,9 @@ class Contract:
             instance = orjson.loads(body)
         except orjson.JSONDecodeError:
             return f"{where}: the body is not JSON: {body[:200]!r}"
-        errors = list(validator.iter_errors(instance))
-        if not errors:
+        if validator.is_valid(instance):  # the fast path; the reason only when there is one
             return None
-        first = errors[0]
+        first = next(iter(validator.iter_errors(instance)))
         at = "/".join(str(p) for p in first.instance_path) or "(root)"
         return f"{where}: {first.message} at {at}; body {body[:300]!r}"
 
