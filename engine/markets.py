@@ -120,7 +120,12 @@ class Market:
 
     def as_dict(self) -> dict[str, str]:
         """The public form, same fields as the symbols file."""
-        return {f: str(getattr(self, f)) for f in MARKET_FIELDS}
+        out: dict[str, str] = {}
+        for name in MARKET_FIELDS:
+            value = getattr(self, name)
+            # plain notation: str(Decimal("1E-7")) would be "1E-7", not a decimal string
+            out[name] = format(value, "f") if isinstance(value, Decimal) else str(value)
+        return out
 
     # -- decimal string -> integer units ------------------------------------------------------
     def _units(self, value: Any, step: Step, field: str, code: str) -> int:

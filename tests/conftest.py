@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+import openapi_conformance
 from redis_server import RedisServer
 
 # Slow shared CI machines: no per-example deadline.
@@ -21,6 +22,12 @@ settings.register_profile("ci", parent=settings.get_profile("fairbook"), derando
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "fairbook")
 )
+
+
+def pytest_configure(config):
+    """Every response a test sees is checked against web/openapi.json (openapi_conformance)."""
+    if not config.pluginmanager.is_registered(openapi_conformance):
+        config.pluginmanager.register(openapi_conformance, "openapi_conformance")
 
 
 def chromium_path() -> str | None:

@@ -13,7 +13,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from engine.commands import Reason, partition_of_id
@@ -428,6 +428,12 @@ def trades(symbol: str):
     limit = _int_arg("limit", DEFAULT_TRADES, MAX_TRADES)
     rows = state().redis.lrange(keys(partition_for(symbol)).recent(symbol), 0, limit - 1)
     return jsonify([json.loads(row) for row in rows])
+
+
+@public.get("/api/v1/openapi.json")
+def openapi():
+    """The REST contract (web/openapi.json with this deployment's symbols), read at start-up."""
+    return Response(state().openapi, mimetype="application/json")
 
 
 def _quiet_health(healthy: bool):

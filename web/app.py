@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,6 +32,8 @@ DEFAULT_MAX_BACKLOG = 10_000
 #: Retry-After (seconds) of a 503 "overloaded": the worker drains thousands of entries a second
 OVERLOADED_RETRY_AFTER = 1
 REDIS_TIMEOUT_S = 10.0  # no web call blocks in Redis: replies come by pub/sub (web.journal)
+#: The REST contract (OpenAPI 3.1), shipped with the code and served at /api/v1/openapi.json.
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
 
 class FastJSONProvider(DefaultJSONProvider):
@@ -80,6 +83,8 @@ class Fairbook:
     inbox: Inbox | None = None
     #: connections for the per-request hot path (appends, order and book GETs)
     connections: DirectConnections | None = None
+    #: the OpenAPI document as served (this deployment's symbols in ``Symbol``), encoded once
+    openapi: bytes = b""
 
     def __post_init__(self) -> None:
         self.connections = DirectConnections(self.redis)
@@ -111,6 +116,14 @@ class Fairbook:
                               max_backlog=self.max_backlog)  # fmt: skip
             self.journals[partition] = journal
         return journal
+
+
+def openapi_document(markets: dict[str, Market]) -> dict[str, Any]:
+    """The shipped OpenAPI document with this deployment's symbols as the ``Symbol`` enum (the
+    file itself lists none: the symbols file decides them)."""
+    doc = orjson.loads(OPENAPI_PATH.read_bytes())
+    doc["components"]["schemas"]["Symbol"]["enum"] = sorted(markets)
+    return doc
 
 
 def state() -> Fairbook:
@@ -235,7 +248,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["fairbook"] = Fairbook(
         markets=markets, namespace=namespace, redis=client, reply_timeout=reply_timeout,
-        max_backlog=int(max_backlog),
+        max_backlog=int(max_backlog), openapi=orjson.dumps(openapi_document(markets)),
     )  # fmt: skip
 
     _register_error_handlers(app)

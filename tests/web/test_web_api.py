@@ -8,6 +8,7 @@ import re
 import pytest
 
 from protocol.keys import Keys
+from protocol.wire import trade_record
 from redis_server import free_port
 from web.accounts import create_account, hash_key
 from web.app import create_app
@@ -95,8 +96,10 @@ def test_bbo_empty(client):
 
 
 def test_trades_newest_first_and_limit(client, rdb):
-    for i in range(1, 6):
-        rdb.lpush(K.recent("BTC-USDT"), json.dumps({"trade_id": i, "price": "100"}))
+    for i in range(1, 6):  # whole trade records, as the worker writes them
+        rdb.lpush(K.recent("BTC-USDT"), trade_record(i, "BTC-USDT", "100.00", "0.01000", "buy",
+                                                     2 * i, 2 * i + 1, "0.0010000", "0.0010000",
+                                                     "USDT", 1_700_000_000_000 + i))  # fmt: skip
     body = client.get("/api/v1/trades/BTC-USDT?limit=3").get_json()
     assert [t["trade_id"] for t in body] == [5, 4, 3]
     assert client.get("/api/v1/trades/BTC-USDT?limit=1001").status_code == 400
