@@ -38,13 +38,14 @@ _REFUSALS: list[tuple[tuple[type[BaseException], ...], int, str, str, str]] = [
 ]  # fmt: skip
 
 
-def error_bytes(status: int, reason: str, code: str, message: str) -> bytes:
+def error_bytes(status: int, reason: str, code: str, message: str, retry_after: int = 0) -> bytes:
     """A complete HTTP/1.1 error response with the API's JSON error body; the connection closes."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
         "X-Content-Type-Options: nosniff\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        + (f"Retry-After: {retry_after}\r\n" if retry_after else "")
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
 
@@ -61,7 +62,7 @@ class Worker(GeventWorker):
         ip = addr[0] if isinstance(addr, tuple) and addr else ""
         if self.connections_per_ip[ip] >= MAX_CONNECTIONS_PER_IP:
             refusal = error_bytes(429, "Too Many Requests", "too_many_connections",
-                                  "too many open connections from this address")  # fmt: skip
+                                  "too many open connections from this address", 1)  # fmt: skip
             self._send(client, refusal)
             client.close()
             return

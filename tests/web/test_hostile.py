@@ -254,8 +254,10 @@ def test_half_sent_connections_from_one_address_do_not_starve_others(stack) -> N
             assert requests.get(stack.url + "/api/v1/symbols", timeout=10).status_code == 200
             times.append(time.monotonic() - started)
         assert sorted(times)[len(times) // 2] < 1.0, times  # another address is served at once
-        status, error = _json_error(_raw(stack, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.2"))
+        refusal = _raw(stack, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.2")
+        status, error = _json_error(refusal)
         assert status == 429 and error["code"] == "too_many_connections"
+        assert b"\r\nRetry-After: 1\r\n" in refusal.partition(b"\r\n\r\n")[0]
     finally:
         for sock in held:
             sock.close()
