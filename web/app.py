@@ -17,6 +17,7 @@ import redis.utils
 from flask import Flask, current_app, jsonify
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from engine.markets import Market
 from engine.units import SchemaError
@@ -29,6 +30,8 @@ DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_REPLY_TIMEOUT = 2.0
 #: unprocessed entries a partition's journal may hold before new orders and amends are refused
 DEFAULT_MAX_BACKLOG = 10_000
+#: Retry-After (seconds) of a 503 "unavailable": Redis restarts and fail-overs take seconds
+UNAVAILABLE_RETRY_AFTER = 5
 #: Retry-After (seconds) of a 503 "overloaded": the worker drains thousands of entries a second
 OVERLOADED_RETRY_AFTER = 1
 REDIS_TIMEOUT_S = 10.0  # no web call blocks in Redis: replies come by pub/sub (web.journal)
@@ -187,7 +190,9 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.exceptions.BusyLoadingError)
     def _redis_down(exc: Exception):
         app.logger.warning("redis unavailable: %s", exc)
-        return error_response(503, "unavailable", "the order store is unavailable, retry later")
+        response = error_response(503, "unavailable", "the order store is unavailable, retry later")
+        response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
@@ -202,8 +207,8 @@ def config_float(config: Any, key: str, default: float) -> float:
         value = float(raw)
     except (TypeError, ValueError):
         raise SystemExit(f"fairbook: {key} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise SystemExit(f"fairbook: {key} must be >= 0")
+    if not 0 <= value < float("inf"):  # NaN and infinity fail this too
+        raise SystemExit(f"fairbook: {key} must be a finite number >= 0")
     return value
 
 
@@ -229,6 +234,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     markets = config.get("FAIRBOOK_MARKETS") or load_markets(config.get("FAIRBOOK_SYMBOLS"))
     reply_timeout = config_float(config, "FAIRBOOK_REPLY_TIMEOUT", DEFAULT_REPLY_TIMEOUT)
+    proxies = config_float(config, "FAIRBOOK_TRUSTED_PROXIES", 0)
+    if proxies != int(proxies):
+        raise SystemExit("fairbook: FAIRBOOK_TRUSTED_PROXIES must be a whole number (0 = none)")
+    if proxies:  # the client address (rate limits, socket caps) from N proxies' X-Forwarded-For
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(proxies), x_proto=int(proxies))  # type: ignore[method-assign]
     max_backlog = config_float(config, "FAIRBOOK_MAX_BACKLOG", DEFAULT_MAX_BACKLOG)
     if max_backlog != int(max_backlog):
         raise SystemExit("fairbook: FAIRBOOK_MAX_BACKLOG must be a whole number (0 = no bound)")

@@ -12,7 +12,7 @@ from flask import Flask, Response
 
 #: No inline script or style anywhere: the page is index.html + app.js + style.css.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 PAGE_HEADERS = {

@@ -328,6 +328,8 @@ class Hub:
                     raise redis.exceptions.ConnectionError("pub/sub subscribe not confirmed")
                 if not first:
                     self._resubscribed()
+                else:  # a socket may have authenticated before the control channel was live
+                    self.recheck_keys()
                 first = False
                 delay = 0.05
                 self.ready.set()
@@ -366,6 +368,10 @@ class Hub:
             channel = msg.get("channel")
             if isinstance(channel, bytes):
                 channel = channel.decode()
+            if channel == self.namespace.global_keys.control:
+                # a revocation published while nobody listened: whichever order redis-py
+                # confirms the three subscriptions in, this one runs once control is live
+                self.recheck_keys()
             if channel != self.namespace.md_pattern:
                 return
         self.stats["reconnects"] += 1

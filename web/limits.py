@@ -81,7 +81,8 @@ def limits_enabled(config: Any) -> bool:
 def _limit_setting(config: Any, name: str) -> str:
     value = config_text(config, name, DEFAULTS[name])
     try:
-        parse_many(value)
+        if any(item.amount < 1 for item in parse_many(value)):
+            raise ValueError("a limit of 0 refuses every request")
     except ValueError:
         raise SystemExit(
             f"fairbook: {name} must be a rate limit like '300 per second' or '50/10 seconds', "

@@ -19,10 +19,23 @@ from typing import Any
 from gunicorn.http import errors
 from gunicorn.workers.ggevent import GeventWorker
 
-#: open connections one client address may hold (browsers use ~6 per host)
-MAX_CONNECTIONS_PER_IP = int(os.environ.get("FAIRBOOK_MAX_CONNECTIONS_PER_IP", "256"))
+
+def _setting(name: str, default: str) -> float:
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise SystemExit(f"fairbook: {name} must be a finite number >= 0, got {raw[:40]!r}")
+    return value
+
+
+#: open connections one client address may hold (browsers use ~6 per host); 0 = no cap (behind
+#: a reverse proxy every client has the proxy's address: cap per client at the proxy instead)
+MAX_CONNECTIONS_PER_IP = int(_setting("FAIRBOOK_MAX_CONNECTIONS_PER_IP", "256"))
 #: seconds a request (line, headers and body) may take to arrive
-HEADER_TIMEOUT_S = float(os.environ.get("FAIRBOOK_HEADER_TIMEOUT", "10"))
+HEADER_TIMEOUT_S = _setting("FAIRBOOK_HEADER_TIMEOUT", "10")
 
 #: (exception types, status, reason, code, message) for requests gunicorn refuses to parse
 _REFUSALS: list[tuple[tuple[type[BaseException], ...], int, str, str, str]] = [
@@ -60,7 +73,7 @@ class Worker(GeventWorker):
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         ip = addr[0] if isinstance(addr, tuple) and addr else ""
-        if self.connections_per_ip[ip] >= MAX_CONNECTIONS_PER_IP:
+        if MAX_CONNECTIONS_PER_IP and self.connections_per_ip[ip] >= MAX_CONNECTIONS_PER_IP:
             refusal = error_bytes(429, "Too Many Requests", "too_many_connections",
                                   "too many open connections from this address", 1)  # fmt: skip
             self._send(client, refusal)

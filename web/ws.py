@@ -31,7 +31,7 @@ from simple_websocket import ConnectionClosed
 from engine.validation import shown
 from web.app import config_float, error_response
 from web.hub import ChannelError, Hub, frame
-from web.limits import RateLimited, SocketCaps, socket_caps
+from web.limits import RateLimited, SocketCaps, count_request, socket_caps
 
 log = logging.getLogger("fairbook.ws")
 
@@ -267,6 +267,13 @@ class Connection:
 
     def op_subscribe(self, msg: dict[str, Any], msg_id: Any) -> None:
         channels = self._channels(msg)
+        # counted like a request of this address: a first subscriber of a symbol reads its
+        # book from Redis, so a subscribe/unsubscribe loop must not be free
+        try:
+            count_request()
+        except RateLimited as exc:
+            self.error("rate_limited", exc.message, msg_id)
+            return
         if "orders" in channels and self.account is None:
             raise ChannelError("auth_required", "send an auth op before subscribing to orders")
         if len(self.channels | set(channels)) > MAX_CHANNELS_PER_SOCKET:

@@ -407,6 +407,32 @@ def test_accepted_while_worker_down_then_processed(stack, accounts, operator):
     assert health.status_code == 200 and health.json()["partitions"][0]["lag"] == 0
 
 
+def test_cancelling_anothers_order_answers_as_a_missing_one_even_while_the_worker_is_down(
+    stack, accounts
+):
+    alice, mallory = accounts("alice"), accounts("mallory")
+    theirs = alice.order(side="buy", price="29000", quantity="0.01")["order_id"]
+    missing = theirs + 256 * 100_000  # same partition, never placed
+    answers = {}
+    stack.stop_worker()
+    try:
+        for oid in (theirs, missing):
+            resp = mallory.delete(f"/api/v1/orders/{oid}")
+            body = resp.json()
+            assert body.pop("order_id") == oid and body.pop("command_id")
+            answers[oid] = (resp.status_code, body)
+    finally:
+        stack.start_worker()
+    assert answers[theirs] == answers[missing] == (202, {"status": "accepted"})
+    for oid in (theirs, missing):  # with the worker back: the same 404 body for both
+        # (a tuple: a 4xx requests.Response is falsy, which wait_until would take as "not yet")
+        (got,) = wait_until(lambda oid=oid: (r,) if (r := mallory.delete(
+            f"/api/v1/orders/{oid}")).status_code == 404 else None, 20, "the worker's answer")
+        answers[oid] = got.json()["error"]["code"]
+    assert answers[theirs] == answers[missing] == "unknown_order"
+    assert alice.get(f"/api/v1/orders/{theirs}").json()["status"] == "new"  # untouched
+
+
 def test_redis_down_is_503_then_recovers(stack, accounts):
     alice = accounts("alice")
     before = alice.order(side="buy", price="29000", quantity="0.01")
@@ -414,6 +440,7 @@ def test_redis_down_is_503_then_recovers(stack, accounts):
     try:
         resp = alice.post({"symbol": SYM, "side": "buy", "price": "29000", "quantity": "0.01"})
         err(resp, 503, "unavailable")
+        assert resp.headers["Retry-After"] == "5"
         err(requests.get(stack.url + f"/api/v1/book/{SYM}"), 503, "unavailable")
         assert requests.get(stack.url + "/healthz").status_code == 503
     finally:

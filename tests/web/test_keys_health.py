@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 import pytest
+import redis
 
 from protocol.config import redacted_url
 from protocol.keys import Keys, Namespace
+from tests.redis_server import wait_until
 from web.accounts import create_account, hash_key
 from web.hub import Hub
 
@@ -137,6 +139,22 @@ def test_hub_closes_the_sockets_of_a_revoked_key_and_stops_their_events():
     assert hub.stats["poison"] == 2 and not b.closed
     hub.remove(b)
     assert hub.key_subs == {}
+
+
+def test_a_key_revoked_before_the_hub_listened_is_caught_when_it_starts(redis_url, rdb):
+    """A socket may authenticate before the control channel is live: the hub's first
+    subscription rechecks the keys of its sockets, so a revocation of that window is not lost."""
+    hub = Hub(lambda: redis.Redis.from_url(redis_url), {}, Namespace("fb"))
+    live = create_account(rdb, "live")["api_key"]
+    early, kept = FakeSocket("1"), FakeSocket("2")
+    hub.register_key(early, hash_key("fb_revoked_before_the_hub_started"))  # not in Redis
+    hub.register_key(kept, hash_key(live))
+    hub.start()
+    try:
+        assert wait_until(lambda: early.closed, 10, "the revoked key's socket closed")
+        assert not kept.closed and hash_key(live) in hub.key_subs
+    finally:
+        hub.stop()
 
 
 # -- /healthz -----------------------------------------------------------------------------------

@@ -164,8 +164,15 @@ def test_default_limits_are_far_above_a_trading_client(apps, redis_url):
 
 @pytest.mark.parametrize("name", ["FAIRBOOK_RATE_LIMIT_KEY", "FAIRBOOK_RATE_LIMIT_IP"])
 def test_a_malformed_limit_stops_start_up(redis_url, name):
-    with pytest.raises(SystemExit, match=name):
-        make_app(redis_url, **{name: "lots"})
+    for bad in ("lots", "0 per second", "10 per second;0/minute"):
+        with pytest.raises(SystemExit, match=name):
+            make_app(redis_url, **{name: bad})
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "1.5", "lots"])
+def test_a_malformed_backlog_bound_stops_start_up(redis_url, value):
+    with pytest.raises(SystemExit, match="FAIRBOOK_MAX_BACKLOG"):
+        make_app(redis_url, FAIRBOOK_MAX_BACKLOG=value)
 
 
 def test_counters_fall_back_to_memory_while_redis_is_down(apps, fresh_redis):
@@ -371,3 +378,25 @@ def test_backlog_bound_with_a_stopped_worker(stack):
                       20, "the worker caught up")  # fmt: skip
     assert requests.post(url, json=ORDER, headers=key, timeout=10).status_code == 201
     rdb.close()
+
+
+@pytest.mark.e2e
+def test_websocket_subscribes_count_against_the_address_limit(tmp_path):
+    """A subscribe may read a book from Redis: a subscribe/unsubscribe loop is rate limited."""
+    with Stack(env={"FAIRBOOK_RATE_LIMIT_IP": "20 per minute"}, worker=False,
+               log_dir=tmp_path) as stack:  # fmt: skip
+        ws = wait_until(lambda: open_socket(stack), 10, "a socket")
+        try:
+            answers = []
+            for n in range(25):
+                answer = ask(ws, {"op": "subscribe", "channels": ["trades:BTC-USDT"], "id": n})
+                answers.append(answer)
+                if answer["type"] == "error":
+                    break
+                assert ask(ws, {"op": "unsubscribe", "channels": ["trades:BTC-USDT"]})[
+                    "type"] == "unsubscribed"
+            assert answers[-1]["type"] == "error" and answers[-1]["code"] == "rate_limited"
+            assert {a["type"] for a in answers[:-1]} == {"subscribed"} and len(answers) < 21
+            assert ask(ws, {"op": "ping"})["type"] == "pong"  # the socket stays usable
+        finally:
+            ws.close()

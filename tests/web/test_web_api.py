@@ -326,11 +326,26 @@ def test_cancel_bad_or_foreign_partition_id_is_404(client, alice, rdb, oid):
     assert rdb.xlen(K.stream) == 0
 
 
-def test_cancel_other_accounts_order_is_404_without_journaling(client, alice, bob, rdb):
+def test_cancel_other_accounts_order_answers_as_a_missing_one(client, alice, bob, rdb,
+                                                              fake_worker):  # fmt: skip
+    """Issue 13: indistinguishable on every route. The web no longer answers a foreign order
+    at once (a missing one must wait for the worker, as it may be in flight): both are
+    journaled in the caller's name, and the engine, which judges ownership, rejects both."""
     seed_order(rdb, 512, bob["account_id"])
-    resp = client.delete("/api/v1/orders/512", headers=alice["headers"])
-    assert resp.status_code == 404 and err(resp)["code"] == "unknown_order"
-    assert rdb.xlen(K.stream) == 0
+    seen: list[dict] = []
+
+    def respond(wire):
+        seen.append(wire)
+        return {"ok": False, "error": {"code": "unknown_order", "message": "unknown order"}}
+
+    fake_worker(respond)
+    theirs = client.delete("/api/v1/orders/512", headers=alice["headers"])
+    missing = client.delete("/api/v1/orders/768", headers=alice["headers"])
+    assert theirs.status_code == missing.status_code == 404
+    assert err(theirs) == err(missing) and err(theirs)["code"] == "unknown_order"
+    assert [(w["op"], w["account"], w["order_id"]) for w in seen] == [
+        ("cancel", alice["account_id"], 512), ("cancel", alice["account_id"], 768)]
+    assert rdb.get(K.order(512)) is not None  # bob's order untouched
 
 
 def test_cancel_replies(client, alice, rdb, fake_worker):
