@@ -29,11 +29,14 @@ from protocol.keys import Keys
 
 log = logging.getLogger("fairbook.journal")
 
-# KEYS[1] = next_id counter, KEYS[2] = stream, KEYS[3] = applied_count; ARGV[1] = partition,
+# KEYS[1] = next_id counter, KEYS[2] = stream, KEYS[3] = applied_count, KEYS[4] = applied;
+# ARGV[1] = partition,
 # ARGV[2] = the wire command WITHOUT "id" (a JSON object), ARGV[3] = the backlog bound (0: none).
 # The id is spliced in as the first field, so no JSON library runs in Redis and the entry keeps
 # the encoder's exact text. Backlog = entries ever added - entries the worker consumed (what
 # /healthz reports); at the bound the script refuses before the INCR, so nothing is journaled.
+# A worker that applied entries without counting them (no applied_count, an applied id: an older
+# worker) leaves the backlog unknown: no bound then (fail open), as /healthz falls back too.
 APPEND_LUA = """
 local bound = tonumber(ARGV[3])
 if bound > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
@@ -43,8 +46,10 @@ if bound > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
     if info[i] == 'entries-added' then added = info[i + 1] break end
   end
   if added == nil then added = tonumber(redis.call('GET', KEYS[1]) or '0') end -- Redis < 7
-  local backlog = added - tonumber(redis.call('GET', KEYS[3]) or '0')
-  if backlog >= bound then
+  local done = redis.call('GET', KEYS[3])
+  if done == false and redis.call('EXISTS', KEYS[4]) == 1 then added = nil end
+  local backlog = added and (added - tonumber(done or '0')) or 0
+  if added and backlog >= bound then
     return redis.error_reply('OVERLOADED ' .. backlog)
   end
 end
@@ -325,7 +330,8 @@ class Journal:
     def _args(self, command: dict[str, Any]) -> dict[str, Any]:
         body = wire.dumps({k: v for k, v in command.items() if k != "id"})
         k = self.keys
-        return {"keys": [k.next_id, k.stream, k.applied_count], "args": [self.partition, body, 0]}
+        return {"keys": [k.next_id, k.stream, k.applied_count, k.applied],
+                "args": [self.partition, body, 0]}  # fmt: skip
 
     def append(self, command: dict[str, Any]) -> int:
         """Assign the public id and journal the command (one round trip); returns the id and
@@ -336,8 +342,9 @@ class Journal:
         bound = self.max_backlog if command.get("op") in BOUNDED_OPS else 0
         k = self.keys
         try:
-            cmd_id = int(self.connections.call("EVAL", APPEND_LUA, 3, k.next_id, k.stream,
-                                               k.applied_count, self.partition, body, bound))
+            cmd_id = int(self.connections.call("EVAL", APPEND_LUA, 4, k.next_id, k.stream,
+                                               k.applied_count, k.applied, self.partition, body,
+                                               bound))
         except redis.ResponseError as exc:  # fmt: skip
             text = str(exc)
             if not text.startswith("OVERLOADED"):

