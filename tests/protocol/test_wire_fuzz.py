@@ -15,15 +15,11 @@ from engine.units import SchemaError
 from engine.validation import command_from_wire
 from protocol import wire
 from protocol.config import load_markets
+from tests.strategies import json_values as shared_json_values
 from worker.processor import _decode
 
 MARKETS = load_markets()
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=10,
-)  # fmt: skip
+json_values = shared_json_values(max_text=12, max_leaves=10)
 #: bytes that are sometimes JSON, sometimes nearly JSON, sometimes noise
 raw = st.one_of(
     st.binary(max_size=300),

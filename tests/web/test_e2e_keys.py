@@ -33,6 +33,13 @@ def flask_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
+def assert_replay_passes(stack: Stack) -> None:
+    """The replay audit, run as an operator runs it, with the stack's environment."""
+    replay = subprocess.run([sys.executable, "-m", "worker", "replay"], cwd=ROOT, env=stack.env(),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
 class Socket:
     def __init__(self, stack: Stack) -> None:
         self.ws = websocket.create_connection(stack.url.replace("http", "ws", 1) + "/ws",
@@ -196,10 +203,7 @@ def test_whole_stack_on_a_password_protected_redis(tmp_path):
             ops = json.loads(done.stdout)["api_key"]
             health = requests.get(stack.url + "/healthz", headers={"X-API-Key": ops}, timeout=10)
             assert health.status_code == 200 and len(health.json()["partitions"]) == 2
-            replay = subprocess.run([sys.executable, "-m", "worker", "replay"], cwd=ROOT,
-                                    env=stack.env(), capture_output=True, text=True,
-                                    timeout=120)  # fmt: skip
-            assert replay.returncode == 0, replay.stdout + replay.stderr
+            assert_replay_passes(stack)
     finally:
         server.stop()
         server.cleanup()
@@ -260,10 +264,7 @@ def test_whole_stack_over_tls(tmp_path):
                 plain.close()
             assert clients, "the web and the worker hold connections"
             assert {c["laddr"].rpartition(":")[2] for c in clients} == {str(tls_port)}
-            replay = subprocess.run([sys.executable, "-m", "worker", "replay"], cwd=ROOT,
-                                    env=stack.env(), capture_output=True, text=True,
-                                    timeout=120)  # fmt: skip
-            assert replay.returncode == 0, replay.stdout + replay.stderr
+            assert_replay_passes(stack)
     finally:
         server.stop()
         server.cleanup()

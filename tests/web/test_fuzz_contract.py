@@ -42,6 +42,7 @@ from schemathesis.specs.openapi.checks import (
 from bench.stack import ROOT, Stack
 from engine.commands import PRICED_TYPES, STOP_TYPES
 from protocol.config import load_markets
+from tests.strategies import json_values
 from web.accounts import revoke_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuzz]
@@ -279,12 +280,7 @@ channels = st.one_of(
                      "orders", "trades:NOPE-USDT", "book:BTC-USDT:x", ""]),
     st.text(max_size=40),
 )  # fmt: skip
-ws_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=8,
-)  # fmt: skip
+ws_values = json_values(max_text=20, max_leaves=8)
 ws_objects = st.fixed_dictionaries(
     {"op": st.sampled_from(["subscribe", "unsubscribe", "ping", "auth", "nope"]) | ws_values},
     optional={"channels": st.lists(channels, max_size=5) | ws_values,
