@@ -48,6 +48,8 @@ from protocol.keys import Keys
 
 SYMBOL = "BTC-USDT"
 MID_TICKS = 3_000_000  # 30,000.00 with tick 0.01
+#: the web as deployed: the gevent worker with connection caps and JSON refusals, one process
+SHIPPED_GUNICORN = "-k web.server.Worker -w 1"
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -533,8 +535,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--gunicorn",
         action="append",
-        help='gunicorn worker options (default "-k gevent -w 1", the shipped choice); '
-        "repeat to compare several",
+        help=f'gunicorn worker options (default "{SHIPPED_GUNICORN}", what scripts/run '
+        "starts on 2 cores); repeat to compare several",
     )
     ap.add_argument("--reply-timeout", type=float, default=2.0)
     ap.add_argument("--ab-env", metavar="NAME=VALUE",
@@ -549,7 +551,7 @@ def main(argv: list[str]) -> int:
     if opts.ab_env:
         if "=" not in opts.ab_env or opts.pairs < 1:
             ap.error("--ab-env takes NAME=VALUE and --pairs must be >= 1")
-        opts.gunicorn = opts.gunicorn or ["-k gevent -w 1"]
+        opts.gunicorn = opts.gunicorn or [SHIPPED_GUNICORN]
         result = run_ab(opts)
         text = json.dumps(result, indent=2)
         print(text)
@@ -566,7 +568,7 @@ def main(argv: list[str]) -> int:
         print(f"minimal Flask + XADD (before): {baselines[0]['requests_per_s']:,} requests/s",
               file=sys.stderr)  # fmt: skip
     runs = []
-    for gunicorn in opts.gunicorn or ["-k gevent -w 1"]:
+    for gunicorn in opts.gunicorn or [SHIPPED_GUNICORN]:
         unpaced = argparse.Namespace(**{**vars(opts), "gunicorn": gunicorn, "rate": None})
         runs.append(run_bench(unpaced))
         print(one_line(runs[-1]), file=sys.stderr)

@@ -238,7 +238,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--messages", type=float, default=20000, help="target total messages/s (rate = this / N)"
     )
-    ap.add_argument("--gunicorn-args", default="-k gevent -w 1", help="web worker options")
+    ap.add_argument("--gunicorn-args", default="-k web.server.Worker -w 1",
+                    help="web worker options")
     ap.add_argument("--json", dest="json_path", help="write the results here")
     opts = ap.parse_args(argv)
 
@@ -251,7 +252,8 @@ def main(argv: list[str]) -> int:
         rate = max(1.0, opts.messages / n)
         # N sockets from one address is the point here: lift the per-address socket cap to N
         stack = Stack(gunicorn_args=shlex.split(opts.gunicorn_args),
-                      env={"FAIRBOOK_WS_MAX_PER_IP": str(n)})  # fmt: skip
+                      env={"FAIRBOOK_WS_MAX_PER_IP": str(n),
+                           "FAIRBOOK_MAX_CONNECTIONS_PER_IP": str(n + 64)})  # fmt: skip
         stack.start()
         try:
             stack.create_account("maker")
