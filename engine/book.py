@@ -25,6 +25,7 @@ from engine.commands import (
     Reason,
 )
 from engine.events import LEVEL, ORDER, TRADE
+from engine.ledger import Ledger
 from engine.markets import Market
 from engine.orders import Order, OrderIndex
 
@@ -62,9 +63,10 @@ class OrderBook:
         "_taker_num",
         "_taker_den",
         "last_bbo",
+        "ledger",
     )
 
-    def __init__(self, market: Market, index: OrderIndex) -> None:
+    def __init__(self, market: Market, index: OrderIndex, ledger: Ledger | None = None) -> None:
         self.market = market
         self.symbol = market.symbol
         self.bids: SortedDict = SortedDict()
@@ -79,6 +81,8 @@ class OrderBook:
         self._taker_num = market.taker_rate.num
         self._taker_den = market.taker_rate.den
         self.last_bbo: tuple[int | None, int, int | None, int] = (None, 0, None, 0)
+        #: settles every fill when risk is on (None: matching only)
+        self.ledger = ledger
 
     # -- reading -------------------------------------------------------------------------------
     def bbo(self) -> tuple[int | None, int, int | None, int]:
@@ -221,13 +225,19 @@ class OrderBook:
             self.best_ask = levels.peekitem(0)[0] if levels else None
 
     # -- matching ------------------------------------------------------------------------------
-    def match(self, taker: Order, limit: int | None, ts: int, events: list) -> str | None:
+    def match(
+        self, taker: Order, limit: int | None, ts: int, events: list, cap: int | None = None
+    ) -> str | None:
         """Take liquidity for ``taker`` best price first, FIFO within a level, at maker prices.
 
         ``limit`` None means a market order. A quote-budget order (``taker.quote_quantity``)
-        spends ``taker.quote_quantity - taker.cum_quote`` atoms. Returns a reason when the taker
-        must stop for self-trade prevention, else None.
+        spends ``taker.quote_quantity - taker.cum_quote`` atoms. ``cap`` bounds what a taker
+        holding a variable lock may spend: atoms of notional + taker fee for a buy, lots for a
+        sell; a fill that does not fit is shrunk to what fits. Returns a reason when the taker
+        must stop (self-trade prevention, funds exhausted), else None.
         """
+        ledger = self.ledger
+        market = self.market
         symbol = self.symbol
         index = self.index
         open_orders, by_account, by_client_id = index.orders, index.by_account, index.by_client_id
@@ -292,6 +302,8 @@ class OrderBook:
                     maker.remaining = 0
                     maker.status = CANCELLED
                     index.remove(maker)
+                    if ledger is not None:
+                        ledger.release(maker)
                     append(
                         (
                             ORDER,
@@ -310,12 +322,24 @@ class OrderBook:
                         break
                     continue
                 qty = mrem if mrem < want else want
+                if cap is not None:
+                    if buy:
+                        if price * qty - ((-price * qty * tnum) // tden) > cap:
+                            qty = _affordable(price, cap, tnum, tden)
+                    elif qty > cap:
+                        qty = cap
+                    if not qty:
+                        stop_reason = Reason.INSUFFICIENT_FUNDS
+                        break
                 notional = price * qty
                 trade_seq += 1
                 if rebate:
                     maker_fee = -((notional * -mnum) // mden)
                 else:
                     maker_fee = -((-notional * mnum) // mden)
+                taker_fee = -((-notional * tnum) // tden)
+                if cap is not None:
+                    cap -= notional + taker_fee if buy else qty
                 append(
                     (
                         TRADE,
@@ -329,10 +353,12 @@ class OrderBook:
                         maker_account,
                         taker_account,
                         maker_fee,
-                        -((-notional * tnum) // tden),
+                        taker_fee,
                         ts,
                     )
                 )
+                if ledger is not None:
+                    ledger.fill(market, maker, taker, qty, notional, maker_fee, taker_fee)
                 want -= qty
                 total -= qty
                 took += qty
@@ -342,6 +368,8 @@ class OrderBook:
                 if qty == mrem:
                     maker.remaining = 0
                     maker.status = FILLED
+                    if ledger is not None and maker.locked:
+                        ledger.release(maker)
                     queue.popleft()
                     count -= 1
                     # OrderIndex.remove, inlined: once per filled maker.
@@ -359,6 +387,8 @@ class OrderBook:
                     mrem -= qty
                     maker.remaining = mrem
                     maker.status = PARTIALLY_FILLED
+                    if ledger is not None and not buy:  # a buy maker keeps what its rest needs
+                        ledger.trim(maker)
                     append(
                         (
                             ORDER,
@@ -394,3 +424,13 @@ class OrderBook:
         self.trade_seq = trade_seq
         self.last_price = last_price
         return stop_reason
+
+
+def _affordable(price: int, cap: int, tnum: int, tden: int) -> int:
+    """The most lots at ``price`` whose notional plus taker fee (rounded up) fit in ``cap``."""
+    lots = cap * tden // (price * (tden + tnum))
+    while price * (lots + 1) - ((-price * (lots + 1) * tnum) // tden) <= cap:
+        lots += 1
+    while lots and price * lots - ((-price * lots * tnum) // tden) > cap:
+        lots -= 1
+    return lots

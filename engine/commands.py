@@ -64,6 +64,10 @@ class Reason:
     INVALID_AMEND: Final = "invalid_amend"
     MIN_NOTIONAL: Final = "min_notional"
     INVALID_ORDER: Final = "invalid_order"
+    #: the account's available balance cannot cover the order's lock or the withdrawal
+    INSUFFICIENT_FUNDS: Final = "insufficient_funds"
+    UNKNOWN_ASSET: Final = "unknown_asset"
+    INVALID_AMOUNT: Final = "invalid_amount"
     #: not a rejection: the reason on the order event of a successful amend
     AMENDED: Final = "amended"
 
@@ -171,7 +175,58 @@ class AmendOrder:
         )
 
 
-Command = NewOrder | CancelOrder | CancelAll | AmendOrder
+DEPOSIT: Final = "deposit"
+WITHDRAWAL: Final = "withdrawal"
+COMPLETED: Final = "completed"
+
+
+class Deposit:
+    """Credit ``amount`` units of ``asset`` (operator only). ``deposit_id`` is the operator's
+    transfer reference: a second deposit with the same one changes nothing."""
+
+    __slots__ = ("id", "ts", "account", "asset", "amount", "deposit_id")
+
+    def __init__(
+        self, id: int, ts: int, account: str, asset: str, amount: int, deposit_id: str
+    ) -> None:
+        self.id = id
+        self.ts = ts
+        self.account = account
+        self.asset = asset
+        self.amount = amount
+        self.deposit_id = deposit_id
+
+    def __repr__(self) -> str:
+        return (
+            f"Deposit(id={self.id}, account={self.account!r}, {self.amount} {self.asset}, "
+            f"deposit_id={self.deposit_id!r})"
+        )
+
+
+class Withdrawal:
+    """Debit ``amount`` units of ``asset`` from the account's available balance.
+    ``client_withdrawal_id`` is unique per account: a repeat is answered with the first outcome."""
+
+    __slots__ = ("id", "ts", "account", "asset", "amount", "client_withdrawal_id")
+
+    def __init__(
+        self, id: int, ts: int, account: str, asset: str, amount: int, client_withdrawal_id: str
+    ) -> None:
+        self.id = id
+        self.ts = ts
+        self.account = account
+        self.asset = asset
+        self.amount = amount
+        self.client_withdrawal_id = client_withdrawal_id
+
+    def __repr__(self) -> str:
+        return (
+            f"Withdrawal(id={self.id}, account={self.account!r}, {self.amount} {self.asset}, "
+            f"client_withdrawal_id={self.client_withdrawal_id!r})"
+        )
+
+
+Command = NewOrder | CancelOrder | CancelAll | AmendOrder | Deposit | Withdrawal
 
 #: Ids carry their partition in the low 8 bits, so any id tells which worker owns it.
 PARTITION_BITS: Final = 8

@@ -14,6 +14,7 @@ TRADE = "trade"
 LEVEL = "level"
 BBO = "bbo"
 REJECT = "reject"
+TRANSFER = "transfer"
 
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     ORDER: (
@@ -45,6 +46,21 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     LEVEL: ("kind", "symbol", "side", "price", "quantity"),
     BBO: ("kind", "symbol", "bid_price", "bid_quantity", "ask_price", "ask_quantity"),
     REJECT: ("kind", "command_id", "account", "reason"),
+    # a deposit or withdrawal; a repeated reference reports the FIRST command's outcome
+    # (original_id, its ts) and changes nothing
+    TRANSFER: (
+        "kind",
+        "command_id",
+        "type",
+        "account",
+        "asset",
+        "amount",
+        "reference",
+        "status",
+        "reason",
+        "original_id",
+        "original_ts",
+    ),
 }
 
 Event = tuple[Any, ...]

@@ -51,10 +51,25 @@ class Market:
     min_lots: int
     max_lots: int
     min_notional_atoms: int
+    #: balances are integers in asset units (10**-decimals): a lot is ``lot_units`` base units,
+    #: a quote atom ``atom_units`` quote units
+    base_decimals: int
+    quote_decimals: int
+    lot_units: int
+    atom_units: int
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Market:
-        """Parse a symbols-file entry; ValueError with a readable reason if it is wrong."""
+    def from_dict(
+        cls,
+        raw: dict[str, Any],
+        base_decimals: int | None = None,
+        quote_decimals: int | None = None,
+    ) -> Market:
+        """Parse a symbols-file entry; ValueError with a readable reason if it is wrong.
+
+        Without the assets' decimals each takes the fewest its market needs (the lot's places
+        for the base, the quote atom's for the quote).
+        """
         missing = [f for f in MARKET_FIELDS if f not in raw]
         if missing:
             raise ValueError(f"market {raw.get('symbol', '?')!r} lacks fields {missing}")
@@ -96,7 +111,26 @@ class Market:
             raise ValueError(f"market {raw['symbol']}: fee rates out of range")
         if dec["maker_fee_rate"] + dec["taker_fee_rate"] < 0:
             raise ValueError(f"market {raw['symbol']}: maker rebate exceeds taker fee")
+        if dec["maker_fee_rate"] > dec["taker_fee_rate"]:
+            # a buy's lock reserves the taker fee; a maker fill must not cost more than that
+            raise ValueError(f"market {raw['symbol']}: maker_fee_rate exceeds taker_fee_rate")
         atom = dec["tick_size"] * lot
+        if base_decimals is None:
+            base_decimals = places(lot)
+        if quote_decimals is None:
+            quote_decimals = places(atom)
+        lot_units = lot.scaleb(base_decimals)
+        atom_units = atom.scaleb(quote_decimals)
+        if lot_units != lot_units.to_integral_value():
+            raise ValueError(
+                f"market {raw['symbol']}: lot_size {format(lot, 'f')} is not a whole number of "
+                f"{raw['base_asset']} units ({base_decimals} decimals)"
+            )
+        if atom_units != atom_units.to_integral_value():
+            raise ValueError(
+                f"market {raw['symbol']}: tick_size x lot_size = {format(atom, 'f')} is not a "
+                f"whole number of {raw['quote_asset']} units ({quote_decimals} decimals)"
+            )
         return cls(
             symbol=raw["symbol"],
             base_asset=raw["base_asset"],
@@ -110,13 +144,17 @@ class Market:
             min_lots=int(dec["min_quantity"] / lot),
             max_lots=int(dec["max_quantity"] / lot),
             min_notional_atoms=int(-(-dec["min_notional"] // atom)),
+            base_decimals=base_decimals,
+            quote_decimals=quote_decimals,
+            lot_units=int(lot_units),
+            atom_units=int(atom_units),
             **dec,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
         # rebuilt from its symbols-file form: a compiled frozen dataclass cannot be unpickled
         # field by field
-        return (Market.from_dict, (self.as_dict(),))
+        return (Market.from_dict, (self.as_dict(), self.base_decimals, self.quote_decimals))
 
     def as_dict(self) -> dict[str, str]:
         """The public form, same fields as the symbols file."""
@@ -171,14 +209,73 @@ class Market:
         return self.quote.format(atoms)
 
 
+def places(step: Decimal) -> int:
+    """Decimal places of a step: ``places(Decimal("0.010")) == 2``."""
+    exponent = step.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(0, -exponent)
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A currency and the unit its balances count in (``10**-decimals``)."""
+
+    asset: str
+    decimals: int
+    unit: Step
+
+    @classmethod
+    def of(cls, asset: str, decimals: int) -> Asset:
+        return cls(asset, decimals, Step(Decimal(1).scaleb(-decimals)))
+
+    def to_units(self, value: Any, field: str = "amount") -> int:
+        """A positive decimal string as whole units; SchemaError if it is not one."""
+        units = self.unit.units(check_decimal_text(value, field))
+        if units is None:
+            raise SchemaError(
+                ErrorCode.OFF_UNIT,
+                f"{field} has more decimals than {self.asset}'s {self.decimals}",
+                field,
+            )
+        if units <= 0:
+            raise SchemaError(
+                ErrorCode.INVALID_DECIMAL, f"{field} must be greater than zero", field
+            )
+        if units > MAX_UNITS:
+            raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} is too large", field)
+        return units
+
+    def format(self, units: int) -> str:
+        """Canonical text with exactly ``decimals`` places; negative amounts start with ``-``."""
+        return self.unit.format(units)
+
+
+def assets_of(markets: dict[str, Market]) -> dict[str, Asset]:
+    """Every asset the markets trade, with its decimals, sorted by code."""
+    found: dict[str, int] = {}
+    for m in markets.values():
+        found[m.base_asset] = m.base_decimals
+        found[m.quote_asset] = m.quote_decimals
+    return {code: Asset.of(code, found[code]) for code in sorted(found)}
+
+
 def markets_from_list(raw: Any) -> dict[str, Market]:
-    """The markets of a parsed symbols file (a non-empty list of market objects), by symbol.
+    """The markets of a parsed symbols file, by symbol: ``{"assets": [...], "markets": [...]}``
+    or (the older form) a bare non-empty list of markets, whose assets then take the fewest
+    decimals their markets need.
 
     ValueError with the entry's position when something is wrong.
     """
+    decimals: dict[str, int] | None = None
+    if isinstance(raw, dict):
+        extra = sorted(set(raw) - {"assets", "markets"})
+        if extra or "assets" not in raw or "markets" not in raw:
+            raise ValueError('must be {"assets": [...], "markets": [...]} (or a list of markets)')
+        decimals = _asset_decimals(raw["assets"])
+        raw = raw["markets"]
     if not isinstance(raw, list) or not raw:
-        raise ValueError("must be a non-empty JSON list")
-    markets: dict[str, Market] = {}
+        raise ValueError("markets must be a non-empty JSON list")
+    parsed: list[tuple[dict[str, Any], Market]] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise ValueError(f"entry {i} is not an object")
@@ -186,7 +283,45 @@ def markets_from_list(raw: Any) -> dict[str, Market]:
             market = Market.from_dict(item)
         except ValueError as exc:
             raise ValueError(f"entry {i}: {exc}") from None
+        parsed.append((item, market))
+    if decimals is None:  # the fewest decimals every market of each asset needs
+        decimals = {}
+        for _, m in parsed:
+            decimals[m.base_asset] = max(decimals.get(m.base_asset, 0), m.base_decimals)
+            decimals[m.quote_asset] = max(decimals.get(m.quote_asset, 0), m.quote_decimals)
+    used: set[str] = set()
+    markets: dict[str, Market] = {}
+    for i, (item, m) in enumerate(parsed):
+        for code in (m.base_asset, m.quote_asset):
+            if code not in decimals:
+                raise ValueError(f"entry {i}: {m.symbol} trades {code}, which assets does not list")
+            used.add(code)
+        try:
+            market = Market.from_dict(item, decimals[m.base_asset], decimals[m.quote_asset])
+        except ValueError as exc:
+            raise ValueError(f"entry {i}: {exc}") from None
         if market.symbol in markets:
             raise ValueError(f"duplicate symbol {market.symbol}")
         markets[market.symbol] = market
+    unused = sorted(set(decimals) - used)
+    if unused:
+        raise ValueError(f"assets {unused} are listed but no market trades them")
     return markets
+
+
+def _asset_decimals(raw: Any) -> dict[str, int]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("assets must be a non-empty JSON list")
+    out: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != {"asset", "decimals"}:
+            raise ValueError(f'asset {i} must be {{"asset": "BTC", "decimals": 8}}')
+        code, dec = item["asset"], item["decimals"]
+        if not isinstance(code, str) or _CODE.fullmatch(code) is None or "-" in code:
+            raise ValueError(f"asset {i}: asset must be an upper-case code, got {code!r}")
+        if type(dec) is not int or not 0 <= dec <= 18:
+            raise ValueError(f"asset {code}: decimals must be an integer 0..18")
+        if code in out:
+            raise ValueError(f"duplicate asset {code}")
+        out[code] = dec
+    return out

@@ -39,10 +39,13 @@ from engine.commands import (
     CancelAll,
     CancelOrder,
     Command,
+    Deposit,
     NewOrder,
     Reason,
+    Withdrawal,
 )
 from engine.events import BBO, ORDER, REJECT
+from engine.ledger import Ledger
 from engine.markets import Market
 from engine.orders import Order, OrderIndex
 from engine.stops import StopBook, by_seq
@@ -53,16 +56,21 @@ STP_SET = frozenset(STP_MODES)
 ORDER_TYPE_SET = frozenset(ORDER_TYPES)
 
 SNAPSHOT_MAGIC = b"FBSNAP"
-SNAPSHOT_VERSION = 1
+#: 2: the ledger and each order's lock
+SNAPSHOT_VERSION = 2
 
 
 class MatchingEngine:
     """Applies commands to the books of one partition and returns the resulting events."""
 
-    def __init__(self, markets: dict[str, Market]) -> None:
+    def __init__(self, markets: dict[str, Market], risk: bool = True) -> None:
         self.markets = markets
         self.index = OrderIndex()
-        self.books: dict[str, OrderBook] = {s: OrderBook(m, self.index) for s, m in markets.items()}
+        #: balances and pre-trade risk; None (``risk=False``) matches without funds (benchmarks)
+        self.ledger: Ledger | None = Ledger(markets) if risk else None
+        self.books: dict[str, OrderBook] = {
+            s: OrderBook(m, self.index, self.ledger) for s, m in markets.items()
+        }
         self.stops: dict[str, StopBook] = {s: StopBook() for s in markets}
         self.seq = 0  # arrival counter: the time in price-time priority, and stop trigger order
         self._handlers: dict[type, Callable[[Any, list], None]] = {
@@ -70,6 +78,8 @@ class MatchingEngine:
             CancelOrder: self._cancel,
             CancelAll: self._cancel_all,
             AmendOrder: self._amend,
+            Deposit: self._transfer,
+            Withdrawal: self._transfer,
         }
 
     # -- reading -------------------------------------------------------------------------------
@@ -99,6 +109,10 @@ class MatchingEngine:
             assert book.last_bbo == book.bbo(), f"{symbol}: unreported top of book"
         assert held == indexed, f"index and books disagree: {sorted(held ^ indexed)[:5]}"
         assert all(o.seq <= self.seq for o in self.index.orders.values())
+        if self.ledger is not None:
+            self.ledger.check(list(self.index.orders.values()))
+        else:
+            assert all(not o.locked for o in self.index.orders.values())
 
     # -- commands ------------------------------------------------------------------------------
     def apply(self, command: Command) -> list[tuple[Any, ...]]:
@@ -140,6 +154,13 @@ class MatchingEngine:
             cmd.ts,
             NEW,
         )
+        ledger = self.ledger
+        if ledger is not None and not ledger.lock_new(order):
+            self.seq -= 1  # nothing happened: the arrival number is not used
+            events.append(
+                (ORDER, symbol, cmd.id, cmd.account, REJECTED, 0, 0, 0, Reason.INSUFFICIENT_FUNDS)
+            )
+            return
         if cmd.type in STOP_TYPES:
             self.stops[symbol].add(order)
             self.index.add(order)
@@ -242,7 +263,15 @@ class MatchingEngine:
             if not book.would_cross(order.side, limit):  # passive: skip the matching loop
                 book.rest(order, events)
                 return
-        stop_reason = book.match(order, limit, ts, events)
+        cap = None
+        ledger = self.ledger
+        if ledger is not None:
+            market = book.market
+            if order.quote_quantity is not None:
+                cap = order.locked // (market.atom_units if order.side == BUY else market.lot_units)
+            elif limit is None and order.side == BUY:
+                cap = order.locked // market.atom_units
+        stop_reason = book.match(order, limit, ts, events, cap)
         if stop_reason is not None:
             self._close(order, CANCELLED, stop_reason, events)
             return
@@ -278,11 +307,15 @@ class MatchingEngine:
                     None,
                 )
             )
+        if ledger is not None:
+            ledger.trim(order)  # a buy that filled below its limit gets the difference back
         book.rest(order, events)
 
     def _close(self, order: Order, status: str, reason: str | None, events: list) -> None:
         order.status = status
         order.remaining = 0
+        if self.ledger is not None and order.locked:
+            self.ledger.release(order)
         events.append(
             (
                 ORDER,
@@ -328,6 +361,8 @@ class MatchingEngine:
                 )
                 if order.type in (STOP_LOSS, TAKE_PROFIT):
                     order.time_in_force = IOC
+                    if self.ledger is not None and order.side == BUY:
+                        self.ledger.lock_rest(order)  # a market buy may spend what is available
                 self._execute(book, order, ts, events)
                 last = book.last_price
                 if last is not None and stops.fires(last):
@@ -403,11 +438,21 @@ class MatchingEngine:
         if new_total - order.filled > market.max_lots:
             events.append((REJECT, cmd.id, cmd.account, Reason.INVALID_AMEND))
             return
+        ledger = self.ledger
+        delta = 0
+        if ledger is not None:
+            found = ledger.relock(order, new_price, new_total - order.filled)
+            if found is None:
+                events.append((REJECT, cmd.id, cmd.account, Reason.INSUFFICIENT_FUNDS))
+                return
+            delta = found
         before = book.last_bbo
         if new_price == order.price and new_total < total:
             # Shrinking in place keeps time priority.
             book.reduce(order, total - new_total, events)
             order.quantity = new_total
+            if ledger is not None:
+                ledger.adjust(order, delta)
             events.append(
                 (
                     ORDER,
@@ -449,7 +494,11 @@ class MatchingEngine:
                 order.stp,
                 cmd.ts,
                 order.status,
+                order.locked,
             )
+            order.locked = 0  # the lock moves to the fresh order
+            if ledger is not None:
+                ledger.adjust(fresh, delta)
             events.append(
                 (
                     ORDER,
@@ -465,6 +514,12 @@ class MatchingEngine:
             )
             self._execute(book, fresh, cmd.ts, events)
         self._after(book, before, cmd.ts, events)
+
+    def _transfer(self, cmd: Deposit | Withdrawal, events: list) -> None:
+        if self.ledger is None:
+            events.append((REJECT, cmd.id, cmd.account, Reason.INVALID_ORDER))
+            return
+        events.append(self.ledger.transfer(cmd))
 
     # -- snapshots -----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
@@ -485,8 +540,11 @@ class MatchingEngine:
                 ],
                 "stops": [o.to_list() for o in self.stops[symbol].orders()],
             }
+        state: dict[str, Any] = {"version": SNAPSHOT_VERSION, "seq": self.seq, "books": books}
+        if self.ledger is not None:
+            state["ledger"] = self.ledger.to_dict()
         body = json.dumps(
-            {"version": SNAPSHOT_VERSION, "seq": self.seq, "books": books},
+            state,
             separators=(",", ":"),
             sort_keys=True,
         ).encode()
@@ -500,8 +558,10 @@ class MatchingEngine:
         if version != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {version} is not supported")
         data = json.loads(zlib.decompress(blob[len(SNAPSHOT_MAGIC) + 1 :]))
-        engine = cls(markets)
+        engine = cls(markets, risk="ledger" in data)
         engine.seq = data["seq"]
+        if engine.ledger is not None:
+            engine.ledger.load(data["ledger"])
         events: list = []
         for symbol, state in data["books"].items():
             if symbol not in engine.books:

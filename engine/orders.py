@@ -29,6 +29,7 @@ ORDER_FIELDS: Final = (
     "stp",
     "ts",
     "status",
+    "locked",
 )
 
 
@@ -58,6 +59,7 @@ class Order:
         stp: str,
         ts: int,
         status: str,
+        locked: int = 0,
     ) -> None:
         self.id = id
         self.seq = seq
@@ -78,6 +80,8 @@ class Order:
         self.stp = stp
         self.ts = ts
         self.status = status
+        #: units of the asset this open order holds (quote for a buy, base for a sell)
+        self.locked = locked
 
     def to_list(self) -> list[object]:
         return [getattr(self, name) for name in ORDER_FIELDS]

@@ -29,6 +29,8 @@ class ErrorCode:
     QUANTITY_TOO_SMALL: Final = "quantity_too_small"
     QUANTITY_TOO_LARGE: Final = "quantity_too_large"
     MIN_NOTIONAL: Final = "min_notional"
+    UNKNOWN_ASSET: Final = "unknown_asset"
+    OFF_UNIT: Final = "off_unit"  # an amount with more decimals than its asset has
 
 
 class SchemaError(ValueError):

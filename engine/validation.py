@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from engine.commands import (
     DEFAULT_STP,
+    DEPOSIT,
     GTC,
     IOC,
     LIMIT,
@@ -26,13 +27,16 @@ from engine.commands import (
     STP_MODES,
     TAKE_PROFIT,
     TIME_IN_FORCES,
+    WITHDRAWAL,
     AmendOrder,
     CancelAll,
     CancelOrder,
     Command,
+    Deposit,
     NewOrder,
+    Withdrawal,
 )
-from engine.markets import Market
+from engine.markets import Asset, Market, assets_of
 from engine.units import ErrorCode, SchemaError
 
 #: Client-chosen identifiers and accounts: printable ASCII of this set only (they become key
@@ -240,7 +244,64 @@ def validate_amend_request(body: Any, market: Market) -> dict[str, Any]:
     }
 
 
-def command_from_wire(wire: dict[str, Any], ts: int, markets: dict[str, Market]) -> Command:
+#: The reference field of each transfer kind, and what a request body may hold.
+TRANSFER_REFERENCE: Final = {DEPOSIT: "deposit_id", WITHDRAWAL: "client_withdrawal_id"}
+WITHDRAWAL_REQUEST_FIELDS: Final = frozenset(
+    ("asset", "amount", "client_withdrawal_id", "partition")
+)
+DEPOSIT_REQUEST_FIELDS: Final = frozenset(
+    ("account_id", "asset", "amount", "deposit_id", "partition")
+)
+_WIRE_TRANSFER_FIELDS: Final = {
+    kind: frozenset(("op", "id", "account", "asset", "amount", ref, "reply_to"))
+    for kind, ref in TRANSFER_REFERENCE.items()
+}
+
+
+def parse_transfer(
+    body: Any, assets: dict[str, Asset], kind: str, allowed: frozenset[str]
+) -> tuple[str, int, str]:
+    """A deposit or withdrawal body's ``(asset, amount in units, reference)``."""
+    if not isinstance(body, dict):
+        raise SchemaError(ErrorCode.MALFORMED_JSON, "the body must be a JSON object")
+    _unknown_fields(body, allowed)
+    asset = body.get("asset")
+    if asset is None:
+        raise SchemaError(ErrorCode.MISSING_FIELD, "asset is required", "asset")
+    if type(asset) is not str or asset not in assets:
+        raise SchemaError(ErrorCode.UNKNOWN_ASSET, f"unknown asset {shown(asset)}", "asset")
+    if body.get("amount") is None:
+        raise SchemaError(ErrorCode.MISSING_FIELD, "amount is required", "amount")
+    units = assets[asset].to_units(body["amount"])
+    ref_field = TRANSFER_REFERENCE[kind]
+    if body.get(ref_field) is None:
+        raise SchemaError(ErrorCode.MISSING_FIELD, f"{ref_field} is required", ref_field)
+    return asset, units, check_identifier(body[ref_field], ref_field)
+
+
+def validate_transfer_request(body: Any, assets: dict[str, Asset], kind: str) -> dict[str, Any]:
+    """Check a withdrawal (or operator deposit) body; the wire fields ``op, asset, amount,
+    <reference>`` (canonical amount) and, for a deposit, ``account``. ``partition`` is the
+    caller's to check."""
+    allowed = DEPOSIT_REQUEST_FIELDS if kind == DEPOSIT else WITHDRAWAL_REQUEST_FIELDS
+    asset, units, reference = parse_transfer(body, assets, kind, allowed)
+    out: dict[str, Any] = {"op": kind}
+    if kind == DEPOSIT:
+        if body.get("account_id") is None:
+            raise SchemaError(ErrorCode.MISSING_FIELD, "account_id is required", "account_id")
+        out["account"] = check_identifier(body["account_id"], "account_id")
+    out.update(
+        {"asset": asset, "amount": assets[asset].format(units), TRANSFER_REFERENCE[kind]: reference}
+    )
+    return out
+
+
+def command_from_wire(
+    wire: dict[str, Any],
+    ts: int,
+    markets: dict[str, Market],
+    assets: dict[str, Asset] | None = None,
+) -> Command:
     """A journaled wire command as an engine command (SchemaError if it is not valid)."""
     op = wire.get("op")
     cmd_id, account = wire.get("id"), wire.get("account")
@@ -272,6 +333,14 @@ def command_from_wire(wire: dict[str, Any], ts: int, markets: dict[str, Market])
         body = {k: wire[k] for k in AMEND_REQUEST_FIELDS if wire.get(k) is not None}
         quantity, price = parse_amend_request(body, markets[symbol])
         return AmendOrder(cmd_id, ts, account, _int(wire, "order_id"), quantity, price)
+    if op == DEPOSIT or op == WITHDRAWAL:
+        asset, units, ref = parse_transfer(
+            wire, assets if assets is not None else assets_of(markets), op,
+            _WIRE_TRANSFER_FIELDS[op],
+        )  # fmt: skip
+        if op == DEPOSIT:
+            return Deposit(cmd_id, ts, account, asset, units, ref)
+        return Withdrawal(cmd_id, ts, account, asset, units, ref)
     raise SchemaError(ErrorCode.INVALID_FIELD, f"unknown op {shown(op)}", "op")
 
 

@@ -58,6 +58,18 @@ class Keys:
     def closed(self, account: str) -> str:
         return f"{self.prefix}closed:{account}"
 
+    def balances(self, account: str) -> str:
+        """Hash asset -> ``{"available", "locked"}`` (decimal strings) of one account."""
+        return f"{self.prefix}balances:{account}"
+
+    def ledger(self, account: str) -> str:
+        """List of the account's balance changes, newest first, trimmed to 1,000."""
+        return f"{self.prefix}ledger:{account}"
+
+    def transfers(self, account: str, kind: str) -> str:
+        """List of the account's deposits or withdrawals (``kind``), newest first."""
+        return f"{self.prefix}{kind}s:{account}"
+
     def recent(self, symbol: str) -> str:
         return f"{self.prefix}recent:{symbol}"
 

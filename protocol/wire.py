@@ -139,6 +139,69 @@ def account_message(account: str, events: list[bytes]) -> bytes:
     return dumps({"account": account, "events": [Fragment(e) for e in events]})
 
 
+# -- money --------------------------------------------------------------------------------------
+
+
+def balance_field(available: str, locked: str) -> bytes:
+    """One field of ``balances:<account>`` (the hash is keyed by asset)."""
+    return dumps({"available": available, "locked": locked})
+
+
+def parse_balances(raw: dict[Any, Any]) -> list[dict[str, str]]:
+    """``HGETALL balances:<account>`` -> ``[{asset, available, locked}]`` sorted by asset;
+    unreadable fields are skipped."""
+    out = []
+    for asset, value in raw.items():
+        asset = asset.decode() if isinstance(asset, bytes) else asset
+        try:
+            obj = loads(value)
+        except DecodeError:
+            continue
+        if isinstance(obj, dict) and {"available", "locked"} <= set(obj):
+            out.append({"asset": asset, "available": obj["available"], "locked": obj["locked"]})
+    out.sort(key=lambda b: b["asset"])
+    return out
+
+
+def balance_event(partition: int, asset: str, available: str, locked: str) -> bytes:
+    """The account event of a balance change (last value of the batch)."""
+    return dumps({"event": "balance", "partition": partition, "asset": asset,
+                  "available": available, "locked": locked})  # fmt: skip
+
+
+def ledger_entry(entry_id: str, asset: str, amount: str, reason: str, balance: str,
+                 timestamp: int, symbol: str | None = None, order_id: int | None = None,
+                 trade_id: int | None = None, reference: str | None = None) -> bytes:  # fmt: skip
+    """One balance change of ``ledger:<account>``: signed ``amount``, ``balance`` = the
+    account's total (available + locked) of the asset after it. ``reason``: deposit,
+    withdrawal, trade, fee, rebate."""
+    return dumps(
+        {"id": entry_id, "asset": asset, "amount": amount, "reason": reason, "balance": balance,
+         "symbol": symbol, "order_id": order_id, "trade_id": trade_id, "reference": reference,
+         "timestamp": timestamp}
+    )  # fmt: skip
+
+
+def transfer_object(command_id: int, kind: str, account: str, asset: str, amount: str,
+                    reference: str, status: str, reason: str | None, partition: int,
+                    created_at: int) -> dict[str, Any]:  # fmt: skip
+    """A deposit or withdrawal as the API shows it; the reference is ``deposit_id`` or
+    ``client_withdrawal_id``."""
+    ref_field = "deposit_id" if kind == "deposit" else "client_withdrawal_id"
+    return {"id": command_id, "type": kind, ref_field: reference, "account_id": account,
+            "asset": asset, "amount": amount, "status": status, "reason": reason,
+            "partition": partition, "created_at": created_at}  # fmt: skip
+
+
+def transfer_reply(transfer: dict[str, Any]) -> bytes:
+    return dumps({"ok": True, "transfer": transfer})
+
+
+def transfer_reply_raw(transfer: bytes) -> bytes:
+    """:func:`transfer_reply` of an already encoded transfer object."""
+    return dumps({"ok": True, "transfer": Fragment(transfer)})
+
+
 def resync_message(partition: int) -> bytes:
     """On the control channel after a worker recovered: clients must take fresh snapshots."""
     return dumps({"type": "resync", "partition": partition})

@@ -33,6 +33,7 @@ MODULES = (
     "engine/markets.py",
     "engine/validation.py",
     "engine/orders.py",
+    "engine/ledger.py",
     "engine/book.py",
     "engine/stops.py",
     "engine/matcher.py",

@@ -47,5 +47,11 @@ class Batch:
     unopened: dict[str, list[int]] = field(default_factory=dict)
     closed: dict[str, list[int]] = field(default_factory=dict)
     books: list[BookUpdate] = field(default_factory=list)
+    #: account -> {asset: ``balances:<account>`` field} for every balance the batch changed
+    balances: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    #: account -> its new ledger entries, oldest first
+    ledger: dict[str, list[bytes]] = field(default_factory=dict)
+    #: (account, "deposit"|"withdrawal") -> new transfer objects, oldest first
+    transfers: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
     #: replies (one per inbox), market data, account events: published in this order
     messages: list[Message] = field(default_factory=list)

@@ -61,6 +61,13 @@ def batch_commands(batch: Batch, keys: Keys, recent_len: int = 1000,
         rkey = keys.recent(symbol)
         commands.append(("LPUSH", rkey, *records[-recent_len:]))
         commands.append(("LTRIM", rkey, 0, recent_len - 1))
+    for account, fields in batch.balances.items():
+        commands.append(("HSET", keys.balances(account), *(x for kv in fields.items() for x in kv)))
+    lists = [(keys.ledger(account), rows) for account, rows in batch.ledger.items()]
+    lists += [(keys.transfers(acct, kind), rows) for (acct, kind), rows in batch.transfers.items()]
+    for lkey, rows in lists:
+        commands.append(("LPUSH", lkey, *rows[-recent_len:]))
+        commands.append(("LTRIM", lkey, 0, recent_len - 1))
     return commands
 
 

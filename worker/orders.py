@@ -16,7 +16,7 @@ from engine.markets import Market
 SNAPSHOT_FIELDS: Final = (
     "id", "account", "symbol", "side", "type", "time_in_force", "post_only", "price",
     "stop_price", "quantity", "quote_quantity", "client_order_id", "created_at", "status",
-    "reason", "filled", "remaining", "cum_quote", "updated_at", "fills",
+    "reason", "filled", "remaining", "cum_quote", "updated_at", "fills", "locked",
 )  # fmt: skip
 
 
@@ -47,6 +47,7 @@ class OrderState:
         cum_quote: int = 0,
         updated_at: int = 0,
         fills: list[dict[str, Any]] | None = None,
+        locked: str = "0",
     ) -> None:
         self.id = id
         self.account = account
@@ -69,6 +70,8 @@ class OrderState:
         self.updated_at = updated_at or created_at
         #: the REST fill objects, oldest first
         self.fills: list[dict[str, Any]] = fills if fills is not None else []
+        #: what the order holds now, in its locked asset's units (decimal text)
+        self.locked = locked
         #: whether an order record was committed before (so it is in the ``open`` index)
         self.persisted = False
 
@@ -100,6 +103,8 @@ class OrderState:
             "filled_quantity": lot.format(self.filled),
             "remaining_quantity": lot.format(self.remaining),
             "cum_quote": market.quote.format(self.cum_quote),
+            "locked": self.locked,
+            "locked_asset": market.quote_asset if self.side == "buy" else market.base_asset,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

@@ -22,6 +22,8 @@ from engine.commands import (
     BUY,
     CANCELLED,
     CLOSED_STATUSES,
+    COMPLETED,
+    REJECTED,
     SELL,
     AmendOrder,
     CancelAll,
@@ -29,8 +31,9 @@ from engine.commands import (
     NewOrder,
     Reason,
 )
-from engine.events import BBO, LEVEL, ORDER, REJECT, TRADE, Event
-from engine.markets import Market
+from engine.events import BBO, LEVEL, ORDER, REJECT, TRADE, TRANSFER, Event
+from engine.ledger import FEE_ACCOUNT
+from engine.markets import Market, assets_of
 from engine.matcher import MatchingEngine
 from engine.units import SchemaError
 from engine.validation import command_from_wire
@@ -42,8 +45,8 @@ from worker.orders import OrderState
 log = logging.getLogger("worker")
 
 SNAPSHOT_MAGIC = b"FBWK"
-#: 2: fills are objects (1: fills were JSON texts)
-SNAPSHOT_VERSION = 2
+#: 3: the engine's ledger, orders' locks (2: fills are objects; 1: fills were JSON texts)
+SNAPSHOT_VERSION = 3
 #: Levels per side in the ``book:<symbol>`` key (the REST and WebSocket depth limit).
 BOOK_DEPTH = 500
 
@@ -56,6 +59,7 @@ _REJECT_MESSAGES = {
     Reason.INVALID_AMEND: "the amend changes nothing or is not allowed",
     Reason.MIN_NOTIONAL: "the amended order is below the minimum notional",
     Reason.POST_ONLY_WOULD_TAKE: "the amended post-only order would take liquidity",
+    Reason.INSUFFICIENT_FUNDS: "the available balance cannot cover the amended order",
 }
 
 
@@ -85,7 +89,8 @@ class _SymbolWork:
 class _Work:
     """Everything one batch collects before it is finished into a :class:`Batch`."""
 
-    __slots__ = ("emit", "ts", "dirty", "bodies", "symbols", "events", "replies", "trades")
+    __slots__ = ("emit", "ts", "dirty", "bodies", "symbols", "events", "replies", "trades",
+                 "touched", "entries", "transfers", "command_id", "entry_no")  # fmt: skip
 
     def __init__(self, emit: bool) -> None:
         self.emit = emit
@@ -96,6 +101,25 @@ class _Work:
         self.events: dict[str, list[bytes]] = {}  # account -> its events, in engine order
         self.replies: dict[str, dict[str, bytes]] = {}  # inbox -> {token: reply}
         self.trades: list[TradeRecord] = []
+        self.touched: dict[tuple[str, str], None] = {}  # (account, asset) changed, in order
+        #: account -> ledger entries in order: [id, asset, amount, reason, symbol, order, trade,
+        #: reference, ts]; ``balance`` is added when the batch is finished
+        self.entries: dict[str, list[list[Any]]] = {}
+        self.transfers: dict[tuple[str, str], list[bytes]] = {}
+        self.command_id = 0
+        self.entry_no = 0  # ledger entries of the current command so far
+
+    def entry(self, account: str, asset: str, amount: int, reason: str, symbol: str | None,
+              order_id: int | None, trade_id: int | None,
+              reference: str | None) -> None:  # fmt: skip
+        self.entry_no += 1
+        row = [f"{self.command_id}-{self.entry_no}", asset, amount, reason, symbol, order_id,
+               trade_id, reference, self.ts]  # fmt: skip
+        rows = self.entries.get(account)
+        if rows is None:
+            self.entries[account] = [row]
+        else:
+            rows.append(row)
 
     def account_event(self, account: str, event: bytes) -> None:
         events = self.events.get(account)
@@ -115,7 +139,8 @@ class _Work:
 class _Outcome:
     """What one command did to the order its reply shows."""
 
-    __slots__ = ("command", "target", "touched", "touched_body", "cancelled", "rejected")
+    __slots__ = ("command", "target", "touched", "touched_body", "cancelled", "rejected",
+                 "transfer")  # fmt: skip
 
     def __init__(self, command: Command) -> None:
         self.command = command
@@ -124,6 +149,7 @@ class _Outcome:
         self.touched_body: dict[str, Any] | None = None
         self.cancelled: list[bytes] = []  # cancel_all: each order as it was cancelled
         self.rejected: str | None = None
+        self.transfer: bytes | None = None  # deposit / withdrawal: the transfer object
 
 
 # -- the processor ------------------------------------------------------------------------------
@@ -149,6 +175,7 @@ class Processor:
         self.partition = partition
         self.keys = Keys(partition, namespace)
         self.engine = engine if engine is not None else MatchingEngine(markets)
+        self.assets = assets_of(markets)
         self.book_depth = book_depth
         # -- kept in the worker snapshot ---------------------------------------------------
         self.orders: dict[int, OrderState] = {}  # open orders (and, mid-batch, just closed)
@@ -189,7 +216,7 @@ class Processor:
         token = command_wire.get("reply_to") if work.emit else None
         inbox = wire.reply_inbox(token)
         try:
-            command = command_from_wire(command_wire, ts, self.markets)
+            command = command_from_wire(command_wire, ts, self.markets, self.assets)
         except SchemaError as exc:
             if inbox is not None:
                 work.reply(token, inbox, wire.error_reply(exc.code, exc.message))  # type: ignore[arg-type]
@@ -205,6 +232,8 @@ class Processor:
                 work.reply(token, inbox, reply)  # type: ignore[arg-type]
             return 0
         outcome = _Outcome(command)
+        work.command_id = command.id
+        work.entry_no = 0
         self._fold(events, outcome, work)
         if inbox is not None:
             work.reply(token, inbox, self._reply(outcome))  # type: ignore[arg-type]
@@ -230,6 +259,8 @@ class Processor:
                     self._symbol_work(symbol, work).bbo = ev[2:]
             elif kind == REJECT:
                 outcome.rejected = ev[3]
+            elif kind == TRANSFER:
+                self._on_transfer(ev, outcome, work)
 
     def _symbol_work(self, symbol: str, work: _Work) -> _SymbolWork:
         found = work.symbols.get(symbol)
@@ -265,6 +296,12 @@ class Processor:
             st.reason = reason
         if not detached:
             work.dirty[oid] = st
+        if status != REJECTED and self.engine.ledger is not None:
+            held = self.engine.index.orders.get(oid)
+            asset = market.quote_asset if st.side == BUY else market.base_asset
+            st.locked = self.assets[asset].format(0 if held is None else held.locked)
+            if work.emit:
+                work.touched[(account, asset)] = None
         if not work.emit:
             if oid == outcome.target:
                 outcome.touched = st
@@ -305,6 +342,8 @@ class Processor:
             maker.fills.append(maker_fill)
         if taker is not None:
             taker.fills.append(taker_fill)
+        if work.emit and self.engine.ledger is not None:
+            self._trade_entries(market, ev, work)
         if work.emit:
             maker_side = SELL if taker_side == BUY else BUY
             work.account_event(maker_account, _fill_event(maker, maker_id, symbol, maker_side,
@@ -313,8 +352,55 @@ class Processor:
                                                            taker_fill, ts))  # fmt: skip
             self._symbol_work(symbol, work).trades.append(record)
 
+    def _trade_entries(self, market: Market, ev: Event, work: _Work) -> None:
+        """The ledger entries of one fill for both sides (the fee account keeps no list)."""
+        (_, symbol, trade_id, price, qty, taker_side, maker_id, taker_id, maker_account,
+         taker_account, maker_fee, taker_fee, _ts) = ev  # fmt: skip
+        base, quote = market.base_asset, market.quote_asset
+        base_units = qty * market.lot_units
+        quote_units = price * qty * market.atom_units
+        au = market.atom_units
+        taker = (taker_account, taker_id, taker_fee)
+        maker = (maker_account, maker_id, maker_fee)
+        buyer, seller = (taker, maker) if taker_side == BUY else (maker, taker)
+        sides = ((*buyer, 1), (*seller, -1))
+        for account, oid, fee, sign in sides:  # sign: +1 the buyer, -1 the seller
+            work.entry(account, base, sign * base_units, "trade", symbol, oid, trade_id, None)
+            work.entry(account, quote, -sign * quote_units, "trade", symbol, oid, trade_id, None)
+            if fee:
+                work.entry(account, quote, -fee * au, "fee" if fee > 0 else "rebate", symbol,
+                           oid, trade_id, None)  # fmt: skip
+            work.touched[(account, base)] = None
+            work.touched[(account, quote)] = None
+        if maker_fee + taker_fee:
+            work.touched[(FEE_ACCOUNT, quote)] = None
+
+    def _on_transfer(self, ev: Event, outcome: _Outcome, work: _Work) -> None:
+        (_, command_id, kind, account, asset, amount, reference, status, reason, original_id,
+         original_ts) = ev  # fmt: skip
+        if not work.emit:
+            return
+        fmt = self.assets[asset].format if asset in self.assets else str
+        obj = wire.dumps(wire.transfer_object(original_id, kind, account, asset, fmt(amount),
+                                              reference, status, reason, self.partition,
+                                              original_ts))  # fmt: skip
+        outcome.transfer = obj
+        if original_id != command_id:
+            return  # a repeated reference: answered with the first outcome, nothing changed
+        rows = work.transfers.get((account, kind))
+        if rows is None:
+            work.transfers[(account, kind)] = [obj]
+        else:
+            rows.append(obj)
+        work.touched[(account, asset)] = None
+        if status == COMPLETED:
+            signed = amount if kind == "deposit" else -amount
+            work.entry(account, asset, signed, kind, None, None, None, reference)
+
     def _reply(self, outcome: _Outcome) -> bytes:
         """The answer the waiting web request gets (see DESIGN.md, Replies)."""
+        if outcome.transfer is not None:
+            return wire.transfer_reply_raw(outcome.transfer)
         if outcome.rejected is not None:
             reason = outcome.rejected
             return wire.error_reply(reason, _REJECT_MESSAGES.get(reason, reason.replace("_", " ")))
@@ -356,7 +442,40 @@ class Processor:
             if closed and self.orders.get(oid) is st:
                 del self.orders[oid]
 
+    def _finish_balances(self, work: _Work, batch: Batch) -> None:
+        """Every balance the batch changed (its last value), and the ledger entries with the
+        total each left, counted back from that last value."""
+        ledger = self.engine.ledger
+        if ledger is None:
+            return
+        totals: dict[tuple[str, str], int] = {}
+        for account, asset in work.touched:
+            available, locked = ledger.balance(account, asset)
+            totals[(account, asset)] = available + locked
+            fmt = self.assets[asset].format
+            a, lk = fmt(available), fmt(locked)
+            fields = batch.balances.get(account)
+            if fields is None:
+                fields = batch.balances[account] = {}
+            fields[asset] = wire.balance_field(a, lk)
+            if account != FEE_ACCOUNT:
+                work.account_event(account, wire.balance_event(self.partition, asset, a, lk))
+        for account, rows in work.entries.items():
+            texts: list[bytes] = []
+            for row in reversed(rows):
+                entry_id, asset, amount, reason, symbol, oid, trade_id, reference, ts = row
+                key = (account, asset)
+                after = totals[key]
+                totals[key] = after - amount
+                fmt = self.assets[asset].format
+                texts.append(wire.ledger_entry(entry_id, asset, fmt(amount), reason, fmt(after),
+                                               ts, symbol, oid, trade_id, reference))  # fmt: skip
+            texts.reverse()
+            batch.ledger[account] = texts
+        batch.transfers = work.transfers
+
     def _finish_messages(self, work: _Work, batch: Batch) -> None:
+        self._finish_balances(work, batch)
         keys = self.keys
         for inbox, answers in work.replies.items():
             batch.messages.append(Message(keys.inbox(inbox), wire.inbox_message(answers)))
@@ -428,7 +547,7 @@ class Processor:
         if not blob.startswith(SNAPSHOT_MAGIC):
             raise ValueError("not a Fairbook worker snapshot")
         version = blob[len(SNAPSHOT_MAGIC)]
-        if version not in (1, SNAPSHOT_VERSION):
+        if version not in (1, 2, SNAPSHOT_VERSION):
             raise ValueError(f"worker snapshot version {version} is not supported")
         at = len(SNAPSHOT_MAGIC) + 1
         (size,) = struct.unpack(">Q", blob[at : at + 8])

@@ -34,6 +34,7 @@ class ReplayResult:
     trades: int = 0
     books_checked: int = 0
     records_checked: int = 0
+    balances_checked: int = 0
     start: str = "genesis"
     until: str | None = None
     seconds: float = 0.0
@@ -46,6 +47,7 @@ class ReplayResult:
             f"{head}: {self.entries} journal entries from {self.start} up to {self.until}, "
             f"{self.trades} trades compared, {self.books_checked} books compared, "
             f"{self.records_checked} order records read, "
+            f"{self.balances_checked} balances compared, "
             f"{self.seconds:.2f} s"
         )
         if self.difference:
@@ -151,10 +153,52 @@ def replay_partition(
                     break
                 if stored is not None:
                     result.books_checked += 1
+    if result.ok and full:
+        _check_balances(client, keys, proc, result)
     if result.ok:
         _check_records(client, keys, result)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _check_balances(
+    client: redis.Redis, keys: Keys, proc: Processor, result: ReplayResult
+) -> None:
+    """Every account's ``balances:<account>`` hash must be what the journal implies (an asset
+    the hash lacks counts as zero), and no hash may exist for an account replay never saw."""
+    ledger = proc.engine.ledger
+    if ledger is None:
+        return
+    prefix = keys.balances("")
+    seen: set[str] = set()
+    for account in ledger.list_accounts():
+        seen.add(account)
+        stored = {
+            (_text(k) or ""): _text(v) for k, v in client.hgetall(keys.balances(account)).items()
+        }
+        for asset, (available, locked) in ledger.balances(account).items():
+            fmt = proc.assets[asset].format
+            want = wire.balance_field(fmt(available), fmt(locked)).decode()
+            got = stored.pop(asset, None)
+            if got is None and not available and not locked:
+                continue
+            if got != want:
+                result.ok = False
+                result.difference = (
+                    f"{keys.balances(account)} {asset}: replay {want}, stored {got}"
+                )
+                return
+            result.balances_checked += 1
+        if stored:
+            result.ok = False
+            result.difference = f"{keys.balances(account)} has assets replay never saw: {stored}"
+            return
+    for raw_key in client.scan_iter(match=prefix + "*", count=1000):
+        account = (_text(raw_key) or "")[len(prefix) :]
+        if account not in seen:
+            result.ok = False
+            result.difference = f"{_text(raw_key)} exists but replay never saw account {account}"
+            return
 
 
 def _check_records(client: redis.Redis, keys: Keys, result: ReplayResult) -> None:
