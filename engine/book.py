@@ -25,7 +25,7 @@ from engine.commands import (
     Reason,
 )
 from engine.events import LEVEL, ORDER, TRADE
-from engine.ledger import Ledger
+from engine.ledger import Balance, Ledger
 from engine.markets import Market
 from engine.orders import Order, OrderIndex
 
@@ -236,8 +236,25 @@ class OrderBook:
         sell; a fill that does not fit is shrunk to what fits. Returns a reason when the taker
         must stop (self-trade prevention, funds exhausted), else None.
         """
+        # Settlement (engine.ledger's rules, inlined: this loop is the hot path): each side
+        # pays from its order's lock; the taker's received balance and the fee account's are
+        # fetched once per match, the maker's per fill.
         ledger = self.ledger
-        market = self.market
+        if ledger is not None:
+            market = self.market
+            au = market.atom_units
+            lu = market.lot_units
+            quote = market.quote_asset
+            accounts = ledger.accounts
+            if taker.side == BUY:
+                maker_gets, taker_asset = quote, market.base_asset
+            else:
+                maker_gets, taker_asset = market.base_asset, quote
+            held = taker.wallet
+            assert held is not None
+            taker_wallet: Balance = held
+            taker_gets = ledger.bal(taker.account, taker_asset)
+            fee_wallet = ledger.fee_balance(quote)
         symbol = self.symbol
         index = self.index
         open_orders, by_account, by_client_id = index.orders, index.by_account, index.by_client_id
@@ -358,7 +375,29 @@ class OrderBook:
                     )
                 )
                 if ledger is not None:
-                    ledger.fill(market, maker, taker, qty, notional, maker_fee, taker_fee)
+                    base_units = qty * lu
+                    maker_wallet = maker.wallet
+                    assert maker_wallet is not None
+                    gets = accounts[maker_account].get(maker_gets)
+                    if gets is None:
+                        gets = ledger.bal(maker_account, maker_gets)
+                    if buy:
+                        cost = (notional + taker_fee) * au
+                        taker.locked -= cost
+                        taker_wallet.locked -= cost
+                        taker_gets.available += base_units
+                        maker.locked -= base_units
+                        maker_wallet.locked -= base_units
+                        gets.available += (notional - maker_fee) * au
+                    else:
+                        cost = (notional + maker_fee) * au
+                        maker.locked -= cost
+                        maker_wallet.locked -= cost
+                        gets.available += base_units
+                        taker.locked -= base_units
+                        taker_wallet.locked -= base_units
+                        taker_gets.available += (notional - taker_fee) * au
+                    fee_wallet.available += (maker_fee + taker_fee) * au
                 want -= qty
                 total -= qty
                 took += qty

@@ -123,6 +123,8 @@ class Ledger:
         self.accounts: dict[str, dict[str, Balance]] = {}
         self.supply: dict[str, int] = dict.fromkeys(self.assets, 0)
         self.transfers: dict[tuple[str, str, str], TransferOutcome] = {}
+        #: the fee account's balances by asset (a shortcut for every fill)
+        self.fee_balances: dict[str, Balance] = {}
 
     # -- reading -------------------------------------------------------------------------------
     def bal(self, account: str, asset: str) -> Balance:
@@ -202,30 +204,49 @@ class Ledger:
 
     def lock_new(self, order: Order) -> bool:
         """Take an accepted order's entry lock; False (nothing taken) if it cannot be covered."""
+        mine = self.accounts.get(order.account)
+        if mine is None:
+            return False  # holds nothing at all
         market = self.markets[order.symbol]
         buy = order.side == BUY
-        found = self.bal(order.account, market.quote_asset if buy else market.base_asset)
-        need = self.hold(order)
-        if need is None:
-            budget = order.quote_quantity
-            if buy and budget is not None:
-                rate = market.taker_rate
-                need = (budget - ((-budget * rate.num) // rate.den)) * market.atom_units
-            else:
-                need = found.available
-                if need <= 0:
-                    return False
+        found = mine.get(market.quote_asset if buy else market.base_asset)
+        if found is None:
+            return False
+        # the rules of :meth:`hold`, unrolled for the entry
+        budget = order.quote_quantity
+        if budget is None and not buy:
+            need = order.remaining * market.lot_units
+        elif budget is None and (order.price is not None or order.stop_price is not None):
+            price = order.price if order.price is not None else order.stop_price
+            assert price is not None
+            rate = market.taker_rate
+            need = order.remaining * (price - ((-price * rate.num) // rate.den)) * market.atom_units
+        elif budget is not None and buy:
+            rate = market.taker_rate
+            need = (budget - ((-budget * rate.num) // rate.den)) * market.atom_units
+        else:  # market buy by quantity, quote-budget sell: all that is available
+            need = found.available
+            if need <= 0:
+                return False
         if found.available < need:
             return False
         found.available -= need
         found.locked += need
         order.locked = need
+        order.wallet = found
         return True
+
+    def attach(self, order: Order) -> None:
+        """Point a restored order at the balance its lock belongs to."""
+        market = self.markets[order.symbol]
+        order.wallet = self.bal(
+            order.account, market.quote_asset if order.side == BUY else market.base_asset
+        )
 
     def lock_rest(self, order: Order) -> None:
         """A triggered stop-market buy: add all the available quote to what it held."""
-        market = self.markets[order.symbol]
-        found = self.bal(order.account, market.quote_asset)
+        found = order.wallet
+        assert found is not None
         extra = found.available
         found.available = 0
         found.locked += extra
@@ -237,19 +258,19 @@ class Ledger:
         market = self.markets[order.symbol]
         if order.side == BUY:
             need = remaining * per_lot(market, price)
-            found = self.bal(order.account, market.quote_asset)
         else:
             need = remaining * market.lot_units
-            found = self.bal(order.account, market.base_asset)
+        found = order.wallet
+        assert found is not None
         delta = need - order.locked
         if delta > found.available:
             return None
         return delta
 
     def adjust(self, order: Order, delta: int) -> None:
-        market = self.markets[order.symbol]
-        asset = market.quote_asset if order.side == BUY else market.base_asset
-        found = self.bal(order.account, asset)
+        """Move ``delta`` units from available to the order's lock (negative: back)."""
+        found = order.wallet
+        assert found is not None
         found.available -= delta
         found.locked += delta
         order.locked += delta
@@ -265,39 +286,25 @@ class Ledger:
 
     def release(self, order: Order) -> None:
         """A closing order gives back everything it still holds."""
-        if order.locked:
-            self.adjust(order, -order.locked)
+        held = order.locked
+        if held:
+            found = order.wallet
+            assert found is not None
+            found.available += held
+            found.locked -= held
+            order.locked = 0
 
     # -- settlement ----------------------------------------------------------------------------
-    def fill(
-        self,
-        market: Market,
-        maker: Order,
-        taker: Order,
-        qty: int,
-        notional: int,
-        maker_fee: int,
-        taker_fee: int,
-    ) -> None:
-        """Settle one fill at the maker's price: base to the buyer, quote to the seller, fees
-        to the fee account, each paid from the order's own lock."""
-        if taker.side == BUY:
-            buyer, seller, buyer_fee, seller_fee = taker, maker, taker_fee, maker_fee
-        else:
-            buyer, seller, buyer_fee, seller_fee = maker, taker, maker_fee, taker_fee
-        au = market.atom_units
-        base_units = qty * market.lot_units
-        quote, base = market.quote_asset, market.base_asset
-        cost = (notional + buyer_fee) * au
-        buyer.locked -= cost
-        self.bal(buyer.account, quote).locked -= cost
-        self.bal(buyer.account, base).available += base_units
-        seller.locked -= base_units
-        self.bal(seller.account, base).locked -= base_units
-        self.bal(seller.account, quote).available += (notional - seller_fee) * au
-        fees = maker_fee + taker_fee
-        if fees:
-            self.bal(FEE_ACCOUNT, quote).available += fees * au
+    # Per fill at the maker's price p, q lots, notional n = p * q atoms: the buyer's lock pays
+    # (n + its fee) * atom_units (a rebate is a negative fee) and it receives q * lot_units base;
+    # the seller's lock pays the base and it receives (n - its fee) * atom_units quote; both fees
+    # go to the fee account. OrderBook.match does this inline (its loop is the hot path).
+    def fee_balance(self, asset: str) -> Balance:
+        """The fee account's balance of ``asset`` (kept at hand for every fill)."""
+        found = self.fee_balances.get(asset)
+        if found is None:
+            found = self.fee_balances[asset] = self.bal(FEE_ACCOUNT, asset)
+        return found
 
     # -- invariants ----------------------------------------------------------------------------
     def check(self, open_orders: list[Order]) -> None:
@@ -312,6 +319,9 @@ class Ledger:
             asset = market.quote_asset if order.side == BUY else market.base_asset
             key = (order.account, asset)
             held[key] = held.get(key, 0) + order.locked
+            assert order.wallet is self.accounts.get(order.account, {}).get(asset), (
+                f"order {order.id} locks from the wrong balance"
+            )
             need = self.hold(order)
             if need is not None:
                 assert order.locked == need, f"order {order.id} holds {order.locked}, needs {need}"
@@ -346,6 +356,7 @@ class Ledger:
         for account, mine in data["accounts"].items():
             self.accounts[account] = {a: Balance(v[0], v[1]) for a, v in mine.items()}
         self.supply.update(data["supply"])
+        self.fee_balances = {}
         for fields in data["transfers"]:
             t = TransferOutcome(*fields)
             account = t.account if t.type == WITHDRAWAL else ""

@@ -497,6 +497,7 @@ class MatchingEngine:
                 order.locked,
             )
             order.locked = 0  # the lock moves to the fresh order
+            fresh.wallet = order.wallet
             if ledger is not None:
                 ledger.adjust(fresh, delta)
             events.append(
@@ -578,4 +579,7 @@ class MatchingEngine:
                 order = Order.from_list(fields)
                 engine.stops[symbol].add(order)
                 engine.index.add(order)
+        if engine.ledger is not None:
+            for order in engine.index.orders.values():
+                engine.ledger.attach(order)
         return engine

@@ -6,7 +6,10 @@ id, by account and by client order id for cancels, amends and duplicate checks).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from engine.ledger import Balance
 
 #: An order's attributes, in snapshot order (``Order.to_list``).
 ORDER_FIELDS: Final = (
@@ -36,7 +39,7 @@ ORDER_FIELDS: Final = (
 class Order:
     """A live order. ``remaining == 0`` while still queued means "dead, skip me"."""
 
-    __slots__ = ORDER_FIELDS
+    __slots__ = (*ORDER_FIELDS, "wallet")
 
     def __init__(
         self,
@@ -82,6 +85,8 @@ class Order:
         self.status = status
         #: units of the asset this open order holds (quote for a buy, base for a sell)
         self.locked = locked
+        #: the ledger balance ``locked`` is part of (set by the ledger; not in snapshots)
+        self.wallet: Balance | None = None
 
     def to_list(self) -> list[object]:
         return [getattr(self, name) for name in ORDER_FIELDS]
