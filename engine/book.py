@@ -105,8 +105,13 @@ class OrderBook:
             return self.best_ask is not None and price >= self.best_ask
         return self.best_bid is not None and price <= self.best_bid
 
-    def fillable(self, taker: Order, limit: int | None, want: int) -> bool:
-        """FOK pre-check: can ``want`` lots fill now, honouring the limit and STP, untouched?"""
+    def fillable(
+        self, taker: Order, limit: int | None, want: int, cap: int | None = None
+    ) -> bool:
+        """FOK pre-check: can ``want`` lots fill now, honouring the limit and STP, untouched?
+        ``cap`` (a buy holding a variable lock) bounds notional + taker fee, fill by fill as
+        :meth:`match` would charge it."""
+        tnum, tden = self._taker_num, self._taker_den
         stop_at_self = taker.stp != CANCEL_MAKER
         account = taker.account
         if taker.side == BUY:
@@ -128,6 +133,11 @@ class OrderBook:
                     if stop_at_self:
                         return False
                     continue
+                if cap is not None:
+                    qty = min(maker.remaining, want - got)
+                    cap -= price * qty - ((-price * qty * tnum) // tden)
+                    if cap < 0:
+                        return False
                 got += maker.remaining
                 if got >= want:
                     return True

@@ -256,14 +256,11 @@ class MatchingEngine:
         if limit is not None and order.post_only and book.would_cross(order.side, limit):
             self._close(order, CANCELLED, Reason.POST_ONLY_WOULD_TAKE, events)
             return
-        if tif == FOK and not book.fillable(order, limit, order.remaining):
-            self._close(order, CANCELLED, Reason.FOK_NOT_FILLABLE, events)
-            return
         if limit is not None and tif == GTC and not order.filled:
             if not book.would_cross(order.side, limit):  # passive: skip the matching loop
                 book.rest(order, events)
                 return
-        cap = None
+        cap = None  # what an order holding a variable lock may spend
         ledger = self.ledger
         if ledger is not None:
             market = book.market
@@ -271,6 +268,11 @@ class MatchingEngine:
                 cap = order.locked // (market.atom_units if order.side == BUY else market.lot_units)
             elif limit is None and order.side == BUY:
                 cap = order.locked // market.atom_units
+        if tif == FOK and not book.fillable(
+            order, limit, order.remaining, cap if order.side == BUY else None
+        ):
+            self._close(order, CANCELLED, Reason.FOK_NOT_FILLABLE, events)
+            return
         stop_reason = book.match(order, limit, ts, events, cap)
         if stop_reason is not None:
             self._close(order, CANCELLED, stop_reason, events)
@@ -439,20 +441,13 @@ class MatchingEngine:
             events.append((REJECT, cmd.id, cmd.account, Reason.INVALID_AMEND))
             return
         ledger = self.ledger
-        delta = 0
-        if ledger is not None:
-            found = ledger.relock(order, new_price, new_total - order.filled)
-            if found is None:
-                events.append((REJECT, cmd.id, cmd.account, Reason.INSUFFICIENT_FUNDS))
-                return
-            delta = found
         before = book.last_bbo
         if new_price == order.price and new_total < total:
-            # Shrinking in place keeps time priority.
+            # Shrinking in place keeps time priority (and needs less: the spare is released).
             book.reduce(order, total - new_total, events)
             order.quantity = new_total
             if ledger is not None:
-                ledger.adjust(order, delta)
+                ledger.trim(order)
             events.append(
                 (
                     ORDER,
@@ -470,6 +465,13 @@ class MatchingEngine:
             if order.post_only and book.would_cross(order.side, new_price):
                 events.append((REJECT, cmd.id, cmd.account, Reason.POST_ONLY_WOULD_TAKE))
                 return
+            delta = 0
+            if ledger is not None:  # checked last, as for a new order
+                found = ledger.relock(order, new_price, new_total - order.filled)
+                if found is None:
+                    events.append((REJECT, cmd.id, cmd.account, Reason.INSUFFICIENT_FUNDS))
+                    return
+                delta = found
             # A new price or more size goes to the back of the queue: a fresh Order object, since
             # the old one stays in its deque as a dead entry.
             book.unrest(order, events)

@@ -1,8 +1,10 @@
-"""Fixtures of the pure-core tests (tests/engine): markets and fresh engines."""
+"""Fixtures of the pure-core tests (tests/engine): markets and fresh engines (ledger on, the test
+accounts funded with plenty of every asset: see ``engine_helpers.fund``)."""
 
 from __future__ import annotations
 
 import pytest
+from engine_helpers import funded
 from engine_helpers import small_markets as _small_markets
 
 from engine.markets import Market
@@ -23,4 +25,4 @@ def small_markets() -> dict[str, Market]:
 
 @pytest.fixture
 def engine(small_markets: dict[str, Market]) -> MatchingEngine:
-    return MatchingEngine(small_markets)
+    return funded(small_markets)

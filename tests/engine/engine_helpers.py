@@ -2,13 +2,22 @@
 
 A *flow* is a list of abstract operations (tuples of small ints) turned into engine commands by
 :class:`FlowBuilder`; the seeded :func:`random_ops` and the hypothesis strategy :func:`ops_strategy`
-draw the same shapes, so the differential and the property tests exercise the same ground.
+draw the same shapes, so the differential and the property tests exercise the same ground. A flow
+starts with deposits (:func:`funding_ops`: mostly generous, some small or none, so that orders are
+also rejected ``insufficient_funds``) and mixes in deposits and withdrawals (some too large, some
+repeating an earlier reference).
+
+Tests of matching itself run with the ledger on: :func:`fund` deposits plenty of every asset for
+the accounts they use, before the test, and drops those transfer events.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from hypothesis import strategies as st
@@ -32,10 +41,13 @@ from engine.commands import (
     CancelAll,
     CancelOrder,
     Command,
+    Deposit,
     NewOrder,
+    Withdrawal,
 )
-from engine.markets import Market
+from engine.markets import Market, assets_of
 from engine.matcher import MatchingEngine
+from protocol.config import load_markets
 
 Event = tuple[Any, ...]
 
@@ -73,6 +85,49 @@ def small_markets() -> dict[str, Market]:
         "AB-C": make_market("AB-C", maker="-0.001", taker="0.002"),
         "XY-Z": make_market("XY-Z", min_notional="50", maker="0.001", taker="0.001"),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Funding accounts for tests of matching
+# ---------------------------------------------------------------------------------------------
+
+#: every account a hand-written matching scenario uses
+TEST_ACCOUNTS = tuple("abcdefghijklmnopqrstuvwxyz") + ("1", "2", "3", "4")
+PLENTY = 10**24
+#: deposit command ids of :func:`fund`, far above any id a scenario uses
+FUND_IDS = 10**15
+
+
+def fund(
+    engine: MatchingEngine,
+    accounts: Iterable[str] = TEST_ACCOUNTS,
+    amount: int = PLENTY,
+    assets: Iterable[str] | None = None,
+) -> None:
+    """Deposit ``amount`` units of every asset (or ``assets``) to each account, so matching
+    scenarios run with the ledger on and never meet ``insufficient_funds``."""
+    codes = list(assets_of(engine.markets)) if assets is None else list(assets)
+    n = 0
+    for account in accounts:
+        for asset in codes:
+            n += 1
+            ref = f"fund:{account}:{asset}"
+            (event,) = engine.apply(Deposit(FUND_IDS + n, 0, account, asset, amount, ref))
+            assert event[0] == "transfer" and event[7] == "completed", event
+
+
+def engine_accounts(engine: MatchingEngine) -> set[str]:
+    """Every account the engine's ledger knows (``Ledger.list_accounts()``)."""
+    ledger = engine.ledger
+    assert ledger is not None
+    return set(ledger.list_accounts())
+
+
+def funded(markets: dict[str, Market], **kw: Any) -> MatchingEngine:
+    """A new engine (ledger on) whose test accounts hold plenty of everything."""
+    engine = MatchingEngine(markets)
+    fund(engine, **kw)
+    return engine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +203,14 @@ class Cmds:
         i = self._id()
         return AmendOrder(i, i * 10, account, order_id, qty, price)
 
+    def deposit(self, account: str, asset: str, amount: int, ref: str | None = None) -> Deposit:
+        i = self._id()
+        return Deposit(i, i * 10, account, asset, amount, f"dep{i}" if ref is None else ref)
+
+    def withdraw(self, account: str, asset: str, amount: int, ref: str | None = None) -> Withdrawal:
+        i = self._id()
+        return Withdrawal(i, i * 10, account, asset, amount, f"wd{i}" if ref is None else ref)
+
 
 def kinds(events: list[Event]) -> list[str]:
     return [e[0] for e in events]
@@ -170,6 +233,7 @@ def run_all(engine: Any, commands: list[Command]) -> list[list[Event]]:
 # ---------------------------------------------------------------------------------------------
 
 ACCOUNTS = ("1", "2", "3", "4")
+POOR = "4"
 SIDE_LIST = (BUY, SELL)
 STP_LIST = (CANCEL_MAKER, CANCEL_TAKER, CANCEL_BOTH)
 TIF_LIST = (GTC, GTC, GTC, IOC, FOK)
@@ -200,17 +264,88 @@ class Issued:
     quantity: int
 
 
+def markets_for(specs: tuple[SymbolSpec, ...]) -> dict[str, Market]:
+    """The markets a spec list trades on: the small integer ones or the shipped defaults."""
+    if all(s.symbol in ("AB-C", "XY-Z") for s in specs):
+        return small_markets()
+    return load_markets()
+
+
 @dataclass
 class FlowBuilder:
-    """Turns abstract ops into commands; remembers issued order ids for cancels and amends."""
+    """Turns abstract ops into commands; remembers issued order ids for cancels and amends,
+    and transfer references so that some are repeated."""
 
     specs: tuple[SymbolSpec, ...]
+    markets: dict[str, Market] | None = None
     next_id: int = 0
     issued: list[Issued] = field(default_factory=list)
+    deposit_refs: list[str] = field(default_factory=list)
+    withdrawal_refs: list[tuple[str, str]] = field(default_factory=list)
+    assets: list[str] = field(default_factory=list)
+    #: per asset, the units one large order of the flow needs (its scale for amounts)
+    scale: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.markets is None:
+            self.markets = markets_for(self.specs)
+        for spec in self.specs:
+            m = self.markets[spec.symbol]
+            top = spec.mid + spec.spread
+            fee = math.ceil(top * Fraction(m.taker_fee_rate))
+            need = {
+                m.base_asset: spec.max_lots * m.lot_units,
+                m.quote_asset: spec.max_lots * (top + fee) * m.atom_units,
+            }
+            for asset, units in need.items():
+                if asset not in self.assets:
+                    self.assets.append(asset)
+                self.scale[asset] = max(self.scale.get(asset, 0), units)
 
     def _id(self) -> int:
         self.next_id += 1
         return self.next_id
+
+    def _transfer(self, op: tuple[Any, ...], i: int, ts: int) -> Command:
+        kind, acct, asset_i, size, frac, ref_i = op
+        account = ACCOUNTS[acct % len(ACCOUNTS)]
+        asset = self.assets[asset_i % len(self.assets)]
+        unit = self.scale[asset]
+        size %= 8
+        if account == POOR and size < 4:
+            size += 4  # the poor account never gets a generous deposit
+        if kind == "deposit":
+            if size < 4:  # generous: dozens of large orders
+                amount = unit * (10 + frac % 40) + frac
+            elif size < 6:  # small: part of one large order, not a whole number of atoms
+                amount = unit * (frac % 100) // 100 + frac + 1
+            elif size == 6:  # tiny
+                amount = 1 + frac
+            else:
+                amount = unit // (1 + frac % 10) + 1
+            if ref_i and self.deposit_refs:  # a retried reference: the first outcome stands
+                ref = self.deposit_refs[-1 - (frac + ref_i) % len(self.deposit_refs)]
+            else:
+                ref = f"d{i}"
+                self.deposit_refs.append(ref)
+            return Deposit(i, ts, account, asset, amount, ref)
+        if size < 2:  # far too large
+            amount = unit * 1000 + frac
+        elif size < 6:
+            amount = unit * (frac % 100) // 200 + 1
+        elif size == 6:
+            amount = 1 + frac
+        else:
+            amount = unit * (1 + frac % 5)
+        if ref_i and self.withdrawal_refs:
+            owner, ref = self.withdrawal_refs[-1 - (frac + ref_i) % len(self.withdrawal_refs)]
+            # mostly the same account (a retry); sometimes another one (its own reference)
+            account = owner if ref_i % 4 else ACCOUNTS[(ACCOUNTS.index(owner) + 1) % 4]
+        else:
+            ref = f"w{i}"
+        if (account, ref) not in self.withdrawal_refs:
+            self.withdrawal_refs.append((account, ref))
+        return Withdrawal(i, ts, account, asset, amount, ref)
 
     def _pick(self, pick: int) -> Issued | None:
         if not self.issued or pick < 0:
@@ -221,6 +356,8 @@ class FlowBuilder:
         kind = op[0]
         i = self._id()
         ts = 1_000 + i
+        if kind in ("deposit", "withdraw"):
+            return self._transfer(op, i, ts)
         if kind == "new":
             _, acct, sym_i, side_i, kind_i, tif_i, post_only, poff, qty, soff, stp_i, coid = op
             spec = self.specs[sym_i % len(self.specs)]
@@ -296,6 +433,8 @@ class FlowBuilder:
             qty = None
             if qmode == 1:
                 qty = max(1, target.quantity - 1 - poff % 3)  # shrink
+            elif qmode == 2 and poff % 5 == 0:
+                qty = target.quantity + 3 * spec.max_lots  # grow a lot: may need more funds
             elif qmode == 2:
                 qty = target.quantity + 1 + poff % 4  # grow
             elif qmode == 3:
@@ -309,10 +448,46 @@ class FlowBuilder:
         raise ValueError(op)
 
 
-def random_ops(rng: random.Random, n: int, n_symbols: int = 2) -> list[tuple[Any, ...]]:
+#: deposit sizes of the initial funding (see FlowBuilder._transfer): mostly generous
+FUNDING_SIZES = (0, 0, 0, 0, 0, 1, 2, 4, 5, 6, 7)
+
+
+def funding_ops(rng: random.Random, n_assets: int = 4) -> list[tuple[Any, ...]]:
+    """The deposits a flow starts with: accounts 1 and 2 generous in everything, 3 and 4 drawn
+    (generous, small, tiny or nothing) per asset; 4 (:data:`POOR`) only ever gets small
+    deposits, so its orders, amends and withdrawals keep meeting ``insufficient_funds``."""
     ops: list[tuple[Any, ...]] = []
+    for acct in range(len(ACCOUNTS)):
+        for asset_i in range(n_assets):
+            size = 0 if acct < 2 else rng.choice(FUNDING_SIZES + (-1,))
+            if size >= 0:
+                ops.append(("deposit", acct, asset_i, size, rng.randrange(100), 0))
+    return ops
+
+
+def transfer_op(rng: random.Random) -> tuple[Any, ...]:
+    return (
+        rng.choice(("deposit", "withdraw")),
+        rng.randrange(4),
+        rng.randrange(4),
+        rng.randrange(8),
+        rng.randrange(100),
+        0 if rng.random() < 0.75 else rng.randrange(1, 9),
+    )
+
+
+def random_ops(
+    rng: random.Random, n: int, n_symbols: int = 2, funding: bool = True
+) -> list[tuple[Any, ...]]:
+    """``funding``: start with :func:`funding_ops` (the flow's accounts hold nothing before)."""
+    ops: list[tuple[Any, ...]] = funding_ops(rng) if funding else []
     for _ in range(n):
         r = rng.random()
+        if r >= 0.95:
+            if funding:
+                ops.append(transfer_op(rng))
+                continue
+            r = rng.random() * 0.95
         if r < 0.62:
             kind_i = rng.choices(range(len(KINDS)), weights=(50, 6, 5, 3, 3, 3, 3, 1))[0]
             ops.append(
@@ -348,7 +523,33 @@ def random_ops(rng: random.Random, n: int, n_symbols: int = 2) -> list[tuple[Any
     return ops
 
 
-def ops_strategy(n_symbols: int = 2) -> st.SearchStrategy[tuple[Any, ...]]:
+def funding_strategy() -> st.SearchStrategy[list[tuple[Any, ...]]]:
+    """Hypothesis' :func:`funding_ops`: per account and asset a deposit size, or none."""
+    sizes = st.sampled_from(FUNDING_SIZES + (-1,))
+    cells = st.lists(st.tuples(sizes, st.integers(0, 99)), min_size=8, max_size=8)
+
+    def to_ops(drawn: list[tuple[int, int]]) -> list[tuple[Any, ...]]:
+        ops = [("deposit", a, k, 0, 10 + 7 * k, 0) for a in (0, 1) for k in range(4)]
+        for k, (size, frac) in enumerate(drawn):
+            if size >= 0:
+                ops.append(("deposit", 2 + k // 4, k % 4, size, frac, 0))
+        return ops
+
+    return cells.map(to_ops)
+
+
+def transfer_strategy() -> st.SearchStrategy[tuple[Any, ...]]:
+    return st.tuples(
+        st.sampled_from(("deposit", "withdraw")),
+        st.integers(0, 3),
+        st.integers(0, 3),
+        st.integers(0, 7),
+        st.integers(0, 99),
+        st.sampled_from((0, 0, 0, 1, 2, 5)),
+    )
+
+
+def ops_strategy(n_symbols: int = 2, transfers: bool = True) -> st.SearchStrategy[tuple[Any, ...]]:
     small = st.integers(0, 99)
     new = st.tuples(
         st.just("new"),
@@ -369,11 +570,25 @@ def ops_strategy(n_symbols: int = 2) -> st.SearchStrategy[tuple[Any, ...]]:
     amend = st.tuples(
         st.just("amend"), st.integers(-1, 15), st.integers(0, 11), st.integers(0, 4), small
     )
+    if transfers:
+        return st.one_of(new, new, new, cancel, cancel_all, amend, transfer_strategy())
     return st.one_of(new, new, new, cancel, cancel_all, amend)
 
 
-def build_commands(specs: tuple[SymbolSpec, ...], ops: list[tuple[Any, ...]]) -> list[Command]:
-    builder = FlowBuilder(specs)
+def flow_strategy(
+    n_symbols: int = 2, min_size: int = 10, max_size: int = 120
+) -> st.SearchStrategy[list[tuple[Any, ...]]]:
+    """A funded flow: the initial deposits, then orders, cancels, amends and transfers."""
+    ops = st.lists(ops_strategy(n_symbols), min_size=min_size, max_size=max_size)
+    return st.tuples(funding_strategy(), ops).map(lambda t: t[0] + t[1])
+
+
+def build_commands(
+    specs: tuple[SymbolSpec, ...],
+    ops: list[tuple[Any, ...]],
+    markets: dict[str, Market] | None = None,
+) -> list[Command]:
+    builder = FlowBuilder(specs, markets)
     return [builder.build(op) for op in ops]
 
 

@@ -1,7 +1,10 @@
 """Unit tests of the matching core: order types, cancel, amend, rejects, STP, fees, snapshots.
 
 Most scenarios use ``AB-C`` (tick 1, lot 1, no fees, no minimum notional) so the numbers read
-as they are; ``XY-Z`` has a minimum notional of 50 atoms.
+as they are; ``XY-Z`` has a minimum notional of 50 atoms. The ledger is on (the default): every
+engine here is :func:`engine_helpers.funded` first, so that no scenario meets
+``insufficient_funds`` (the money rules have their own tests, test_ledger.py); the funding
+deposits' events are not part of any compared list.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from engine_helpers import Cmds, kinds, make_market, of_kind, order_events
+from engine_helpers import Cmds, funded, kinds, make_market, of_kind, order_events
 
 from engine.commands import (
     BUY,
@@ -44,7 +47,7 @@ def mk() -> dict[str, Market]:
 
 @pytest.fixture
 def eng(mk: dict[str, Market]) -> MatchingEngine:
-    return MatchingEngine(mk)
+    return funded(mk)
 
 
 @pytest.fixture
@@ -700,7 +703,7 @@ def test_stp_cancel_both(eng: MatchingEngine, c: Cmds) -> None:
 
 def test_fees_round_charges_up_and_rebates_toward_zero() -> None:
     markets = load_markets()
-    eng = MatchingEngine(markets)
+    eng = funded(markets)
     # ETH-BTC: maker -0.0001 (rebate), taker 0.0005. notional 5001 * 21 = 105021 atoms
     apply(eng, NewOrder(1, 1, "a", "ETH-BTC", SELL, price=5001, quantity=21))
     ev = eng.apply(NewOrder(2, 2, "b", "ETH-BTC", BUY, price=5001, quantity=21))
@@ -757,10 +760,10 @@ def _rest(c: Cmds) -> list[Any]:
 
 def test_snapshot_restore_then_continue_equals_never_stopping(mk: dict[str, Market]) -> None:
     c1, c2 = Cmds(S), Cmds(S)
-    straight = MatchingEngine(mk)
+    straight = funded(mk)
     apply(straight, *_scenario(c1))
     expected = [straight.apply(cmd) for cmd in _rest(c1)]
-    eng = MatchingEngine(mk)
+    eng = funded(mk)
     apply(eng, *_scenario(c2))
     blob = eng.snapshot()
     restored = MatchingEngine.restore(mk, blob)
@@ -775,7 +778,7 @@ def test_snapshot_restore_then_continue_equals_never_stopping(mk: dict[str, Mark
 def test_snapshot_bytes_are_deterministic(mk: dict[str, Market]) -> None:
     blobs = set()
     for _ in range(3):
-        eng = MatchingEngine(mk)
+        eng = funded(mk)
         apply(eng, *_scenario(Cmds(S)))
         blobs.add(eng.snapshot())
     assert len(blobs) == 1
@@ -788,8 +791,8 @@ def test_restore_rejects_garbage(mk: dict[str, Market]) -> None:
         MatchingEngine.restore(mk, b"nope" + blob)
     with pytest.raises(ValueError):
         MatchingEngine.restore(mk, blob[:6] + bytes([99]) + blob[7:])
-    eng = MatchingEngine(mk)
-    eng.apply(NewOrder(1, 1, "a", "XY-Z", BUY, price=10, quantity=6))
+    eng = funded(mk)
+    assert eng.apply(NewOrder(1, 1, "a", "XY-Z", BUY, price=10, quantity=6))[0][4] == "new"
     with pytest.raises(ValueError):
         MatchingEngine.restore({"AB-C": mk["AB-C"]}, eng.snapshot())
 

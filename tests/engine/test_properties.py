@@ -1,12 +1,23 @@
-"""Property tests over random command flows (hypothesis): the invariants of a fair order book."""
+"""Property tests over random command flows (hypothesis): the invariants of a fair order book,
+and of the money in it (conservation, exact holds, nothing negative, snapshots and replays that
+keep every balance)."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
-from engine_helpers import SMALL_SPECS, build_commands, ops_strategy, random_ops, small_markets
+from engine_helpers import (
+    SMALL_SPECS,
+    build_commands,
+    engine_accounts,
+    flow_strategy,
+    random_ops,
+    small_markets,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import ReferenceEngine
@@ -14,23 +25,34 @@ from reference import ReferenceEngine
 from engine.commands import (
     BUY,
     CANCELLED,
+    COMPLETED,
+    DEPOSIT,
     FILLED,
     FOK,
+    NEW,
     PRICED_TYPES,
     REJECTED,
     SELL,
+    STOP_LOSS,
+    TAKE_PROFIT,
     AmendOrder,
     Command,
+    Deposit,
     NewOrder,
     Reason,
+    Withdrawal,
 )
+from engine.ledger import FEE_ACCOUNT
+from engine.markets import assets_of
 from engine.matcher import MatchingEngine
 
 Event = tuple[Any, ...]
 SYMBOLS = [s.symbol for s in SMALL_SPECS]
+ASSETS = list(assets_of(small_markets()))
 # Hand-drawn op lists shrink well; seeded flows (random_ops) reach deep, busy books more often.
+# Both start with deposits and mix in deposits and withdrawals.
 FLOWS = st.one_of(
-    st.lists(ops_strategy(len(SMALL_SPECS)), min_size=10, max_size=120),
+    flow_strategy(len(SMALL_SPECS)),
     st.builds(
         lambda seed, n: random_ops(random.Random(seed), n),
         st.integers(0, 2**32),
@@ -207,21 +229,32 @@ def test_snapshot_restore_equivalence(ops: list[tuple[Any, ...]], data: st.DataO
     engine = MatchingEngine(markets)
     for i, cmd in enumerate(commands):
         if i in cuts:
+            balances = all_balances(engine)
+            locks = {o.id: o.locked for o in engine.index.orders.values()}
             blob = engine.snapshot()
             engine = MatchingEngine.restore(markets, blob)
             assert engine.snapshot() == blob
+            assert all_balances(engine) == balances
+            assert {o.id: o.locked for o in engine.index.orders.values()} == locks
+            engine.check()
         assert engine.apply(cmd) == expected[i], (i, cmd)
         engine.check()
     assert engine.snapshot() == straight.snapshot()
+    assert all_balances(engine) == all_balances(straight)
+    assert engine.ledger is not None and straight.ledger is not None
+    assert engine.ledger.supply == straight.ledger.supply
 
 
 @SETTINGS
 @given(FLOWS)
 def test_determinism(ops: list[tuple[Any, ...]]) -> None:
+    """Replaying the same commands gives byte-identical events and balances."""
     a, b = run(ops), run(ops)
     assert a.events == b.events
+    assert repr(a.events).encode() == repr(b.events).encode()
     assert a.engine is not None and b.engine is not None
     assert a.engine.snapshot() == b.engine.snapshot()
+    assert repr(all_balances(a.engine)).encode() == repr(all_balances(b.engine)).encode()
 
 
 @SETTINGS
@@ -265,3 +298,123 @@ def test_depth_and_bbo_match_reference(ops: list[tuple[Any, ...]]) -> None:
             assert engine.book(s).depth(0) == ([], [])
             assert engine.book(s).bbo() == ref.bbo(s)
             assert engine.last_price(s) == ref.last_price(s)
+
+
+# -- money ----------------------------------------------------------------------------------------
+
+
+def all_balances(engine: MatchingEngine) -> dict[str, dict[str, tuple[int, int]]]:
+    assert engine.ledger is not None
+    accounts = engine_accounts(engine) | {FEE_ACCOUNT}
+    return {a: {x: engine.ledger.balance(a, x) for x in ASSETS} for a in sorted(accounts)}
+
+
+@SETTINGS
+@given(FLOWS)
+def test_conservation_after_every_command(ops: list[tuple[Any, ...]]) -> None:
+    """Recomputed here from the ledger's reading API and the transfer events, not from
+    ``check()``: per asset the sum over accounts (fee account included) of available + locked
+    is deposits - withdrawals; each account's locked is what its open orders hold; nothing is
+    negative."""
+    markets = small_markets()
+    engine = MatchingEngine(markets)
+    assert engine.ledger is not None
+    net = dict.fromkeys(ASSETS, 0)
+    for cmd in build_commands(SMALL_SPECS, ops):
+        events = engine.apply(cmd)
+        engine.check()
+        for e in events:
+            if e[0] == "transfer" and e[9] == e[1] and e[7] == COMPLETED:  # a first outcome
+                net[e[4]] += e[5] if e[2] == DEPOSIT else -e[5]
+        balances = all_balances(engine)
+        for asset in ASSETS:
+            total = sum(b[asset][0] + b[asset][1] for b in balances.values())
+            assert total == net[asset] == engine.ledger.supply[asset], (asset, cmd)
+        held: dict[tuple[str, str], int] = {}
+        for order in engine.index.orders.values():
+            m = markets[order.symbol]
+            key = (order.account, m.quote_asset if order.side == BUY else m.base_asset)
+            assert order.locked > 0, order  # every open order holds something
+            held[key] = held.get(key, 0) + order.locked
+        for account, mine in balances.items():
+            for asset, (available, locked) in mine.items():
+                assert available >= 0 and locked >= 0, (account, asset, cmd)
+                assert locked == held.get((account, asset), 0), (account, asset, cmd)
+
+
+def _fee1(price: int, rate: Fraction) -> int:
+    return math.ceil(price * rate)
+
+
+@SETTINGS
+@given(FLOWS)
+def test_open_orders_hold_exactly_their_rule(ops: list[tuple[Any, ...]]) -> None:
+    """After every command each open order holds exactly what the contract's hold rule says
+    for its remainder (a priced buy ``remaining * (P + fee1(P)) * atom_units``, a waiting
+    stop-market buy the same at its stop price, a sell ``remaining * lot_units``)."""
+    markets = small_markets()
+    engine = MatchingEngine(markets)
+    for cmd in build_commands(SMALL_SPECS, ops):
+        engine.apply(cmd)
+        for order in engine.index.orders.values():
+            m = markets[order.symbol]
+            if order.side == SELL:
+                want = order.remaining * m.lot_units
+            else:
+                waiting_market = order.type in (STOP_LOSS, TAKE_PROFIT) and order.status == NEW
+                price = order.stop_price if waiting_market else order.price
+                assert price is not None, order
+                rate = Fraction(m.taker_fee_rate)
+                want = order.remaining * (price + _fee1(price, rate)) * m.atom_units
+            assert order.locked == want, (cmd, order.id, order.locked, want)
+
+
+@SETTINGS
+@given(FLOWS)
+def test_refusals_and_repeats_change_no_balance(ops: list[tuple[Any, ...]]) -> None:
+    """An order rejected at entry, an amend refused, a withdrawal rejected and a repeated
+    transfer reference leave every balance as it was."""
+    engine = MatchingEngine(small_markets())
+    for cmd in build_commands(SMALL_SPECS, ops):
+        before = all_balances(engine)
+        events = engine.apply(cmd)
+        first = events[0] if events else None
+        unchanged = False
+        if isinstance(cmd, NewOrder) and first is not None and first[4] == REJECTED:
+            unchanged = True
+            assert events == [first]
+        elif isinstance(cmd, AmendOrder) and first is not None and first[0] == "reject":
+            unchanged = True
+            assert events == [first]
+        elif isinstance(cmd, (Deposit, Withdrawal)):
+            (e,) = events
+            assert e[0] == "transfer" and e[1] == cmd.id
+            unchanged = e[9] != cmd.id or e[7] == REJECTED
+            if e[9] == cmd.id:  # a first outcome reports the command itself
+                assert e[3:6] == (cmd.account, cmd.asset, cmd.amount) and e[10] == cmd.ts
+        if unchanged:
+            after = all_balances(engine)
+            assert {a: b for a, b in after.items() if a in before} == before, cmd
+            assert all(v == (0, 0) for a, b in after.items() if a not in before for v in b.values())
+
+
+@SETTINGS
+@given(FLOWS)
+def test_balances_match_the_reference_ledger(ops: list[tuple[Any, ...]]) -> None:
+    markets = small_markets()
+    engine = MatchingEngine(markets)
+    ref = ReferenceEngine(markets)
+    assert ref.ledger is not None and engine.ledger is not None
+    for cmd in build_commands(SMALL_SPECS, ops):
+        assert engine.apply(cmd) == ref.apply(cmd), cmd
+        ref.check()
+        for account in engine_accounts(engine) | set(ref.ledger.accounts()) | {FEE_ACCOUNT}:
+            for asset in ASSETS:
+                assert engine.ledger.balance(account, asset) == ref.balance(account, asset), (
+                    cmd,
+                    account,
+                    asset,
+                )
+        for oid, o in ref.open.items():
+            mine = engine.order(oid)
+            assert mine is not None and mine.locked == o.lock, (cmd, oid)
