@@ -19,7 +19,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from engine.markets import Market
+from engine.markets import Asset, Market, assets_of
 from engine.units import SchemaError
 from protocol.config import load_markets, redis_url
 from protocol.keys import Keys, Namespace
@@ -88,6 +88,8 @@ class Fairbook:
     connections: DirectConnections | None = None
     #: the OpenAPI document as served (this deployment's symbols in ``Symbol``), encoded once
     openapi: bytes = b""
+    #: every asset the markets trade (``engine.markets.assets_of``), computed once
+    assets: dict[str, Asset] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.connections = DirectConnections(self.redis)
@@ -122,10 +124,11 @@ class Fairbook:
 
 
 def openapi_document(markets: dict[str, Market]) -> dict[str, Any]:
-    """The shipped OpenAPI document with this deployment's symbols as the ``Symbol`` enum (the
-    file itself lists none: the symbols file decides them)."""
+    """The shipped OpenAPI document with this deployment's symbols as the ``Symbol`` enum and
+    its assets as the ``Asset`` enum (the file itself lists none: the symbols file decides)."""
     doc = orjson.loads(OPENAPI_PATH.read_bytes())
     doc["components"]["schemas"]["Symbol"]["enum"] = sorted(markets)
+    doc["components"]["schemas"]["Asset"]["enum"] = sorted(assets_of(markets))
     return doc
 
 
@@ -259,11 +262,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["fairbook"] = Fairbook(
         markets=markets, namespace=namespace, redis=client, reply_timeout=reply_timeout,
         max_backlog=int(max_backlog), openapi=orjson.dumps(openapi_document(markets)),
+        assets=assets_of(markets),
     )  # fmt: skip
 
     _register_error_handlers(app)
 
-    from web import accounts, api, headers, limits
+    from web import accounts, api, headers, limits, money
 
     # first: its before_request counts every request, even one a later hook refuses
     limits.init_app(app, client, app.extensions["fairbook"].connections,
@@ -271,6 +275,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     headers.init_app(app)  # CSP, X-Frame-Options, nosniff, Referrer-Policy
     app.register_blueprint(api.public)
+    money.init_app(app)  # imported above: its routes are on api.private before it is registered
     app.register_blueprint(api.private)
     accounts.init_app(app)
     from web import ws

@@ -65,8 +65,9 @@ end
 redis.call('XADD', KEYS[2], '*', 'c', body)
 return id
 """
-#: ops refused at the backlog bound: those that add work; cancels always go through
-BOUNDED_OPS = frozenset({"new", "amend"})
+#: ops refused at the backlog bound: those that add work (orders, amends, money moving in or
+#: out); cancels always go through
+BOUNDED_OPS = frozenset({"new", "amend", "deposit", "withdrawal"})
 
 
 class Overloaded(Exception):
@@ -336,8 +337,8 @@ class Journal:
     def append(self, command: dict[str, Any]) -> int:
         """Assign the public id and journal the command (one round trip); returns the id and
         sets ``command["id"]``. EVAL, not EVALSHA: no NOSCRIPT round trip after a restart.
-        Raises :class:`Overloaded` (nothing journaled) for a new order or an amend while the
-        backlog is at ``max_backlog``."""
+        Raises :class:`Overloaded` (nothing journaled) for a new order, an amend, a deposit or a
+        withdrawal while the backlog is at ``max_backlog``."""
         body = wire.dumps({k: v for k, v in command.items() if k != "id"})
         bound = self.max_backlog if command.get("op") in BOUNDED_OPS else 0
         k = self.keys

@@ -296,11 +296,11 @@ class Processor:
             st.reason = reason
         if not detached:
             work.dirty[oid] = st
-        if status != REJECTED and self.engine.ledger is not None:
+        if self.engine.ledger is not None:
             held = self.engine.index.orders.get(oid)
             asset = market.quote_asset if st.side == BUY else market.base_asset
             st.locked = self.assets[asset].format(0 if held is None else held.locked)
-            if work.emit:
+            if work.emit and status != REJECTED:  # a rejection moved nothing
                 work.touched[(account, asset)] = None
         if not work.emit:
             if oid == outcome.target:

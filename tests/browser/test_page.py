@@ -1,8 +1,10 @@
 """The trading page in a real headless Chromium against a real stack (redis, worker, gunicorn).
 
-Flow: account A's key entered on the page, an order placed from the page shows in open orders;
-account B crosses it over REST; the fill (private channel) and the trade (public tape) appear.
-A screenshot is saved to tests/browser/artifacts/ (gitignored).
+Flow: account A's key entered on the page shows its balances; the order form says what an order
+would lock, one it cannot pay for is rejected; an order placed from the page shows in open orders
+and locks its funds; account B crosses it over REST; the fill (private channel), the trade
+(public tape) and the new balances (private ``balance`` events) appear. A screenshot is saved to
+tests/browser/artifacts/ (gitignored).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import requests
 
 from bench.stack import Stack
+from tests.web.funding import fund
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -41,6 +44,8 @@ def test_place_see_open_cross_and_fill(stack, chromium):
 
     alice = stack.create_account("alice")
     bob = stack.create_account("bob")
+    fund(stack, alice["account_id"], {"BTC": "1", "USDT": "100"})
+    fund(stack, bob["account_id"])
     # some depth for the ladder to show
     for side, price in (("sell", "101.50"), ("sell", "102"), ("buy", "98"), ("buy", "97.25")):
         r = requests.post(
@@ -89,14 +94,31 @@ def test_place_see_open_cross_and_fill(stack, chromium):
             assert page.evaluate("sessionStorage.getItem('fairbook.apiKey')") == alice["api_key"]
             assert page.evaluate("localStorage.getItem('fairbook.apiKey')") is None
             assert page.evaluate("localStorage.length") == 0
+            usdt = page.locator("#balances tr[data-asset='USDT']")
+            btc = page.locator("#balances tr[data-asset='BTC']")
+            expect(usdt.locator("td.available")).to_have_text("100.00000000")
+            expect(usdt.locator("td.locked")).to_have_text("0.00000000")
+            expect(btc.locator("td.available")).to_have_text("1.00000000")
 
             page.click("#side-buy")
             page.select_option("#type", "limit")
             page.select_option("#tif", "GTC")
             page.fill("#price", "99.50")
-            page.fill("#quantity", "0.2")
+            page.fill("#quantity", "2")  # 199 USDT and the fee: more than alice has
+            expect(page.locator("#order-lock")).to_have_text(
+                "Locks 199.2 USDT · available 100 · not enough")
+            page.click("#submit")
+            expect(page.locator("#order-result")).to_have_text("rejected: insufficient_funds")
+            page.click("#side-sell")  # a sell locks its quantity of the base
+            expect(page.locator("#order-lock")).to_have_text(
+                "Locks 2 BTC · available 1 · not enough")
+            page.click("#side-buy")
+            page.fill("#quantity", "0.2")  # 0.2 x 99.50 + 0.00001 USDT per lot (each lot's fee)
+            expect(page.locator("#order-lock")).to_have_text("Locks 19.92 USDT · available 100")
             page.click("#submit")
             expect(page.locator("#order-result")).to_contain_text("new")
+            expect(usdt.locator("td.locked")).to_have_text("19.92000000")
+            expect(usdt.locator("td.available")).to_have_text("80.08000000")
             row = page.locator("#open-orders tr")
             expect(row).to_have_count(1)
             order_id = row.first.get_attribute("data-order-id")
@@ -131,6 +153,11 @@ def test_place_see_open_cross_and_fill(stack, chromium):
             expect(page.locator("#last-price")).to_have_text("99.50")
             expect(page.locator("#open-orders tr").first).to_contain_text("partially filled")
             expect(page.locator("#book-bids .lvl").first).to_contain_text("0.15000")
+            # paid 4.975 + the 0.004975 maker fee; the rest, 0.15 x 99.50 + fees, stays locked
+            expect(usdt.locator("td.locked")).to_have_text("14.94000000")
+            expect(usdt.locator("td.available")).to_have_text("80.08002500")
+            expect(btc.locator("td.available")).to_have_text("1.05000000")
+            expect(page.locator("#open-orders tr").first).to_contain_text("14.94000000 USDT")
 
             page.wait_for_timeout(500)  # let the flash animations settle
             ARTIFACTS.mkdir(exist_ok=True)
@@ -141,6 +168,8 @@ def test_place_see_open_cross_and_fill(stack, chromium):
             # cancel from the page
             page.locator("#open-orders tr").first.locator("button.cancel").click()
             expect(page.locator("#open-orders tr")).to_have_count(0)
+            expect(usdt.locator("td.locked")).to_have_text("0.00000000")  # all released
+            expect(usdt.locator("td.available")).to_have_text("95.02002500")
             page.wait_for_timeout(300)
 
             assert errors == [], errors

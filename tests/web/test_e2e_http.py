@@ -1,7 +1,8 @@
 """End to end over real HTTP: redis-server + ``python -m worker`` + ``gunicorn app:app``.
 
-Every test opens fresh accounts and cancels their orders afterwards, so the shared books start
-empty for the next test (the last trade price carries over; stop tests set their own).
+Every test opens fresh accounts, funded generously (orders need the money they may spend), and
+cancels their orders afterwards, so the shared books start empty for the next test (the last
+trade price carries over; stop tests set their own).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import requests
 
 from bench.stack import Stack
 from redis_server import wait_until
+from tests.web.funding import fund
 
 pytestmark = pytest.mark.e2e
 
@@ -39,12 +41,13 @@ def operator(stack) -> dict[str, str]:
 
 
 class Client:
-    """One account's HTTP session."""
+    """One account's HTTP session (its account funded with every asset)."""
 
     def __init__(self, stack: Stack, name: str) -> None:
         self.stack = stack
         acct = stack.create_account(name)
         self.account_id = acct["account_id"]
+        fund(stack, self.account_id)
         self.session = requests.Session()
         self.session.headers["X-API-Key"] = acct["api_key"]
 

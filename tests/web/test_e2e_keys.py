@@ -19,6 +19,7 @@ import websocket
 
 from bench.stack import ROOT, Stack
 from tests.redis_server import RedisServer, free_port
+from tests.web.funding import fund
 from web.journal import Journal
 
 pytestmark = pytest.mark.e2e
@@ -104,6 +105,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 def test_revoke_key_closes_its_socket_within_a_second(stack):
     acct = stack.create_account("revoked")
     key, account = acct["api_key"], acct["account_id"]
+    fund(stack, account)
     other = stack.create_account("bystander")
     sock, bystander = Socket(stack), Socket(stack)
     for s, a in ((sock, acct), (bystander, other)):
@@ -127,7 +129,11 @@ def test_revoke_key_closes_its_socket_within_a_second(stack):
     seen, code, reason, closed_at = sock.frames_until_close(timeout=5)
     assert (code, reason) == (1008, "api key revoked")
     assert closed_at - revoked_at < 1.0, f"closed {closed_at - revoked_at:.2f} s after revoke"
-    assert not [m for m in seen if m.get("channel") == "orders" and m["data"]["order_id"] == late]
+    private = [m for m in seen if m.get("channel") == "orders"]
+    assert not [m for m in private if m["type"] != "balance" and m["data"]["order_id"] == late]
+    # nor its balance change: a balance frame here can only be the first order's (0.1 x 50 and
+    # the fee reserve locked; the late one would have made it 10.111)
+    assert all(m["data"]["locked"] == "5.00500000" for m in private if m["type"] == "balance")
     sock.close()
 
     # the key is dead for REST and for new sockets; the bystander is untouched
@@ -182,6 +188,8 @@ def test_whole_stack_on_a_password_protected_redis(tmp_path):
             assert done.returncode == 0, done.stderr
             maker = json.loads(done.stdout)
             taker = stack.create_account("taker")
+            for who in (maker, taker):  # in both partitions
+                fund(stack, who["account_id"])
             sock = Socket(stack)
             sock.send({"op": "subscribe", "channels": [f"trades:{SYM}", "trades:BTC-USDT"]})
             sock.until(lambda m: m.get("type") == "subscribed")
@@ -246,6 +254,13 @@ def test_whole_stack_over_tls(tmp_path):
             assert done.returncode == 0, done.stderr
             maker = json.loads(done.stdout)
             taker = json.loads(flask_cli(stack, "create-account", "taker").stdout)
+            # funded by the operators' CLI: it too speaks TLS, and waits for the worker's answer
+            for who, asset, amount in ((maker, "ETH", "0.1"), (taker, "USDT", "10.01")):
+                done = flask_cli(stack, "deposit", who["account_id"], asset, amount)
+                assert done.returncode == 0, done.stderr
+                transfer = json.loads(done.stdout)
+                assert (transfer["status"], transfer["account_id"]) == ("completed",
+                                                                        who["account_id"])
             sock = Socket(stack)
             sock.send({"op": "subscribe", "channels": [f"trades:{SYM}"]})
             sock.until(lambda m: m.get("type") == "subscribed")

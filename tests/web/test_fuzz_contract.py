@@ -43,6 +43,7 @@ from bench.stack import ROOT, Stack
 from engine.commands import PRICED_TYPES, STOP_TYPES
 from protocol.config import load_markets
 from tests.strategies import json_values
+from tests.web.funding import fund
 from web.accounts import revoke_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fuzz]
@@ -90,17 +91,21 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keys(stack) -> dict[str, str]:
-    """The keys the fuzzer sends: owner, another account, revoked, unknown, too long."""
-    owner = stack.create_account("fuzz-owner")["api_key"]
-    other = stack.create_account("fuzz-other")["api_key"]
-    revoked = stack.create_account("fuzz-revoked")["api_key"]
+    """The keys the fuzzer sends: owner, another account, an operator (the admin routes),
+    revoked, unknown, too long. Owner and other are funded: their orders can rest and trade."""
+    accounts = {name: stack.create_account(f"fuzz-{name}", operator=name == "operator")
+                for name in ("owner", "other", "operator", "revoked")}  # fmt: skip
+    for name in ("owner", "other"):
+        fund(stack, accounts[name]["account_id"])
+    owner, other, revoked = (accounts[n]["api_key"] for n in ("owner", "other", "revoked"))
     client = stack.redis()
     try:
         revoke_key(client, revoked, stack.namespace.global_keys)
     finally:
         client.close()
-    return {"owner": owner, "other": other, "revoked": revoked,
-            "unknown": "fb_" + "x" * 43, "too_long": "k" * 300}  # fmt: skip
+    return {"owner": owner, "other": other, "operator": accounts["operator"]["api_key"],
+            "revoked": revoked, "unknown": "fb_" + "x" * 43, "too_long": "k" * 300,
+            "owner_account": accounts["owner"]["account_id"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +161,19 @@ def _make_valid(data: Any, body: dict[str, Any]) -> None:
         body["time_in_force"] = "IOC"
 
 
+TRANSFERS = {"/api/v1/withdrawals", "/api/v1/admin/deposits"}
+
+
+def _make_valid_transfer(data: Any, body: dict[str, Any], account: str) -> None:
+    """A positive deposit or withdrawal body the engine takes: an amount on the asset's unit
+    (8 decimals), partition 0 or absent, and a deposit for the owner's account."""
+    units = data.draw(st.integers(1, 10**12))
+    body["amount"] = f"{units // 10**8}.{units % 10**8:08d}"
+    body["partition"] = data.draw(st.sampled_from([0, None]))
+    if "account_id" in body:
+        body["account_id"] = account
+
+
 #: orders are placed first and cancelled all at once last, so reads, amends and cancels by id
 #: in between find open ones
 FIRST = ["POST /api/v1/orders", "GET /api/v1/orders", "GET /api/v1/orders/{order_id}",
@@ -182,8 +200,8 @@ def _fuzz(stack: Stack, session: requests.Session, keys: dict[str, str], operati
     def run(data: Any) -> None:
         case = data.draw(strategy)
         if not (mode.is_negative and _mutated(case, "header")):
-            who = data.draw(st.sampled_from(
-                ["owner"] * 10 + ["other", "revoked", "unknown", "too_long", None]))  # fmt: skip
+            who = data.draw(st.sampled_from(["owner"] * 10 + [
+                "other", "operator", "revoked", "unknown", "too_long", None]))  # fmt: skip
             case.headers = dict(case.headers or {})
             case.headers.pop("X-API-Key", None)
             if who is not None:
@@ -193,11 +211,14 @@ def _fuzz(stack: Stack, session: requests.Session, keys: dict[str, str], operati
             case.path_parameters["order_id"] = str(data.draw(st.sampled_from(sorted(created))))
         if (mode.is_positive and isinstance(case.body, dict) and operation.method.upper() == "POST"
                 and data.draw(st.integers(0, 3))):  # three in four: made valid  # fmt: skip
-            _make_valid(data, case.body)
+            if operation.path in TRANSFERS:
+                _make_valid_transfer(data, case.body, keys["owner_account"])
+            else:
+                _make_valid(data, case.body)
         response = case.call_and_validate(
             base_url=stack.url, session=session, checks=checks, timeout=30)
         statuses[(operation.label, response.status_code)] += 1
-        if operation.method.upper() == "POST" and response.status_code in (201, 202):
+        if operation.label == "POST /api/v1/orders" and response.status_code in (201, 202):
             created[response.json()["order_id"]] = case.headers["X-API-Key"]
 
     try:
@@ -363,7 +384,9 @@ def test_websocket_messages_get_json_answers_and_others_keep_their_data(stack, k
         print(f"\nwebsocket fuzz: {dict(counts)}")
         assert counts["error"] > 0
         # the other client's subscription still delivers: one trade between two accounts
-        other = stack.create_account("ws-fuzz-maker")["api_key"]
+        maker = stack.create_account("ws-fuzz-maker")
+        fund(stack, maker["account_id"])
+        other = maker["api_key"]
         for key, side in ((other, "sell"), (keys["owner"], "buy")):
             resp = requests.post(stack.url + "/api/v1/orders", headers={"X-API-Key": key},
                                  json={"symbol": SYMBOL, "side": side, "price": "12345.00",

@@ -4,8 +4,9 @@ In process (Flask test client, the session Redis): 429 ``rate_limited`` with ``R
 API key and per address, one count shared by two apps, limits off, the counters' key names, a
 dead Redis failing over to in-memory counts. End to end (``bench.stack.Stack``: gunicorn, the
 worker): socket caps per address (JSON 429 before the upgrade) and per key (close 1008), and a
-stopped worker's journal filled to the bound (503 ``overloaded``, nothing journaled, cancels
-still accepted, everything below the bound applied once on restart).
+stopped worker's journal filled to the bound (503 ``overloaded`` for orders, amends and
+withdrawals, nothing journaled, cancels still accepted, everything below the bound applied once
+on restart).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import websocket
 from bench.stack import Stack
 from protocol.keys import Keys
 from redis_server import RedisServer, wait_until
+from tests.web.funding import fund
 from web.accounts import create_account, hash_key
 from web.app import create_app
 from web.journal import Journal, Overloaded
@@ -352,7 +354,9 @@ def test_websocket_auth_ops_count_against_the_key_limit(stack):
 
 @pytest.mark.e2e
 def test_backlog_bound_with_a_stopped_worker(stack):
-    key = {"X-API-Key": stack.create_account("backlog")["api_key"]}
+    acct = stack.create_account("backlog")
+    fund(stack, acct["account_id"])
+    key = {"X-API-Key": acct["api_key"]}
     url = stack.url + "/api/v1/orders"
     rdb = stack.redis()
     keys = stack.namespace.keys(0)
@@ -375,6 +379,11 @@ def test_backlog_bound_with_a_stopped_worker(stack):
         amend = requests.patch(f"{url}/{first}", json={"quantity": "0.02"}, headers=key,
                                timeout=10)  # fmt: skip
         assert amend.status_code == 503 and amend.json()["error"]["code"] == "overloaded"
+        withdrawal = requests.post(stack.url + "/api/v1/withdrawals", headers=key, timeout=10,
+                                   json={"asset": "USDT", "amount": "1",
+                                         "client_withdrawal_id": "w-backlog"})  # fmt: skip
+        assert withdrawal.status_code == 503, withdrawal.text
+        assert withdrawal.json()["error"]["code"] == "overloaded"
         assert rdb.xlen(keys.stream) == length  # nothing journaled by the refusals
         cancel = requests.delete(f"{url}/{first}", headers=key, timeout=10)
         assert cancel.status_code == 202, cancel.text  # cancels still go through

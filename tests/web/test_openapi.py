@@ -15,10 +15,27 @@ import schemathesis
 from flask import jsonify
 
 import openapi_conformance
-from engine.commands import ORDER_TYPES, SIDES, STATUSES, STP_MODES, TIME_IN_FORCES, Reason
+from engine.commands import (
+    COMPLETED,
+    DEPOSIT,
+    ORDER_TYPES,
+    SIDES,
+    STATUSES,
+    STP_MODES,
+    TIME_IN_FORCES,
+    WITHDRAWAL,
+    Reason,
+)
 from engine.markets import MARKET_FIELDS
 from engine.units import _DECIMAL_TEXT, ErrorCode
-from engine.validation import _IDENTIFIER, AMEND_REQUEST_FIELDS, ORDER_REQUEST_FIELDS
+from engine.validation import (
+    _IDENTIFIER,
+    AMEND_REQUEST_FIELDS,
+    DEPOSIT_REQUEST_FIELDS,
+    ORDER_REQUEST_FIELDS,
+    TRANSFER_REFERENCE,
+    WITHDRAWAL_REQUEST_FIELDS,
+)
 from web.app import OPENAPI_PATH
 
 DOC = json.loads(OPENAPI_PATH.read_text())
@@ -75,13 +92,33 @@ def test_enumerations_and_patterns_are_the_engines() -> None:
     assert SCHEMAS["ClientOrderId"]["pattern"] == f"^{_IDENTIFIER.pattern}$"
 
 
+def test_money_schemas_are_the_engines() -> None:
+    assert set(SCHEMAS["WithdrawalRequest"]["properties"]) == WITHDRAWAL_REQUEST_FIELDS
+    assert set(SCHEMAS["DepositRequest"]["properties"]) == DEPOSIT_REQUEST_FIELDS
+    for kind in ("Transfer", "TransferAccepted"):
+        schema = SCHEMAS[kind]
+        assert set(schema["properties"]["type"]["enum"]) == {DEPOSIT, WITHDRAWAL}
+        assert set(TRANSFER_REFERENCE.values()) <= set(schema["properties"])
+    transfer = SCHEMAS["Transfer"]["properties"]
+    assert set(transfer["status"]["enum"]) == {COMPLETED, "rejected"}
+    assert _enum(transfer["reason"]) == {Reason.INSUFFICIENT_FUNDS}
+    for name in ("AccountId", "TransferReference"):
+        assert SCHEMAS[name]["pattern"] == f"^{_IDENTIFIER.pattern}$"
+    assert {"locked", "locked_asset"} <= set(SCHEMAS["Order"]["required"])
+    assert "forbidden" in DOC["components"]["responses"]["Forbidden"]["content"][
+        "application/json"]["schema"]["properties"]["error"]["properties"]["code"]["enum"]
+
+
 def test_the_document_is_served_with_this_deployments_symbols(client, web_app) -> None:
     resp = client.get("/api/v1/openapi.json")
     assert resp.status_code == 200 and resp.mimetype == "application/json"
     served = resp.get_json()
-    markets = sorted(web_app.extensions["fairbook"].markets)
-    assert served["components"]["schemas"]["Symbol"]["enum"] == markets
+    state = web_app.extensions["fairbook"]
+    assert served["components"]["schemas"]["Symbol"]["enum"] == sorted(state.markets)
+    assert served["components"]["schemas"]["Asset"]["enum"] == sorted(state.assets)
+    assert sorted(state.assets) == ["BTC", "DOGE", "ETH", "SOL", "USDT"]
     del served["components"]["schemas"]["Symbol"]["enum"]
+    del served["components"]["schemas"]["Asset"]["enum"]
     assert served == DOC
 
 

@@ -31,6 +31,7 @@ def order_object(order_id: int, account_status: str = "new", **over) -> dict:
         "reject_reason": None, "price": "100.5", "stop_price": None, "quantity": "0.01",
         "quote_quantity": None, "filled_quantity": "0", "remaining_quantity": "0.01",
         "cum_quote": "0", "created_at": 1, "updated_at": 1, "fills": [],
+        "locked": "1.00610000", "locked_asset": "USDT",  # 0.01 x 100.5 + 11 atoms per lot
     }  # fmt: skip
     base.update(over)
     return base

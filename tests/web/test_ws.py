@@ -20,6 +20,7 @@ import requests
 import websocket
 
 from bench.stack import Stack
+from tests.web.funding import fund
 from web.journal import Journal
 
 pytestmark = pytest.mark.e2e
@@ -29,11 +30,16 @@ SYMBOL = "BTC-USDT"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """One stack for the module; small socket buffers so a non-reading client backs up fast."""
+    """One stack for the module; small socket buffers so a non-reading client backs up fast.
+
+    The queue holds more frames than one worker batch can make trades (a batch is at most 1,000
+    journal entries, so 500 trades of one symbol, fanned out at once): a client that reads as
+    fast as it can must never be taken for a slow one because the worker fell behind and
+    committed a large batch (with the ledger on, the worker is slower, so this happens)."""
     st = Stack(
         log_dir=tmp_path_factory.mktemp("ws-stack"),
         env={
-            "FAIRBOOK_WS_QUEUE": "300",
+            "FAIRBOOK_WS_QUEUE": "600",
             "FAIRBOOK_WS_SNDBUF": "4096",
             "FAIRBOOK_WS_CLOSE_TIMEOUT": "30",
             "FAIRBOOK_WS_PING_INTERVAL": "5",
@@ -178,6 +184,8 @@ def test_errors_keep_the_socket_usable(stack):
 
 def test_book_snapshot_and_updates_reproduce_rest_book(stack):
     accounts = [stack.create_account(f"mm{i}")["account_id"] for i in range(4)]
+    for account in accounts:
+        fund(stack, account)
     journal = Journal(stack.redis(), 0)
     # some book before anyone subscribes, so the snapshot is not empty
     rng = random.Random(7)
@@ -267,7 +275,9 @@ def test_book_snapshot_and_updates_reproduce_rest_book(stack):
 def test_private_fills_reach_only_their_owner(stack):
     alice = stack.create_account("alice")
     bob = stack.create_account("bob")
-    carol = stack.create_account("carol")
+    carol = stack.create_account("carol")  # not funded: nothing ever happens to her account
+    for acct in (alice, bob):
+        fund(stack, acct["account_id"])
     sockets = {}
     for name, acct in (("alice", alice), ("carol", carol)):
         s = Client(stack)
@@ -308,6 +318,8 @@ def test_private_fills_reach_only_their_owner(stack):
 def test_slow_consumer_is_closed_and_others_get_everything(stack):
     maker = stack.create_account("slow-maker")["account_id"]
     taker = stack.create_account("slow-taker")["account_id"]
+    for account in (maker, taker):
+        fund(stack, account)
     journal = Journal(stack.redis(), 0)
     start = requests.get(f"{stack.url}/api/v1/trades/SOL-USDT?limit=1", timeout=5).json()
     first = start[0]["trade_id"] + 1 if start else 1

@@ -1,5 +1,6 @@
 // Fairbook trading page: vanilla JS, one WebSocket, REST for orders. Prices and quantities stay
-// decimal strings; sums (cumulative depth) use BigInt scaled integers, never floats.
+// decimal strings; sums (cumulative depth, what an order locks) use BigInt scaled integers, never
+// floats.
 "use strict";
 
 const DEPTH = 20;
@@ -9,6 +10,7 @@ const state = {
   lastMessage: 0, apiKey: sessionStorage.getItem("fairbook.apiKey") || "", account: null,
   book: { bids: new Map(), asks: new Map(), seq: null }, bookDirty: false,
   trades: [], tradeSeq: null, openOrders: new Map(), side: "buy", subscribed: [],
+  balances: new Map(), // "partition:asset" -> {partition, asset, available, locked}
 };
 
 // -- decimal strings -------------------------------------------------------------------------
@@ -24,6 +26,16 @@ function fromUnits(units, scale) {
 }
 function subDec(a, b, scale) { return fromUnits(toUnits(a, scale) - toUnits(b, scale), scale); }
 function addDec(a, b, scale) { return fromUnits(toUnits(a, scale) + toUnits(b, scale), scale); }
+function trimZeros(text) { return text.includes(".") ? text.replace(/0+$/, "").replace(/\.$/, "") : text; }
+// a decimal string as a whole number of `step`s (null: not a positive multiple of it)
+function steps(text, step) {
+  if (!/^[0-9]{1,18}(\.[0-9]{1,18})?$/.test(text)) return null;
+  const scale = Math.max(decimals(text), decimals(step));
+  const v = toUnits(text, scale), s = toUnits(step, scale);
+  return s > 0n && v > 0n && v % s === 0n ? v / s : null;
+}
+function ceilDiv(a, b) { return a >= 0n ? (a + b - 1n) / b : -((-a) / b); } // b > 0
+function cmpDec(a, b) { const s = Math.max(decimals(a), decimals(b)); const x = toUnits(a, s), y = toUnits(b, s); return x < y ? -1 : x > y ? 1 : 0; }
 function cmpPrice(a, b) { const s = Math.max(decimals(a), decimals(b)); const x = toUnits(a, s), y = toUnits(b, s); return x < y ? -1 : x > y ? 1 : 0; }
 function market() { return state.markets[state.symbol]; }
 function qtyScale() { return decimals(market().lot_size); }
@@ -81,11 +93,11 @@ function resubscribe(channel) { send({ op: "subscribe", channels: [channel] }); 
 
 function onMessage(m) {
   if (m.type === "error") { showResult(`${m.code}: ${m.message}`, true); if (m.code === "unauthorized") $("account").textContent = "bad key"; return; }
-  if (m.type === "authenticated") { state.account = m.account; $("account").textContent = `account ${m.account}`; send({ op: "subscribe", channels: ["orders"] }); loadOrders(); return; }
+  if (m.type === "authenticated") { state.account = m.account; $("account").textContent = `account ${m.account}`; send({ op: "subscribe", channels: ["orders"] }); loadOrders(); loadBalances(); return; }
   if (m.type === "subscribed" || m.type === "unsubscribed" || m.type === "pong") return;
   const ch = m.channel || "";
   if (m.type === "resync") {
-    if (ch === "orders") loadOrders();
+    if (ch === "orders") { loadOrders(); loadBalances(); }
     else if (ch.startsWith("trades:")) loadTrades();
     return; // book and bbo: a fresh snapshot follows
   }
@@ -172,6 +184,9 @@ function onPrivate(m) {
   if (m.type === "order") {
     if (OPEN.has(d.status)) state.openOrders.set(String(d.order_id), d); else state.openOrders.delete(String(d.order_id));
     renderOrders();
+  } else if (m.type === "balance") {
+    setBalance(d.partition ?? 0, d);
+    renderBalances();
   } else if (m.type === "fill") {
     const r = el("tr", "new"); r.dataset.tradeId = d.trade_id; r.dataset.orderId = d.order_id;
     r.append(el("td", "", fmtTime(d.timestamp)), el("td", d.side, `${d.side} ${d.symbol}`), el("td", "r", d.price), el("td", "r", d.quantity), el("td", "r", `${d.fee} ${d.fee_asset}`), el("td", "", d.liquidity));
@@ -193,7 +208,8 @@ function renderOrders() {
     const btn = el("button", "cancel", "Cancel"); btn.onclick = () => cancelOrder(o.order_id, btn);
     const td = el("td"); td.append(btn);
     r.append(el("td", "", fmtTime(o.created_at)), el("td", o.side, `${o.side} ${o.symbol}`), el("td", "", o.type.replace("_", " ")),
-      el("td", "r", o.price ?? "market"), el("td", "r", o.quantity ?? o.quote_quantity ?? ""), el("td", "r", o.filled_quantity), el("td", "", o.status.replace("_", " ")), td);
+      el("td", "r", o.price ?? "market"), el("td", "r", o.quantity ?? o.quote_quantity ?? ""), el("td", "r", o.filled_quantity),
+      el("td", "r lock-cell", o.locked === undefined ? "" : `${o.locked} ${o.locked_asset}`), el("td", "", o.status.replace("_", " ")), td);
     return r;
   });
   $("open-orders").replaceChildren(...rows);
@@ -201,6 +217,33 @@ function renderOrders() {
   $("orders-empty").classList.toggle("hidden", rows.length > 0);
   $("orders-empty").textContent = state.apiKey ? "No open orders." : "Connect an API key to see your orders.";
 }
+
+// -- balances --------------------------------------------------------------------------------
+function setBalance(partition, b) {
+  state.balances.set(`${partition}:${b.asset}`, { partition, asset: b.asset, available: b.available, locked: b.locked });
+}
+function balanceOf(asset, partition = 0) { return state.balances.get(`${partition}:${asset}`); }
+async function loadBalances() {
+  if (!state.apiKey) { state.balances.clear(); renderBalances(); return; }
+  try {
+    const rows = await api("GET", "/api/v1/balances");
+    for (const key of [...state.balances.keys()]) if (key.startsWith("0:")) state.balances.delete(key);
+    for (const b of rows) setBalance(0, b);
+    renderBalances();
+  } catch (e) { showResult(String(e.message), true); }
+}
+function renderBalances() {
+  const rows = [...state.balances.values()].sort((a, b) => a.partition - b.partition || (a.asset < b.asset ? -1 : 1)).map((b) => {
+    const r = el("tr"); r.dataset.asset = b.asset; r.dataset.partition = b.partition;
+    r.append(el("td", "asset", b.partition ? `${b.asset} (p${b.partition})` : b.asset), el("td", "r available", b.available), el("td", "r locked", b.locked));
+    return r;
+  });
+  $("balances").replaceChildren(...rows);
+  $("balances-empty").classList.toggle("hidden", rows.length > 0);
+  $("balances-empty").textContent = state.apiKey ? "No balances yet: an operator deposits funds." : "Connect an API key to see your balances.";
+  estimateLock();
+}
+
 async function cancelOrder(id, btn) {
   btn.disabled = true;
   try { const o = await api("DELETE", `/api/v1/orders/${id}`); showResult(`order ${id} ${o.status || "cancel accepted"}`, false); if (o.status && !OPEN.has(o.status)) { state.openOrders.delete(String(id)); renderOrders(); } }
@@ -213,11 +256,44 @@ function setSide(side) {
   state.side = side;
   $("side-buy").classList.toggle("active", side === "buy"); $("side-sell").classList.toggle("active", side === "sell");
   const s = $("submit"); s.className = `submit ${side}`; s.textContent = `${side === "buy" ? "Buy" : "Sell"} ${market() ? market().base_asset : ""}`;
+  estimateLock();
 }
 function syncTicket() {
   const t = $("type").value;
   $("price-row").style.display = t === "market" || t === "stop_loss" ? "none" : "";
   $("stop-row").style.display = t.startsWith("stop") ? "" : "none";
+  estimateLock();
+}
+// What the order will lock at entry, by the engine's rule: a sell its quantity of the base; a buy
+// with a price P (the limit, or a stop market's stop price) quantity x P plus the taker fee of
+// each lot alone at P, rounded up to the quote atom; a market buy all the available quote.
+function lockEstimate() {
+  const m = market(); if (!m) return null;
+  const type = $("type").value;
+  const lots = steps($("quantity").value.trim(), m.lot_size);
+  if (lots === null) return null;
+  if (state.side === "sell") {
+    const lotScale = decimals(m.lot_size);
+    return { asset: m.base_asset, amount: fromUnits(lots * toUnits(m.lot_size, lotScale), lotScale) };
+  }
+  if (type === "market") return { asset: m.quote_asset, amount: null };
+  const ticks = steps($(type === "stop_loss" ? "stop-price" : "price").value.trim(), m.tick_size);
+  if (ticks === null) return null;
+  const rateScale = decimals(m.taker_fee_rate);
+  const fee1 = ceilDiv(ticks * toUnits(m.taker_fee_rate, rateScale), 10n ** BigInt(rateScale));
+  return { asset: m.quote_asset, amount: fromUnits(lots * (ticks + fee1), decimals(m.tick_size) + decimals(m.lot_size)) };
+}
+function estimateLock() {
+  const out = $("order-lock"); const est = lockEstimate();
+  out.className = "lock";
+  if (est === null) { out.textContent = ""; return; }
+  const bal = balanceOf(est.asset);
+  const have = bal ? bal.available : "0";
+  if (est.amount === null) { out.textContent = `Locks all available ${est.asset} while it fills (${trimZeros(have)}); the rest is released`; return; }
+  const short = state.apiKey && cmpDec(est.amount, have) > 0;
+  out.textContent = `Locks ${trimZeros(est.amount)} ${est.asset}` + (state.apiKey ? ` · available ${trimZeros(have)}` : "") + (short ? " · not enough" : "");
+  out.dataset.amount = trimZeros(est.amount); out.dataset.asset = est.asset;
+  if (short) out.classList.add("short");
 }
 async function submitOrder(ev) {
   ev.preventDefault();
@@ -250,6 +326,7 @@ function selectSymbol(sym) {
   state.tradeSeq = null; $("trades").replaceChildren();
   onBbo({});
   setSide(state.side);
+  estimateLock();
   if (state.ws && state.ws.readyState === WebSocket.OPEN) {
     if (old.length) send({ op: "unsubscribe", channels: old });
     state.subscribed = publicChannels();
@@ -265,6 +342,7 @@ async function main() {
   $("api-key").value = state.apiKey;
   $("side-buy").onclick = () => setSide("buy"); $("side-sell").onclick = () => setSide("sell");
   $("type").onchange = syncTicket; syncTicket();
+  for (const id of ["price", "quantity", "stop-price"]) $(id).addEventListener("input", estimateLock);
   $("order-form").onsubmit = submitOrder;
   $("symbol").onchange = () => selectSymbol($("symbol").value);
   $("cancel-all").onclick = async () => { try { const r = await api("DELETE", `/api/v1/orders?symbol=${state.symbol}`); showResult(`cancelled ${(r.cancelled || []).length}`, false); loadOrders(); } catch (e) { showResult(String(e.message), true); } };
@@ -275,8 +353,9 @@ async function main() {
     $("account").textContent = "";
     if (state.ws) state.ws.close(); // reconnect: a socket is bound to one account
     state.openOrders.clear(); renderOrders(); $("fills").replaceChildren();
+    state.balances.clear(); renderBalances();
   };
-  renderOrders();
+  renderOrders(); renderBalances();
   for (;;) {
     try { state.symbols = await api("GET", "/api/v1/symbols"); break; }
     catch (e) { setConn("down", "server unreachable"); await new Promise((r) => setTimeout(r, 2000)); }
