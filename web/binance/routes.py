@@ -301,6 +301,11 @@ def test_order():
     })  # fmt: skip
 
 
+def _amount(value: Decimal, decimals: int) -> str:
+    """An amount with exactly the asset's decimals (as the balance records write them)."""
+    return format(value.quantize(Decimal(1).scaleb(-decimals)), "f")
+
+
 def _rate(rate: Decimal) -> str:
     return format(rate.quantize(Decimal("0.00000001")), "f")
 
@@ -312,10 +317,16 @@ def _record(st: Fairbook, order_id: int) -> tuple[str, dict[str, Any]] | None:
     return parse_order_record(st.get(st.keys(partition).order(order_id)))
 
 
+def _listed(order: dict[str, Any], symbol: str | None) -> bool:
+    """Whether ``/api/v3`` shows the order: a rejected one never was an order on Binance (the
+    request failed with -2010), so it is not found, listed or traded."""
+    return order.get("status") != "rejected" and (symbol is None or order.get("symbol") == symbol)
+
+
 def _orders(st: Fairbook, partition: int, account: str, kinds: tuple[str, ...],
             symbol: str | None) -> list[dict[str, Any]]:  # fmt: skip
     """The account's orders of the partition's ``open``/``closed`` indexes (newest first per
-    index), optionally of one symbol."""
+    index), optionally of one symbol, rejected ones left out."""
     k = st.keys(partition)
     out: list[dict[str, Any]] = []
     for kind in kinds:
@@ -325,7 +336,7 @@ def _orders(st: Fairbook, partition: int, account: str, kinds: tuple[str, ...],
             chunk = [k.order(i) for i in ids[start : start + 500]]
             for raw in st.redis.mget(chunk):
                 record = parse_order_record(raw)
-                if record is not None and (symbol is None or record[1].get("symbol") == symbol):
+                if record is not None and _listed(record[1], symbol):
                     out.append(record[1])
     return out
 
@@ -343,7 +354,7 @@ def _find_order(s: signing.Signed, native: str, open_only: bool) -> dict[str, An
         if order_id >= 2**63:
             return None
         record = _record(st, order_id)
-        if record is None or record[0] != s.account or record[1].get("symbol") != native:
+        if record is None or record[0] != s.account or not _listed(record[1], native):
             return None
         order = record[1]
         if client_id is not None and order.get("client_order_id") != client_id:
@@ -492,15 +503,13 @@ def account():
     s = signing.verify(READ)
     st = state()
     assets = assets_of(st.markets)
-    totals = {name: [0, 0] for name in assets}
+    totals = {name: [Decimal(0), Decimal(0)] for name in assets}
     for partition in st.partitions:
         raw = st.redis.hgetall(st.keys(partition).balances(s.account))
         for row in parse_balances(raw):
-            asset = assets.get(row["asset"])
-            if asset is None:
-                continue
-            totals[row["asset"]][0] += asset.to_units(row["available"])
-            totals[row["asset"]][1] += asset.to_units(row["locked"])
+            if row["asset"] in totals:
+                totals[row["asset"]][0] += Decimal(row["available"])
+                totals[row["asset"]][1] += Decimal(row["locked"])
     markets = list(st.markets.values())
     maker = max((m.maker_fee_rate for m in markets), default=Decimal(0))
     taker = max((m.taker_fee_rate for m in markets), default=Decimal(0))
@@ -520,8 +529,8 @@ def account():
         "preventSor": False,
         "updateTime": _now_ms(),
         "accountType": "SPOT",
-        "balances": [{"asset": name, "free": assets[name].format(free),
-                      "locked": assets[name].format(locked)}
+        "balances": [{"asset": name, "free": _amount(free, assets[name].decimals),
+                      "locked": _amount(locked, assets[name].decimals)}
                      for name, (free, locked) in totals.items()],
         "permissions": ["SPOT"],
         "uid": int(s.account) if s.account.isdigit() else 0,
