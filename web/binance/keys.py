@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import string
 import time
@@ -29,7 +30,7 @@ from flask import Flask
 
 from protocol.keys import Keys
 from web.accounts import hash_key
-from web.binance.vault import Vault, load_server_key
+from web.binance.vault import SECRET_KEY_ENV, SECRET_KEY_FILE_ENV, Vault, load_server_key
 
 HMAC = "hmac"
 ED25519 = "ed25519"
@@ -173,10 +174,17 @@ def list_api_keys(client: redis.Redis, account_id: str, keys: Keys | None = None
 
 
 def vault_of(app: Flask) -> Vault:
-    """The app's vault, made with the server key at first use (the CLI and the web alike)."""
+    """The app's vault, made with the server key at first use (the CLI and the web alike):
+    ``FAIRBOOK_SECRET_KEY`` / ``FAIRBOOK_SECRET_KEY_FILE`` from the app config, else the
+    environment (``FAIRBOOK_SECRET_KEY_BYTES``: raw bytes, for tests)."""
     found = app.extensions.get("fairbook_vault")
     if found is None:
-        key = app.config.get("FAIRBOOK_SECRET_KEY_BYTES") or load_server_key()
+        key = app.config.get("FAIRBOOK_SECRET_KEY_BYTES")
+        if key is None:
+            env = dict(os.environ)
+            env.update({name: str(app.config[name]) for name in (SECRET_KEY_ENV,
+                        SECRET_KEY_FILE_ENV) if app.config.get(name)})  # fmt: skip
+            key = load_server_key(env)
         found = app.extensions["fairbook_vault"] = Vault(key)
     return found
 
@@ -186,6 +194,9 @@ def init_app(app: Flask) -> None:
     [--permissions read,trade]`` and ``list-api-keys ACCOUNT_ID``; revocation is the native
     ``revoke-key KEY`` / ``rotate-key ACCOUNT_ID``."""
     from web.app import state
+
+    if app.config.get(SECRET_KEY_ENV) or os.environ.get(SECRET_KEY_ENV):
+        vault_of(app)  # a malformed key stops start-up here, not in a request
 
     @app.cli.command("create-api-key")
     @click.argument("account_id")

@@ -21,10 +21,17 @@ SERVER_KEY = new_key_text()
 
 
 @pytest.fixture
-def bn_app(redis_url):
+def bn_config() -> dict[str, Any]:
+    """Extra app settings (a test parametrizes this to change them)."""
+    return {}
+
+
+@pytest.fixture
+def bn_app(redis_url, bn_config):
     """The app with a server key of its own (no file written), short reply timeout."""
     app = create_app({"REDIS_URL": redis_url, "FAIRBOOK_REPLY_TIMEOUT": 0.3, "TESTING": True,
-                      "FAIRBOOK_SECRET_KEY_BYTES": base64.urlsafe_b64decode(SERVER_KEY)})
+                      "FAIRBOOK_SECRET_KEY_BYTES": base64.urlsafe_b64decode(SERVER_KEY),
+                      **bn_config})
     yield app
     state = app.extensions["fairbook"]
     if state.inbox is not None:

@@ -199,3 +199,28 @@ def test_error_mapping(stack, traders, seen):
     stale.options["timeDifference"] = 120_000  # ccxt's nonce() = now - timeDifference
     with pytest.raises(ccxt.InvalidNonce):
         stale.fetch_balance()
+
+
+def test_stop_loss_limit_and_take_profit_limit(stack, traders):
+    maker, taker = traders(funds=FUNDS), traders(funds=FUNDS)
+    maker.ex.create_order(SYMBOL, "limit", "sell", 0.001, 30000)
+    taker.ex.create_order(SYMBOL, "market", "buy", 0.001)  # the last price is 30000 now
+    stop = maker.ex.create_order(SYMBOL, "limit", "sell", 0.01, 24900, {"stopLossPrice": 25000})
+    profit = maker.ex.create_order(SYMBOL, "limit", "sell", 0.01, 50000,
+                                   {"takeProfitPrice": 50000})  # fmt: skip
+    waiting = {o["id"]: o for o in maker.ex.fetch_open_orders(SYMBOL)}
+    assert waiting[stop["id"]]["info"]["type"] == "STOP_LOSS_LIMIT"
+    assert waiting[stop["id"]]["triggerPrice"] == 25000 and waiting[stop["id"]]["price"] == 24900
+    assert waiting[profit["id"]]["info"]["type"] == "TAKE_PROFIT_LIMIT"
+    assert waiting[profit["id"]]["info"]["isWorking"] is False
+    with pytest.raises(ccxt.OrderImmediatelyFillable):  # the trigger already holds
+        maker.ex.create_order(SYMBOL, "limit", "sell", 0.01, 31000, {"stopLossPrice": 31000})
+
+
+def test_bids_asks_and_tickers(stack, traders):
+    maker = traders(funds=FUNDS)
+    maker.ex.create_order(SYMBOL, "limit", "buy", 0.01, 21000)
+    quotes = maker.ex.fetch_bids_asks()
+    assert quotes[SYMBOL]["bid"] == 21000 and "ETH/USDT" in quotes
+    one = maker.ex.fetch_bids_asks([SYMBOL])
+    assert one[SYMBOL]["bidVolume"] == 0.01

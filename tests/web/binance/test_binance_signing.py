@@ -7,6 +7,7 @@ In-process (Flask test client on the session Redis): ``order/test`` (TRADE) and 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from urllib.parse import urlencode
 
@@ -235,3 +236,36 @@ def test_public_endpoints_and_error_shape(bn_client):
     code(bn_client.get("/api/v3/depth?symbol=BTCUSDT&limit=x"), 400, -1100)
     code(bn_client.get("/api/v3/nothing-here"), 404, -1020)
     code(bn_client.put("/api/v3/order"), 405, -1020)
+
+
+def test_a_slow_worker_answers_ack_but_not_result(bn_client, bn_app, make_key):
+    """No worker runs: ACK is answered once journaled, RESULT/FULL are -1007 (status unknown),
+    and the journaled command is the native one."""
+    key = make_key()
+    ack = bn_client.post("/api/v3/order?" + key.query({**ORDER, "newOrderRespType": "ACK",
+                                                       "newClientOrderId": "slow-1"}),
+                         headers=key.headers)  # fmt: skip
+    assert ack.status_code == 200, ack.get_data(as_text=True)
+    body = ack.get_json()
+    assert body["clientOrderId"] == "slow-1" and body["orderListId"] == -1
+    code(bn_client.post("/api/v3/order?" + key.query(ORDER), headers=key.headers), 503, -1007)
+    rdb = bn_app.extensions["fairbook"].redis
+    entries = [json.loads(f["c"]) for _, f in rdb.xrange("fb:{p0}:in")]
+    first = entries[0]
+    assert first["id"] == body["orderId"] and first["account"] == key.account_id
+    assert (first["symbol"], first["side"], first["type"], first["quantity"], first["price"],
+            first["client_order_id"], first["stp"]) == (
+        "BTC-USDT", "buy", "limit", "0.01000", "30000.00", "slow-1", "cancel_maker")  # fmt: skip
+    generated = entries[1]["client_order_id"]  # none sent: one is made, Binance-like
+    assert len(generated) == 22 and generated.isalnum()
+
+
+@pytest.mark.parametrize("bn_config", [{"FAIRBOOK_RATE_LIMIT_KEY": "2 per minute"}])
+def test_rate_limits_answer_in_binances_shape(bn_client, make_key):
+    key = make_key()
+    for _ in range(2):
+        ok = bn_client.get("/api/v3/account?" + key.query(), headers=key.headers)
+        assert ok.status_code == 200
+    resp = bn_client.get("/api/v3/account?" + key.query(), headers=key.headers)
+    code(resp, 429, -1003)
+    assert int(resp.headers["Retry-After"]) >= 1
