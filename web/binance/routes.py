@@ -158,6 +158,24 @@ def trades():
     return jsonify([translate.public_trade(t) for t in _recent(state(), native, limit)])
 
 
+@signed.get("/historicalTrades")
+def historical_trades():
+    """Trades from ``fromId`` on (default: the newest), ``limit`` default 500 max 1000, oldest
+    first; Binance's MARKET_DATA security: a live key in ``X-MBX-APIKEY``, no signature. Only
+    the 1,000 newest trades are kept for this (``recent:<symbol>``)."""
+    signing.identify()
+    params = _public_params()
+    native = symbols().to_native(params.get("symbol"))
+    limit = _int(params, "limit", DEFAULT_LIMIT, 1, MAX_TRADES) or DEFAULT_LIMIT
+    from_id = _int(params, "fromId", None, 0)
+    rows = _recent(state(), native, MAX_TRADES)
+    if from_id is not None:
+        rows = [t for t in rows if t["trade_id"] >= from_id][:limit]
+    else:
+        rows = rows[-limit:]
+    return jsonify([translate.public_trade(t) for t in rows])
+
+
 @public.get("/aggTrades")
 def agg_trades():
     """Aggregate trades (one taker order at one price) of the newest 1000 trades;

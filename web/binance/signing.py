@@ -146,8 +146,8 @@ def lookup_key(api_key: str) -> ApiKey | None:
     return parse_record(key_hash, fields, vault_of(current_app)) if fields else None
 
 
-def verify(permission: str) -> Signed:
-    """Check the current request as Binance does; the account is also put in ``g.account``."""
+def identify() -> ApiKey:
+    """A MARKET_DATA request (Binance: the key, no signature): a live key, any permission."""
     api_key = request.headers.get(API_KEY_HEADER)
     if not valid_api_key(api_key):
         count_request()  # the address only: there is no key to count
@@ -156,6 +156,12 @@ def verify(permission: str) -> Signed:
     key = lookup_key(api_key)
     if key is None:
         raise BinanceError(errors.REJECTED_MBX_KEY, errors.MSG_KEY_REJECTED, 401)
+    return key
+
+
+def verify(permission: str) -> Signed:
+    """Check the current request as Binance does; the account is also put in ``g.account``."""
+    key = identify()
     params, query, body = request_params(request.method != "GET")
     _check_time(params, time.time() * 1000.0)
     signature = params.pop("signature", None)

@@ -197,6 +197,11 @@ def test_history_trades_and_market_data(stack, clients):
     assert all(x["m"] is False for x in aggs)
     recent = public(stack, "trades", symbol="BTCUSDT", limit=3)
     assert [t["id"] for t in recent] == trade_ids and recent[-1]["quoteQty"] == "175.0050000"
+    old = maker.session.get(f"{stack.url}/api/v3/historicalTrades", timeout=10,
+                            params={"symbol": "BTCUSDT", "fromId": trade_ids[1], "limit": 2})
+    assert [t["id"] for t in old.json()] == trade_ids[1:], old.text
+    keyless = requests.get(f"{stack.url}/api/v3/historicalTrades?symbol=BTCUSDT", timeout=10)
+    assert keyless.status_code == 401 and keyless.json()["code"] == -2014
     assert public(stack, "ticker/price", symbol="BTCUSDT") == {"symbol": "BTCUSDT",
                                                                "price": "35001.00"}
     book = public(stack, "ticker/bookTicker", symbol="BTCUSDT")
