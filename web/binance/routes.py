@@ -519,6 +519,7 @@ def account():
     """Balances (free = available, locked, summed over the partitions), commission rates
     (the markets' own when they agree, else the highest of them) and the key's permissions."""
     s = signing.verify(READ)
+    omit_zero = s.params.get("omitZeroBalances") == "true"
     st = state()
     assets = assets_of(st.markets)
     totals = {name: [Decimal(0), Decimal(0)] for name in assets}
@@ -549,9 +550,31 @@ def account():
         "accountType": "SPOT",
         "balances": [{"asset": name, "free": _amount(free, assets[name].decimals),
                       "locked": _amount(locked, assets[name].decimals)}
-                     for name, (free, locked) in totals.items()],
+                     for name, (free, locked) in totals.items()
+                     if not (omit_zero and free == 0 and locked == 0)],
         "permissions": ["SPOT"],
         "uid": int(s.account) if s.account.isdigit() else 0,
+    })  # fmt: skip
+
+
+@signed.get("/account/commission")
+def account_commission():
+    """The commission rates of one symbol (the account-wide ones in ``account`` are only the
+    highest when the markets differ)."""
+    s = signing.verify(READ)
+    native = symbols().to_native(s.params.get("symbol"))
+    market = _market(native)
+    zero = _rate(Decimal(0))
+    nothing = {"maker": zero, "taker": zero, "buyer": zero, "seller": zero}
+    return jsonify({
+        "symbol": symbols().binance[native],
+        "standardCommission": {"maker": _rate(market.maker_fee_rate),
+                               "taker": _rate(market.taker_fee_rate), "buyer": zero,
+                               "seller": zero},
+        "specialCommission": nothing,
+        "taxCommission": nothing,
+        "discount": {"enabledForAccount": False, "enabledForSymbol": False,
+                     "discountAsset": None, "discount": zero},
     })  # fmt: skip
 
 

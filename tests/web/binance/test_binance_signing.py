@@ -40,6 +40,14 @@ def test_a_signed_request_in_the_query_is_accepted(bn_client, make_key, kind):
     assets = {b["asset"]: b for b in account["balances"]}
     assert {"BTC", "USDT", "ETH"} <= set(assets) and assets["BTC"]["free"] == "0.00000000"
     assert account["commissionRates"]["taker"] == "0.00100000"
+    assert account["commissionRates"]["maker"] == "0.00100000"  # the highest maker rate
+    omitted = bn_client.get("/api/v3/account?" + key.query({"omitZeroBalances": "true"}),
+                            headers=key.headers).get_json()  # fmt: skip
+    assert omitted["balances"] == []
+    fees = bn_client.get("/api/v3/account/commission?" + key.query({"symbol": "ETHBTC"}),
+                         headers=key.headers).get_json()  # fmt: skip
+    assert fees["standardCommission"]["maker"] == "-0.00010000"
+    assert fees["standardCommission"]["taker"] == "0.00050000"
 
 
 @pytest.mark.parametrize("kind", [HMAC, ED25519])
