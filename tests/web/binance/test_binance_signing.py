@@ -66,6 +66,12 @@ def test_body_and_mixed_query_body_signatures(bn_client, make_key, kind):
     assert resp.status_code == 200, resp.get_data(as_text=True)
 
 
+def test_a_get_may_carry_its_parameters_in_a_form_body(bn_client, make_key):
+    key = make_key()
+    resp = bn_client.get("/api/v3/account", data=key.query(), headers={**key.headers, **FORM})
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+
+
 def test_tampered_query_and_body_fail(bn_client, make_key):
     key = make_key()
     query = key.query(ORDER)
