@@ -90,6 +90,11 @@ class Keys:
         """Set of the sha256 of every live API key of an account (rotation revokes them all)."""
         return f"{self.namespace}:account_keys:{account_id}"
 
+    def api_key(self, key_hash: str) -> str:
+        """Hash of one signed (Binance-style) API key: account, kind, permissions, sealed
+        secret or public key (``web.binance.keys``)."""
+        return f"{self.namespace}:api_key:{key_hash}"
+
     def md_channel(self, symbol: str) -> str:
         return f"{self.namespace}:md:{symbol}"
 

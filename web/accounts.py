@@ -120,6 +120,7 @@ def rotate_key(client: redis.Redis, account_id: str, keys: Keys | None = None) -
                 pipe.multi()
                 if old:
                     pipe.hdel(keys.accounts, *old)
+                    pipe.delete(*[keys.api_key(h) for h in old])  # signed keys too
                 pipe.delete(key_set)
                 pipe.hset(keys.accounts, key_hash, account_id)
                 pipe.sadd(key_set, key_hash)
@@ -133,14 +134,18 @@ def rotate_key(client: redis.Redis, account_id: str, keys: Keys | None = None) -
 
 
 def revoke_key(client: redis.Redis, api_key: str, keys: Keys | None = None) -> str | None:
-    """Remove one key; return the account it belonged to (None: no such key). The revocation
-    is published either way, so a socket that missed an earlier one is closed too."""
+    """Remove one key, native or signed; return the account it belonged to (None: no such
+    key). The revocation is published either way, so a socket that missed an earlier one is
+    closed too."""
     keys = keys or Keys(0)
     key_hash = hash_key(api_key)
     account = client.hget(keys.accounts, key_hash)
+    if account is None:  # a signed (Binance-style) key: its own record (web.binance.keys)
+        account = client.hget(keys.api_key(key_hash), "account")
     account_id = _text(account) if account is not None else None
     pipe = client.pipeline(transaction=True)
     pipe.hdel(keys.accounts, key_hash)
+    pipe.delete(keys.api_key(key_hash))
     if account_id is not None:
         pipe.srem(keys.account_keys(account_id), key_hash)
     pipe.publish(keys.control, revocation_message(key_hash))

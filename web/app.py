@@ -138,7 +138,11 @@ def state() -> Fairbook:
 
 
 def error_response(status: int, code: str, message: str):
-    """The one error body shape: ``{"error": {"code", "message"}}``."""
+    """The one error body shape: ``{"error": {"code", "message"}}`` (another API's shape on
+    its own paths: ``app.extensions["fairbook_error_renderers"]``, e.g. ``/api/v3``)."""
+    for applies, render in current_app.extensions.get("fairbook_error_renderers", ()):
+        if applies():
+            return render(status, code, message)
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     return response
@@ -281,4 +285,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web import ws
 
     ws.init_app(app)  # WebSocket /ws (flask-sock) and the trading page /
+    from web import binance
+
+    binance.init_app(app)  # the Binance-compatible Spot REST API, /api/v3
     return app

@@ -64,6 +64,8 @@ DEFAULTS: dict[str, str] = {
 }
 KEY_SCOPE = "api_key"  # the per-key limit's bucket, shared by every private route
 IP_SCOPE = "address"  # the per-address limit's bucket, shared by every route
+#: blueprints whose routes count the request themselves, with their key, in the key lookup
+KEYED_BLUEPRINTS = frozenset({"private", "binance_signed"})
 
 
 def config_text(config: Any, name: str, default: str) -> str:
@@ -264,7 +266,7 @@ def init_app(app: Flask, client: Any, connections: Any, rate_limits_prefix: str)
     def _count_request() -> None:
         """Every request counts against its address; a private route's (``require_account``)
         is counted with its key, in the round trip of the key lookup."""
-        if request.blueprint != "private":
+        if request.blueprint not in KEYED_BLUEPRINTS:
             count_request()
 
     @app.errorhandler(RateLimited)

@@ -1,0 +1,21 @@
+"""Binance-compatible Spot REST API (``/api/v3``): a second adapter on the same journal, engine
+and records as ``/api/v1``, so clients that speak Binance (ccxt, python-binance) trade unchanged.
+
+Modules, one job each: :mod:`vault` (the server key that seals HMAC secrets), :mod:`keys`
+(signed API keys in the shared key store, the CLI), :mod:`signing` (Binance's signed-request
+check on the raw bytes), :mod:`errors` (``{"code", "msg"}`` with Binance's codes and texts),
+:mod:`translate` (Binance parameters and objects <-> native ones), :mod:`routes` (the endpoints).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    """Register ``/api/v3`` (both blueprints), its error shape and the key CLI."""
+    from web.binance import errors, keys, routes
+
+    routes.init_app(app)
+    errors.init_app(app)
+    keys.init_app(app)

@@ -1,0 +1,585 @@
+"""``/api/v3``: Binance's Spot REST endpoints over Fairbook's journal and records.
+
+Public market data reads the records the worker commits (``book:<symbol>``,
+``recent:<symbol>``); signed endpoints are verified by :mod:`web.binance.signing`, orders are
+translated to the native body (:mod:`web.binance.translate`) and go through the same
+``engine.validation`` and ``Journal.submit`` as ``POST /api/v1/orders``; reads come from the
+order records and their ``open:``/``closed:`` indexes and from ``balances:<account>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from decimal import Decimal
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+
+from engine.commands import partition_of_id
+from engine.markets import Market, assets_of
+from engine.units import SchemaError
+from engine.validation import validate_order_request
+from protocol.wire import parse_balances, parse_order_record
+from web.app import Fairbook, state
+from web.binance import errors, signing, translate
+from web.binance.errors import BinanceError
+from web.binance.translate import Symbols
+
+public = Blueprint("binance_public", __name__, url_prefix="/api/v3")
+signed = Blueprint("binance_signed", __name__, url_prefix="/api/v3")
+
+READ = "read"
+TRADE = "trade"
+DEFAULT_DEPTH = 100
+BOOK_LEVELS = 500  # what the book key holds per side
+MAX_TRADES = 1000  # what recent:<symbol> holds
+DEFAULT_LIMIT = 500
+#: open orders read per partition at most for one answer (the closed index is trimmed to 1,000)
+MAX_SCAN = 5000
+AVG_PRICE_MINS = 5
+_INTEGER = re.compile(r"[0-9]{1,19}")
+
+
+def symbols() -> Symbols:
+    return current_app.extensions["fairbook_binance_symbols"]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _public_params() -> dict[str, str]:
+    query = request.query_string
+    if not query.isascii():
+        raise BinanceError(errors.ILLEGAL_CHARS, errors.MSG_ILLEGAL)
+    return signing.parse(query)
+
+
+def _int(params: dict[str, str], name: str, default: int | None, low: int = 1,
+         high: int | None = None) -> int | None:  # fmt: skip
+    """An integer parameter: -1100 if it is not one, clamped to ``high``, -1130 below ``low``."""
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    if not _INTEGER.fullmatch(text):
+        raise errors.illegal(name, errors.INTEGER_RANGE)
+    value = int(text)
+    if value < low:
+        raise errors.invalid_parameter(name)
+    return min(value, high) if high is not None else value
+
+
+def _market(native: str) -> Market:
+    return state().markets[native]
+
+
+def _book(st: Fairbook, native: str) -> dict[str, Any]:
+    raw = st.get(st.namespace.keys_for(native).book(native))
+    return json.loads(raw) if raw else {"sequence": 0, "bids": [], "asks": []}
+
+
+def _recent(st: Fairbook, native: str, count: int) -> list[dict[str, Any]]:
+    """The newest ``count`` trades, oldest first."""
+    rows = st.redis.lrange(st.namespace.keys_for(native).recent(native), 0, count - 1)
+    return [json.loads(r) for r in reversed(rows)]
+
+
+def _selected(params: dict[str, str]) -> list[str] | None:
+    """``symbol=`` or ``symbols=["A","B"]`` as native symbols; None: neither was sent."""
+    one, many = params.get("symbol"), params.get("symbols")
+    if one and many:
+        raise BinanceError(-1128, "Combination of optional parameters invalid.")
+    if one:
+        return [symbols().to_native(one)]
+    if many:
+        try:
+            names = json.loads(many)
+        except ValueError:
+            names = None
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise errors.invalid_parameter("symbols")
+        return [symbols().to_native(n) for n in names]
+    return None
+
+
+# -- public -------------------------------------------------------------------------------------
+
+
+@public.get("/ping")
+def ping():
+    """Connectivity: ``{}``."""
+    return jsonify({})
+
+
+@public.get("/time")
+def server_time():
+    """``{"serverTime"}`` in ms: what ``timestamp`` is checked against."""
+    return jsonify({"serverTime": _now_ms()})
+
+
+@public.get("/exchangeInfo")
+def exchange_info():
+    """Markets as Binance symbols with their filters (``symbol`` / ``symbols`` select)."""
+    params = _public_params()
+    st = state()
+    chosen = _selected(params) or list(st.markets)
+    names = symbols().binance
+    return jsonify({
+        "timezone": "UTC",
+        "serverTime": _now_ms(),
+        "rateLimits": [],
+        "exchangeFilters": [],
+        "symbols": [translate.symbol_info(st.markets[s], names[s]) for s in chosen],
+    })  # fmt: skip
+
+
+@public.get("/depth")
+def depth():
+    """Top ``limit`` levels (default 100, at most the 500 the book key holds);
+    ``lastUpdateId`` is the book's sequence, the one its increments carry."""
+    params = _public_params()
+    native = symbols().to_native(params.get("symbol"))
+    limit = _int(params, "limit", DEFAULT_DEPTH, 1, 5000) or DEFAULT_DEPTH
+    limit = min(limit, BOOK_LEVELS)
+    book = _book(state(), native)
+    return jsonify({"lastUpdateId": book.get("sequence", 0),
+                    "bids": (book.get("bids") or [])[:limit],
+                    "asks": (book.get("asks") or [])[:limit]})  # fmt: skip
+
+
+@public.get("/trades")
+def trades():
+    """The newest ``limit`` trades (default 500, max 1000), oldest first."""
+    params = _public_params()
+    native = symbols().to_native(params.get("symbol"))
+    limit = _int(params, "limit", DEFAULT_LIMIT, 1, MAX_TRADES) or DEFAULT_LIMIT
+    return jsonify([translate.public_trade(t) for t in _recent(state(), native, limit)])
+
+
+@signed.get("/historicalTrades")
+def historical_trades():
+    """Trades from ``fromId`` on (default: the newest), ``limit`` default 500 max 1000, oldest
+    first; Binance's MARKET_DATA security: a live key in ``X-MBX-APIKEY``, no signature. Only
+    the 1,000 newest trades are kept for this (``recent:<symbol>``)."""
+    signing.identify()
+    params = _public_params()
+    native = symbols().to_native(params.get("symbol"))
+    limit = _int(params, "limit", DEFAULT_LIMIT, 1, MAX_TRADES) or DEFAULT_LIMIT
+    from_id = _int(params, "fromId", None, 0)
+    rows = _recent(state(), native, MAX_TRADES)
+    if from_id is not None:
+        rows = [t for t in rows if t["trade_id"] >= from_id][:limit]
+    else:
+        rows = rows[-limit:]
+    return jsonify([translate.public_trade(t) for t in rows])
+
+
+@public.get("/aggTrades")
+def agg_trades():
+    """Aggregate trades (one taker order at one price) of the newest 1000 trades;
+    ``fromId`` / ``startTime`` / ``endTime`` select among them, ``limit`` default 500."""
+    params = _public_params()
+    native = symbols().to_native(params.get("symbol"))
+    limit = _int(params, "limit", DEFAULT_LIMIT, 1, MAX_TRADES) or DEFAULT_LIMIT
+    from_id = _int(params, "fromId", None, 0)
+    start, end = _int(params, "startTime", None, 0), _int(params, "endTime", None, 0)
+    aggs = translate.agg_trades(_recent(state(), native, MAX_TRADES))
+    if from_id is not None:
+        aggs = [a for a in aggs if a["l"] >= from_id]
+    if start is not None:
+        aggs = [a for a in aggs if a["T"] >= start]
+    if end is not None:
+        aggs = [a for a in aggs if a["T"] <= end]
+    forward = from_id is not None or start is not None
+    return jsonify(aggs[:limit] if forward else aggs[-limit:])
+
+
+def _last_price(st: Fairbook, native: str) -> str:
+    rows = st.redis.lrange(st.namespace.keys_for(native).recent(native), 0, 0)
+    return json.loads(rows[0])["price"] if rows else _market(native).format_price(0)
+
+
+def _one_or_many(params: dict[str, str], item: Any):
+    chosen = _selected(params)
+    if chosen is not None and params.get("symbol"):
+        return jsonify(item(chosen[0]))
+    return jsonify([item(s) for s in (chosen or list(state().markets))])
+
+
+@public.get("/ticker/price")
+def ticker_price():
+    """Last trade price: one symbol -> an object, ``symbols`` or none -> an array."""
+    st = state()
+    names = symbols().binance
+    return _one_or_many(_public_params(),
+                        lambda s: {"symbol": names[s], "price": _last_price(st, s)})  # fmt: skip
+
+
+@public.get("/ticker/bookTicker")
+def book_ticker():
+    """Best bid and ask with their quantities (zeros for an empty side)."""
+    st = state()
+    names = symbols().binance
+
+    def item(native: str) -> dict[str, Any]:
+        book = _book(st, native)
+        market = _market(native)
+        zero_p, zero_q = market.format_price(0), market.format_qty(0)
+        bids, asks = book.get("bids") or [], book.get("asks") or []
+        bid = bids[0] if bids else [zero_p, zero_q]
+        ask = asks[0] if asks else [zero_p, zero_q]
+        return {"symbol": names[native], "bidPrice": bid[0], "bidQty": bid[1],
+                "askPrice": ask[0], "askQty": ask[1]}  # fmt: skip
+
+    return _one_or_many(_public_params(), item)
+
+
+@public.get("/avgPrice")
+def avg_price():
+    """Volume-weighted price of the last 5 minutes' trades (the last price if none)."""
+    params = _public_params()
+    native = symbols().to_native(params.get("symbol"))
+    market = _market(native)
+    recent = _recent(state(), native, MAX_TRADES)
+    since = _now_ms() - AVG_PRICE_MINS * 60_000
+    window = [t for t in recent if t["timestamp"] >= since]
+    if window:
+        qty = sum((Decimal(t["quantity"]) for t in window), Decimal(0))
+        notional = sum((Decimal(t["price"]) * Decimal(t["quantity"]) for t in window), Decimal(0))
+        price = format((notional / qty).quantize(market.tick_size), "f")
+    else:
+        price = recent[-1]["price"] if recent else market.format_price(0)
+    close = recent[-1]["timestamp"] if recent else 0
+    return jsonify({"mins": AVG_PRICE_MINS, "price": price, "closeTime": close})
+
+
+# -- signed: orders -----------------------------------------------------------------------------
+
+
+def _validated(params: dict[str, str]) -> tuple[dict[str, Any], str, str, str]:
+    """(native wire command, native symbol, Binance type, response type) of a new order."""
+    native = symbols().to_native(params.get("symbol"))
+    body, kind, response_type = translate.order_request(params, native)
+    try:
+        wire, _ = validate_order_request(body, state().markets)
+    except SchemaError as exc:
+        raise errors.from_schema(exc, params, kind == "MARKET") from None
+    return wire, native, kind, response_type
+
+
+def _timeout() -> BinanceError:
+    return BinanceError(errors.TIMEOUT, errors.MSG_TIMEOUT, 503)
+
+
+@signed.post("/order")
+def new_order():
+    """Place an order: translated, validated and journaled exactly as a native one. An
+    engine rejection is an error as on Binance (-2010 ...); ``ACK`` answers once journaled."""
+    s = signing.verify(TRADE)
+    wire, native, _, response_type = _validated(s.params)
+    wire["account"] = s.account
+    st = state()
+    partition = st.namespace.partition(native)
+    order_id, reply = st.journal(partition).submit(wire, st.reply_timeout)
+    bsym = symbols().binance[native]
+    if reply is None:
+        if response_type != "ACK":
+            raise _timeout()
+        return jsonify({"symbol": bsym, "orderId": order_id, "orderListId": -1,
+                        "clientOrderId": wire["client_order_id"],
+                        "transactTime": _now_ms()})  # fmt: skip
+    if not reply.get("ok"):
+        error = reply.get("error") or {}
+        raise errors.rejected(str(error.get("code") or ""))
+    order = reply["order"]
+    if order.get("status") == "rejected":
+        raise errors.rejected(order.get("reject_reason"))
+    stp = translate.stp_name(wire.get("stp"))
+    return jsonify(translate.new_order_response(order, _market(native), bsym, response_type, stp))
+
+
+@signed.post("/order/test")
+def test_order():
+    """Everything ``POST /order`` checks, nothing journaled: ``{}`` (or the commission rates
+    with ``computeCommissionRates=true``)."""
+    s = signing.verify(TRADE)
+    _, native, _, _ = _validated(s.params)
+    if s.params.get("computeCommissionRates") != "true":
+        return jsonify({})
+    market = _market(native)
+    return jsonify({
+        "standardCommissionForOrder": {"maker": _rate(market.maker_fee_rate),
+                                       "taker": _rate(market.taker_fee_rate)},
+        "specialCommissionForOrder": {"maker": _rate(Decimal(0)), "taker": _rate(Decimal(0))},
+        "taxCommissionForOrder": {"maker": _rate(Decimal(0)), "taker": _rate(Decimal(0))},
+        "discount": {"enabledForAccount": False, "enabledForSymbol": False,
+                     "discountAsset": None, "discount": _rate(Decimal(0))},
+    })  # fmt: skip
+
+
+def _amount(value: Decimal, decimals: int) -> str:
+    """An amount with exactly the asset's decimals (as the balance records write them)."""
+    return format(value.quantize(Decimal(1).scaleb(-decimals)), "f")
+
+
+def _rate(rate: Decimal) -> str:
+    return format(rate.quantize(Decimal("0.00000001")), "f")
+
+
+def _record(st: Fairbook, order_id: int) -> tuple[str, dict[str, Any]] | None:
+    partition = partition_of_id(order_id)
+    if partition not in st.partitions:
+        return None
+    return parse_order_record(st.get(st.keys(partition).order(order_id)))
+
+
+def _listed(order: dict[str, Any], symbol: str | None) -> bool:
+    """Whether ``/api/v3`` shows the order: a rejected one never was an order on Binance (the
+    request failed with -2010), so it is not found, listed or traded."""
+    return order.get("status") != "rejected" and (symbol is None or order.get("symbol") == symbol)
+
+
+def _orders(st: Fairbook, partition: int, account: str, kinds: tuple[str, ...],
+            symbol: str | None) -> list[dict[str, Any]]:  # fmt: skip
+    """The account's orders of the partition's ``open``/``closed`` indexes (newest first per
+    index), optionally of one symbol, rejected ones left out."""
+    k = st.keys(partition)
+    out: list[dict[str, Any]] = []
+    for kind in kinds:
+        key = k.open(account) if kind == "open" else k.closed(account)
+        ids = st.redis.zrevrange(key, 0, MAX_SCAN - 1)
+        for start in range(0, len(ids), 500):
+            chunk = [k.order(i) for i in ids[start : start + 500]]
+            for raw in st.redis.mget(chunk):
+                record = parse_order_record(raw)
+                if record is not None and _listed(record[1], symbol):
+                    out.append(record[1])
+    return out
+
+
+def _find_order(s: signing.Signed, native: str, open_only: bool) -> dict[str, Any] | None:
+    """The caller's order of ``symbol`` by ``orderId`` or ``origClientOrderId``: None when it
+    is missing, another account's or another symbol's (one answer for all three)."""
+    st = state()
+    order_id = _int(s.params, "orderId", None, 1)
+    client_id = s.params.get("origClientOrderId") or None
+    if order_id is None and client_id is None:
+        raise BinanceError(errors.MANDATORY_PARAM, "Param 'origClientOrderId' or 'orderId' "
+                           "must be sent, but both were empty/null!")  # fmt: skip
+    if order_id is not None:
+        if order_id >= 2**63:
+            return None
+        record = _record(st, order_id)
+        if record is None or record[0] != s.account or not _listed(record[1], native):
+            return None
+        order = record[1]
+        if client_id is not None and order.get("client_order_id") != client_id:
+            return None
+        return order
+    kinds = ("open",) if open_only else ("open", "closed")
+    for order in _orders(st, st.namespace.partition(native), s.account, kinds, native):
+        if order.get("client_order_id") == client_id:
+            return order  # open first, then the newest closed one
+    return None
+
+
+@signed.get("/order")
+def query_order():
+    """One own order of ``symbol`` by ``orderId`` or ``origClientOrderId`` (-2013 if none)."""
+    s = signing.verify(READ)
+    native = symbols().to_native(s.params.get("symbol"))
+    order = _find_order(s, native, open_only=False)
+    if order is None:
+        raise errors.no_such_order()
+    return jsonify(translate.order_object(order, _market(native), symbols().binance[native]))
+
+
+@signed.delete("/order")
+def cancel_order():
+    """Cancel one own open order (-2011 "Unknown order sent." if there is none such)."""
+    s = signing.verify(TRADE)
+    native = symbols().to_native(s.params.get("symbol"))
+    order = _find_order(s, native, open_only=True)
+    if order is None:
+        raise errors.unknown_order()
+    st = state()
+    oid = order["order_id"]
+    wire = {"op": "cancel", "account": s.account, "order_id": oid}
+    _, reply = st.journal(partition_of_id(oid)).submit(wire, st.reply_timeout)
+    if reply is None:
+        raise _timeout()
+    if not reply.get("ok"):
+        raise errors.unknown_order()
+    return jsonify(translate.cancel_response(reply["order"], _market(native),
+                                             symbols().binance[native]))  # fmt: skip
+
+
+@signed.get("/openOrders")
+def open_orders():
+    """Own open orders, of ``symbol`` or of every symbol, oldest first."""
+    s = signing.verify(READ)
+    st = state()
+    chosen = s.params.get("symbol")
+    native = symbols().to_native(chosen) if chosen else None
+    partitions = [st.namespace.partition(native)] if native else list(st.partitions)
+    orders = [o for p in partitions for o in _orders(st, p, s.account, ("open",), native)]
+    orders.sort(key=lambda o: o.get("order_id") or 0)
+    names = symbols().binance
+    return jsonify([translate.order_object(o, st.markets[o["symbol"]], names[o["symbol"]])
+                    for o in orders if o.get("symbol") in names])  # fmt: skip
+
+
+@signed.delete("/openOrders")
+def cancel_open_orders():
+    """Cancel every own open order of ``symbol`` (one journaled cancel_all); -2011 if none."""
+    s = signing.verify(TRADE)
+    native = symbols().to_native(s.params.get("symbol"))
+    st = state()
+    wire = {"op": "cancel_all", "account": s.account, "symbol": native}
+    _, reply = st.journal(st.namespace.partition(native)).submit(wire, st.reply_timeout)
+    if reply is None:
+        raise _timeout()
+    cancelled = (reply.get("cancelled") or []) if reply.get("ok") else []
+    if not cancelled:
+        raise errors.unknown_order()
+    market, bsym = _market(native), symbols().binance[native]
+    return jsonify([translate.cancel_response(o, market, bsym) for o in cancelled])
+
+
+def _window(items: list[dict[str, Any]], params: dict[str, str], id_name: str, id_field: str,
+            time_field: str) -> list[dict[str, Any]]:  # fmt: skip
+    """Binance's selection: ``<id_name>`` (from that id on), ``startTime``/``endTime``,
+    ``limit`` (default 500, max 1000); oldest first."""
+    first = _int(params, id_name, None, 0)
+    start, end = _int(params, "startTime", None, 0), _int(params, "endTime", None, 0)
+    limit = _int(params, "limit", DEFAULT_LIMIT, 1, 1000) or DEFAULT_LIMIT
+    items.sort(key=lambda i: i[id_field])
+    if first is not None:
+        items = [i for i in items if i[id_field] >= first]
+    if start is not None:
+        items = [i for i in items if i[time_field] >= start]
+    if end is not None:
+        items = [i for i in items if i[time_field] <= end]
+    forward = first is not None or start is not None
+    return items[:limit] if forward else items[-limit:]
+
+
+@signed.get("/allOrders")
+def all_orders():
+    """Own orders of ``symbol``, open and closed (the newest 1,000 closed ones are kept)."""
+    s = signing.verify(READ)
+    native = symbols().to_native(s.params.get("symbol"))
+    st = state()
+    market, bsym = _market(native), symbols().binance[native]
+    orders = _orders(st, st.namespace.partition(native), s.account, ("open", "closed"), native)
+    items = [translate.order_object(o, market, bsym) for o in orders]
+    return jsonify(_window(items, s.params, "orderId", "orderId", "time"))
+
+
+def _trade_times(st: Fairbook, partition: int, account: str, native: str) -> dict[int, int]:
+    """trade id -> time of the caller's fills of ``native``, from its ledger (fills in order
+    records carry no time of their own; the ledger keeps the newest 1,000 entries)."""
+    out: dict[int, int] = {}
+    for raw in st.redis.lrange(st.keys(partition).ledger(account), 0, 999):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if entry.get("symbol") == native and entry.get("trade_id") is not None:
+            out.setdefault(entry["trade_id"], entry.get("timestamp") or 0)
+    return out
+
+
+@signed.get("/myTrades")
+def my_trades():
+    """Own fills of ``symbol`` from the order records (``orderId``, ``fromId``, times,
+    ``limit``), oldest first."""
+    s = signing.verify(READ)
+    native = symbols().to_native(s.params.get("symbol"))
+    st = state()
+    partition = st.namespace.partition(native)
+    only = _int(s.params, "orderId", None, 1)
+    orders = _orders(st, partition, s.account, ("open", "closed"), native)
+    times = _trade_times(st, partition, s.account, native)
+    bsym = symbols().binance[native]
+    items = []
+    for order in orders:
+        if only is not None and order.get("order_id") != only:
+            continue
+        for fill in order.get("fills") or []:
+            when = fill.get("timestamp") or times.get(fill["trade_id"]) or order.get("updated_at")
+            items.append(translate.my_trade(fill, order, bsym, int(when or 0)))
+    return jsonify(_window(items, s.params, "fromId", "id", "time"))
+
+
+@signed.get("/account")
+def account():
+    """Balances (free = available, locked, summed over the partitions), commission rates
+    (the markets' own when they agree, else the highest of them) and the key's permissions."""
+    s = signing.verify(READ)
+    omit_zero = s.params.get("omitZeroBalances") == "true"
+    st = state()
+    assets = assets_of(st.markets)
+    totals = {name: [Decimal(0), Decimal(0)] for name in assets}
+    for partition in st.partitions:
+        raw = st.redis.hgetall(st.keys(partition).balances(s.account))
+        for row in parse_balances(raw):
+            if row["asset"] in totals:
+                totals[row["asset"]][0] += Decimal(row["available"])
+                totals[row["asset"]][1] += Decimal(row["locked"])
+    markets = list(st.markets.values())
+    maker = max((m.maker_fee_rate for m in markets), default=Decimal(0))
+    taker = max((m.taker_fee_rate for m in markets), default=Decimal(0))
+    perms = s.key.permissions
+    return jsonify({
+        "makerCommission": int(maker * 10000),
+        "takerCommission": int(taker * 10000),
+        "buyerCommission": 0,
+        "sellerCommission": 0,
+        "commissionRates": {"maker": _rate(maker), "taker": _rate(taker),
+                            "buyer": _rate(Decimal(0)), "seller": _rate(Decimal(0))},
+        "canTrade": TRADE in perms,
+        "canWithdraw": "withdraw" in perms,
+        "canDeposit": False,
+        "brokered": False,
+        "requireSelfTradePrevention": False,
+        "preventSor": False,
+        "updateTime": _now_ms(),
+        "accountType": "SPOT",
+        "balances": [{"asset": name, "free": _amount(free, assets[name].decimals),
+                      "locked": _amount(locked, assets[name].decimals)}
+                     for name, (free, locked) in totals.items()
+                     if not (omit_zero and free == 0 and locked == 0)],
+        "permissions": ["SPOT"],
+        "uid": int(s.account) if s.account.isdigit() else 0,
+    })  # fmt: skip
+
+
+@signed.get("/account/commission")
+def account_commission():
+    """The commission rates of one symbol (the account-wide ones in ``account`` are only the
+    highest when the markets differ)."""
+    s = signing.verify(READ)
+    native = symbols().to_native(s.params.get("symbol"))
+    market = _market(native)
+    zero = _rate(Decimal(0))
+    nothing = {"maker": zero, "taker": zero, "buyer": zero, "seller": zero}
+    return jsonify({
+        "symbol": symbols().binance[native],
+        "standardCommission": {"maker": _rate(market.maker_fee_rate),
+                               "taker": _rate(market.taker_fee_rate), "buyer": zero,
+                               "seller": zero},
+        "specialCommission": nothing,
+        "taxCommission": nothing,
+        "discount": {"enabledForAccount": False, "enabledForSymbol": False,
+                     "discountAsset": None, "discount": zero},
+    })  # fmt: skip
+
+
+def init_app(app: Flask) -> None:
+    """Both blueprints under ``/api/v3`` and the symbol map (a collision stops start-up)."""
+    app.extensions["fairbook_binance_symbols"] = Symbols(app.extensions["fairbook"].markets)
+    app.register_blueprint(public)
+    app.register_blueprint(signed)
