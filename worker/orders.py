@@ -16,7 +16,7 @@ from engine.markets import Market
 SNAPSHOT_FIELDS: Final = (
     "id", "account", "symbol", "side", "type", "time_in_force", "post_only", "price",
     "stop_price", "quantity", "quote_quantity", "client_order_id", "created_at", "status",
-    "reason", "filled", "remaining", "cum_quote", "updated_at", "fills", "locked",
+    "reason", "filled", "remaining", "cum_quote", "updated_at", "fills", "locked", "stp",
 )  # fmt: skip
 
 
@@ -48,6 +48,7 @@ class OrderState:
         updated_at: int = 0,
         fills: list[dict[str, Any]] | None = None,
         locked: str = "0",
+        stp: str = "cancel_maker",
     ) -> None:
         self.id = id
         self.account = account
@@ -72,6 +73,7 @@ class OrderState:
         self.fills: list[dict[str, Any]] = fills if fills is not None else []
         #: what the order holds now, in its locked asset's units (decimal text)
         self.locked = locked
+        self.stp = stp  # self-trade prevention mode
         #: whether an order record was committed before (so it is in the ``open`` index)
         self.persisted = False
 
@@ -94,6 +96,7 @@ class OrderState:
             "type": self.type,
             "time_in_force": self.time_in_force,
             "post_only": self.post_only,
+            "stp": self.stp,
             "status": self.status,
             "reject_reason": self.reason,
             "price": self.price,

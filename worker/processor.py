@@ -335,9 +335,9 @@ class Processor:
         maker = self.orders.get(maker_id)
         taker = self.orders.get(taker_id)
         maker_fill = {"trade_id": trade_id, "price": p, "quantity": q, "fee": mf,
-                      "fee_asset": asset, "liquidity": "maker"}  # fmt: skip
+                      "fee_asset": asset, "liquidity": "maker", "timestamp": ts}  # fmt: skip
         taker_fill = {"trade_id": trade_id, "price": p, "quantity": q, "fee": tf,
-                      "fee_asset": asset, "liquidity": "taker"}  # fmt: skip
+                      "fee_asset": asset, "liquidity": "taker", "timestamp": ts}  # fmt: skip
         if maker is not None:
             maker.fills.append(maker_fill)
         if taker is not None:
@@ -421,7 +421,7 @@ class Processor:
             None if stop is None else market.format_price(stop),
             None if qty is None else market.format_qty(qty),
             None if quote is None else market.format_quote(quote),
-            cmd.client_order_id, ts,
+            cmd.client_order_id, ts, stp=cmd.stp,
         )  # fmt: skip
 
     # -- finishing a batch ----------------------------------------------------------------------
@@ -575,7 +575,7 @@ def _fill_event(st: OrderState | None, oid: int, symbol: str, side: str, fill: d
     return wire.dumps(
         {"event": "fill", "order_id": oid,
          "client_order_id": None if st is None else st.client_order_id, "symbol": symbol,
-         "side": side, **fill, "timestamp": ts}
+         "side": side, **fill}
     )  # fmt: skip
 
 
