@@ -11,8 +11,9 @@ fresh stack) after the maximum; its figures go under ``"paced"``.
 Starts a private redis-server, ``python -m worker`` and ``gunicorn app:app`` on free ports (see
 ``bench.stack``), then drives a seeded order flow from N concurrent keep-alive HTTP connections
 (a small asyncio HTTP/1.1 client: the load generator shares the machine, so it must be cheap).
-Each connection is one account; the flow per connection is ~65 % passive GTC limits near the mid,
-~20 % cancels of its own live orders, ~15 % marketable IOC limits. With ``--rate`` the clients
+Each connection is one account, funded generously first (deposits journaled before its first
+order, ``bench.stack.Stack.fund``); the flow per connection is ~65 % passive GTC limits near the
+mid, ~20 % cancels of its own live orders, ~15 % marketable IOC limits. With ``--rate`` the clients
 are paced (open loop) to R orders/s in total; without it they go as fast as replies come back.
 
 Reports accepted orders/s (201 answers), cancels/s, latency POST->result (the 201 carries the
@@ -149,6 +150,7 @@ class Client:
         self.cancel_latency: list[float] = []
         self.taker_sent: dict[int, float] = {}  # order id -> monotonic send time
         self.created = 0
+        self.short_of_funds = 0  # 201s rejected insufficient_funds: the funding must keep it 0
         self.accepted_202 = 0
         self.cancels = 0
         self.errors: dict[str, int] = {}
@@ -187,6 +189,7 @@ class Client:
         if status == 201:
             order = json.loads(raw)
             self.created += 1
+            self.short_of_funds += order.get("reject_reason") == "insufficient_funds"
             self.post_latency.append(elapsed)
             if order["status"] in ("new", "partially_filled"):
                 self.live.append(order["order_id"])
@@ -328,6 +331,7 @@ def setup_clients(stack: Stack, count: int, seed: int) -> list[Client]:
     out = []
     for i in range(count):
         acct = stack.create_account(f"bench{i}")
+        stack.fund(acct["account_id"])  # every order needs funds: deposits journaled first
         out.append(Client(i, seed, Conn("127.0.0.1", port, acct["api_key"])))
     return out
 
@@ -358,7 +362,7 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
                         c.post_latency.clear()
                         c.cancel_latency.clear()
                         c.taker_sent.clear()
-                        c.created = c.accepted_202 = c.cancels = 0
+                        c.created = c.accepted_202 = c.cancels = c.short_of_funds = 0
                         c.errors.clear()
                     cpu_before.update(cpu_seconds(stack))
                     commits_before.append(exec_calls(rdb))
@@ -417,6 +421,7 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
             "elapsed_s": round(elapsed, 3),
             "orders_201": created,
             "orders_202": sum(c.accepted_202 for c in clients),
+            "orders_insufficient_funds": sum(c.short_of_funds for c in clients),
             "cancels": cancels,
             "errors": errors,
             "accepted_orders_per_s": round(created / elapsed, 1),

@@ -151,11 +151,11 @@ def _order(account: str, side: str) -> dict[str, Any]:
 
 
 def drive(
-    stack: Stack, rate: float, stop: threading.Event, sent_at: dict[int, float], out: dict
-) -> None:
+    stack: Stack, rate: float, stop: threading.Event, sent_at: dict[int, float], out: dict,
+    maker: str = "1", taker: str = "2",
+) -> None:  # fmt: skip
     """Append ``rate`` crossing pairs per second (every 10 ms a slice), record append times."""
     journal = Journal(stack.redis(), 0)
-    maker, taker = "1", "2"
     tick = 0.01
     carry = 0.0
     trades = 0
@@ -181,7 +181,8 @@ def drive(
     out["trades"] = trades
 
 
-async def run_one(stack: Stack, sockets: int, seconds: float, rate: float) -> dict[str, Any]:
+async def run_one(stack: Stack, sockets: int, seconds: float, rate: float, maker: str = "1",
+                  taker: str = "2") -> dict[str, Any]:  # fmt: skip
     host, port = "127.0.0.1", stack.web_port
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
@@ -196,7 +197,8 @@ async def run_one(stack: Stack, sockets: int, seconds: float, rate: float) -> di
     open_s = time.monotonic() - t_open
     stop = threading.Event()
     out: dict[str, Any] = {}
-    driver = threading.Thread(target=drive, args=(stack, rate, stop, sent_at, out), daemon=True)
+    driver = threading.Thread(target=drive, args=(stack, rate, stop, sent_at, out, maker, taker),
+                              daemon=True)  # fmt: skip
     driver.start()
     await asyncio.sleep(1.0)  # warm-up
     latencies.clear()
@@ -256,9 +258,11 @@ def main(argv: list[str]) -> int:
                            "FAIRBOOK_MAX_CONNECTIONS_PER_IP": str(n + 64)})  # fmt: skip
         stack.start()
         try:
-            stack.create_account("maker")
-            stack.create_account("taker")
-            res = asyncio.run(run_one(stack, n, opts.seconds, rate))
+            maker = stack.create_account("maker")["account_id"]
+            taker = stack.create_account("taker")["account_id"]
+            for account in (maker, taker):  # every order needs funds: deposits first
+                stack.fund(account)
+            res = asyncio.run(run_one(stack, n, opts.seconds, rate, maker, taker))
         finally:
             stack.stop()
         res["gunicorn_args"] = opts.gunicorn_args

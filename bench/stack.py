@@ -8,6 +8,7 @@ the verdicts are about the real thing, not an in-process imitation.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import shlex
 import signal
@@ -21,11 +22,14 @@ from typing import Any
 import redis
 import requests
 
+from bench.flow import FUNDING_VALUE
+from engine.markets import assets_of
 from protocol.config import load_markets
 from protocol.keys import Namespace
 from tests.redis_server import RedisServer, free_port
 from tests.redis_server import RedisServer as TestsRedisServer
 from web.accounts import create_account
+from web.journal import Journal
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GUNICORN_ARGS = ("-k", "gevent", "-w", "1")
@@ -66,7 +70,9 @@ class Stack:
         self.redis_server = redis_server or RedisServer(
             dir=self.log_dir / "redis", appendfsync=appendfsync
         )
-        self.namespace = Namespace(namespace, load_markets(), partitions)
+        self.markets = load_markets()
+        self.namespace = Namespace(namespace, self.markets, partitions)
+        self._deposits = itertools.count(1)
         self.web_port = free_port()
         self.worker_proc: subprocess.Popen | None = None
         self.web_proc: subprocess.Popen | None = None
@@ -210,6 +216,34 @@ class Stack:
             return create_account(client, name, self.namespace.global_keys, operator=operator)
         finally:
             client.close()
+
+    def deposit(self, account_id: str, asset: str, amount: str, partition: int = 0,
+                deposit_id: str | None = None) -> int:  # fmt: skip
+        """Journal one deposit into ``partition`` (as the operator CLI does, without waiting for
+        the worker: journal order puts it before anything journaled after it); its command id.
+        A reference unique within this stack is made up unless one is given."""
+        unit = assets_of(self.markets)[asset]
+        reference = deposit_id or f"stack-{account_id}-{asset}-{next(self._deposits)}"
+        wire = {"op": "deposit", "account": account_id, "asset": asset,
+                "amount": unit.format(unit.to_units(amount)), "deposit_id": reference}
+        client = self.redis()
+        try:
+            return Journal(client, self.namespace.keys(partition)).append(wire)
+        finally:
+            client.close()
+
+    def fund(self, account_id: str, partitions: list[int] | None = None,
+             amount: int = FUNDING_VALUE) -> list[int]:  # fmt: skip
+        """Fund an account generously: ``amount`` whole units of every asset the markets of each
+        partition trade (default: every partition), journaled like :meth:`deposit`; the
+        deposits' command ids. Orders journaled afterwards are never short of funds."""
+        ids = []
+        for partition in self.partition_ids() if partitions is None else partitions:
+            markets = [self.markets[s] for s in self.namespace.symbols_of(partition)]
+            assets = {m.base_asset for m in markets} | {m.quote_asset for m in markets}
+            for asset in sorted(assets):
+                ids.append(self.deposit(account_id, asset, str(amount), partition))
+        return ids
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         try:

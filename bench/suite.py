@@ -73,6 +73,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         out["baseline_flask_xadd_to_guide"] = results["baseline"]["flask_xadd"]["ratio_to_guide"]
     if "core" in results:
         out["core_engine_to_bare_matcher"] = results["core"]["ratio"]
+        out["core_ledger_on_to_off"] = results["core"].get("risk_ratio")
+        out["core_mixed_ledger_on_to_off"] = results["core"].get("mixed_flow", {}).get("risk_ratio")
     if "worker" in results:
         out["worker_drain_to_redis_alone"] = results["worker"].get("ratio")
     if "e2e" in results:
@@ -99,10 +101,18 @@ def table(result: dict[str, Any]) -> str:
         rows.append(("core (same flow)", _n(c["engine"]["commands_per_s"], " cmd/s"),
                      "bare matcher " + _n(c["bare_matcher"]["commands_per_s"], " cmd/s"),
                      f"{c['ratio']}x", f">= {c.get('target_ratio', 0.5)}x"))  # fmt: skip
+        if "risk_switch" in c:
+            sw = c["risk_switch"]
+            rows.append(("core ledger on/off", _n(sw["ledger_on_commands_per_s"], " cmd/s"),
+                         "ledger off " + _n(sw["ledger_off_commands_per_s"], " cmd/s"),
+                         f"{c['risk_ratio']}x",
+                         f">= {c.get('target_risk_ratio', 0.85)}x"))  # fmt: skip
         if "mixed_flow" in c:
             mf = c["mixed_flow"]
             rows.append(("core mixed flow", _n(mf["commands_per_s"], " cmd/s"),
-                         f"p50 {mf['p50_us']} us, p99 {mf['p99_us']} us", "", ""))  # fmt: skip
+                         f"p50 {mf['p50_us']} us, p99 {mf['p99_us']} us",
+                         f"ledger on/off {mf['risk_ratio']}x" if "risk_ratio" in mf else "",
+                         ""))  # fmt: skip
     if "worker" in r:
         w = r["worker"]
         alone = w.get("redis_alone") or {}

@@ -1,7 +1,8 @@
 """``python -m bench worker``: how fast one partition worker drains a pre-filled journal.
 
-A private redis-server (AOF on, everysec) is filled with N seeded mixed commands by pipelined
-XADD; then a worker starts and the clock runs until ``applied`` reaches the last entry, i.e.
+A private redis-server (AOF on, everysec) is filled with the flow's deposits (every account
+funded in every asset first: orders need funds) and N seeded mixed commands by pipelined XADD;
+then a worker starts and the clock runs until ``applied`` reaches the last entry, i.e.
 every trade, order record, book, reply and snapshot of the run is committed.
 
 Calibration, same run: Redis alone absorbing the same writes. Before the drain, outside any
@@ -58,13 +59,15 @@ def _redis_server_class() -> Any:
     return RedisServer  # the infra helper, with a start-up wait that retries any error
 
 
-def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
-    """XADD ``n`` commands (ids assigned here like the append script would); returns last id."""
+def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> tuple[str, int]:
+    """XADD the flow's deposits, then ``n`` commands (ids assigned here like the append script
+    would); returns the last id and the number of deposits."""
     flow = OrderFlow(markets, seed=seed)
+    deposits = flow.deposits()
     pipe = client.pipeline(transaction=False)
     last = ""
-    for i in range(n):
-        command = flow.next()
+    for i in range(len(deposits) + n):
+        command = deposits[i] if i < len(deposits) else flow.next()
         cmd_id = make_public_id(i + 1, keys.partition)
         # tagged like the web's commands: the worker renders and publishes every reply
         body = {"id": cmd_id, **command, "reply_to": f"bench-{i + 1}"}
@@ -74,8 +77,8 @@ def prefill(client: Any, keys: Keys, markets: dict, n: int, seed: int) -> str:
             last = pipe.execute()[-1]
     if len(pipe):
         last = pipe.execute()[-1]
-    client.set(keys.next_id, n)
-    return last.decode() if isinstance(last, bytes) else last
+    client.set(keys.next_id, len(deposits) + n)
+    return (last.decode() if isinstance(last, bytes) else last), len(deposits)
 
 
 def _cpu(client: Any) -> dict[str, float]:
@@ -125,15 +128,20 @@ def worker_commits(client: Any, keys: Keys, markets: dict, batch: int) -> dict[s
     commits = [pack([("MSET", *books)], None, [resync], 0)]
     last = "0-0"
     trades = 0
+    orders: set[int] = set()
+    short: set[int] = set()  # orders refused or cut short for insufficient funds
     while True:
         entries = client.xrange(keys.stream, min="(" + last, max="+", count=batch)
         if not entries:
             break
         out = proc.process(entries)
         trades += len(out.trades)
+        orders.update(out.records)
+        short.update(oid for oid, rec in out.records.items() if b"insufficient_funds" in rec)
         commits.append(pack(batch_commands(out, keys), out.last_id, out.messages, len(entries)))
         last = out.last_id or last
-    return {"commits": commits, "check": check, "last_id": last, "trades": trades}
+    return {"commits": commits, "check": check, "last_id": last, "trades": trades,
+            "orders": len(orders), "insufficient_funds": len(short)}  # fmt: skip
 
 
 def time_redis_alone(commits: list[Commit], check: bytes, keys: Keys) -> dict[str, Any]:
@@ -205,7 +213,8 @@ def run(n: int, seed: int, snapshot_every: int, batch: int,
     try:
         client = server.client()
         started = time.perf_counter()
-        last = prefill(client, keys, markets, n, seed)
+        last, deposits = prefill(client, keys, markets, n, seed)
+        entries = deposits + n  # the worker drains the deposits too
         fill_s = time.perf_counter() - started
         alone: list[dict[str, Any]] = []
         prep: dict[str, Any] = {}
@@ -237,13 +246,14 @@ def run(n: int, seed: int, snapshot_every: int, batch: int,
         worker.stop()
         thread.join(30)
         cpu1 = _cpu(client)
-        cpu = {k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0}
+        cpu = {k: round((cpu1[k] - cpu0[k]) / entries * 1e6, 1) for k in cpu0}
         trades = client.xlen(keys.trades)
         if redis_alone:
             alone.append(time_redis_alone(prep["commits"], prep["check"], keys))
         result: dict[str, Any] = {
-            "entries_per_s": round(n / seconds, 1),
-            "entries": n,
+            "entries_per_s": round(entries / seconds, 1),
+            "entries": entries,
+            "deposits": deposits,  # journaled first: every order needs funds
             "trades": trades,
             "seconds": round(seconds, 3),
             "prefill_seconds": round(fill_s, 3),
@@ -271,6 +281,11 @@ def run(n: int, seed: int, snapshot_every: int, batch: int,
                 "prepare_seconds": round(prep_s, 3),
                 "same_writes": same,  # same applied id and trades stream length as the worker
             }
+            # the flow is funded: (almost) no order may be refused for funds
+            result["insufficient_funds"] = {
+                "orders": prep["orders"], "refused_or_cut": prep["insufficient_funds"],
+                "share": round(prep["insufficient_funds"] / max(1, prep["orders"]), 6),
+            }  # fmt: skip
             result["ratio"] = round(result["entries_per_s"] / rate, 3)
         return result
     finally:
@@ -289,15 +304,15 @@ def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any
     try:
         client = stack.redis_server.client()
         keys = Keys(0)
+        # the live flow replays the warm-up's seed, so its accounts are the ones funded there
         flow = OrderFlow(markets, seed=seed)
-        last = prefill(client, keys, markets, warm, seed) if warm else None
+        last, deposits = prefill(client, keys, markets, warm, seed)  # deposits first, always
         stack.start_worker()
         assert stack.worker_proc is not None
-        if last is not None:  # any polling error is retried; a dead worker is not
-            proc = stack.worker_proc
-            wait_until(lambda: (client.get(keys.applied) or b"").decode() == last,
-                       DRAIN_TIMEOUT_S, "the warm-up drain", alive=lambda: proc.poll() is None,
-                       interval=0.02)  # fmt: skip
+        proc = stack.worker_proc  # any polling error is retried; a dead worker is not
+        wait_until(lambda: (client.get(keys.applied) or b"").decode() == last,
+                   DRAIN_TIMEOUT_S, "the warm-up drain", alive=lambda: proc.poll() is None,
+                   interval=0.02)  # fmt: skip
         journal = Journal(client, 0)
         worker_pids = _tree(stack.worker_proc.pid)
         redis_pid = stack.redis_server.proc.pid
@@ -323,7 +338,7 @@ def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any
             flow_ids = journal.append(command)
             flow.record(command, flow_ids)
             sent += 1
-        wait_until(lambda: int(client.get(keys.applied_count) or 0) >= warm + sent, 60,
+        wait_until(lambda: int(client.get(keys.applied_count) or 0) >= deposits + warm + sent, 60,
                    "the worker catching up", interval=0.01)  # fmt: skip
         elapsed = time.monotonic() - started
         worker1, redis1 = cpu()
@@ -334,6 +349,7 @@ def run_live(rate: float, seconds: float, seed: int, warm: int) -> dict[str, Any
             "entries": sent,
             "entries_per_s": round(sent / elapsed, 1),
             "warm_entries": warm,
+            "deposits": deposits,
             "book_levels": [len(book.get("bids", [])), len(book.get("asks", []))],
             "entries_per_commit": round(sent / max(1, _exec_calls(client) - execs0), 2),
             "cpu_us_per_entry": {
@@ -398,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "redis_alone" in result:
             alone = result["redis_alone"]
+            funds = result["insufficient_funds"]
+            print(f"orders short of funds: {funds['refused_or_cut']} of {funds['orders']}")
             print(
                 f"bench worker: drain {result['entries_per_s']:,.0f} entries/s vs Redis alone "
                 f"absorbing the same writes {alone['entries_per_s']:,.0f} entries/s "

@@ -135,9 +135,10 @@ class OrderBook:
                     continue
                 if cap is not None:
                     qty = min(maker.remaining, want - got)
-                    cap -= price * qty - ((-price * qty * tnum) // tden)
-                    if cap < 0:
+                    left: int = cap - (price * qty - ((-price * qty * tnum) // tden))
+                    if left < 0:
                         return False
+                    cap = left
                 got += maker.remaining
                 if got >= want:
                     return True

@@ -202,12 +202,11 @@ class Ledger:
         assert price is not None
         return order.remaining * per_lot(market, price)
 
-    def lock_new(self, order: Order) -> bool:
+    def lock_new(self, order: Order, market: Market) -> bool:
         """Take an accepted order's entry lock; False (nothing taken) if it cannot be covered."""
         mine = self.accounts.get(order.account)
         if mine is None:
             return False  # holds nothing at all
-        market = self.markets[order.symbol]
         buy = order.side == BUY
         found = mine.get(market.quote_asset if buy else market.base_asset)
         if found is None:

@@ -155,7 +155,7 @@ class MatchingEngine:
             NEW,
         )
         ledger = self.ledger
-        if ledger is not None and not ledger.lock_new(order):
+        if ledger is not None and not ledger.lock_new(order, book.market):
             self.seq -= 1  # nothing happened: the arrival number is not used
             events.append(
                 (ORDER, symbol, cmd.id, cmd.account, REJECTED, 0, 0, 0, Reason.INSUFFICIENT_FUNDS)

@@ -35,6 +35,8 @@ SYM = "BTC-USDT"
 #: each stack's price (and its ETH-USDT price): a value seen on the other stack is a leak
 PRICE = {"fb": "100.00", "alt": "200.00"}
 ETH_PRICE = {"fb": "900.00", "alt": "1000.00"}
+#: what each stack deposits to its accounts (asset -> amount): told apart the same way
+FUNDING = {"fb": {"BTC": "1", "USDT": "1000"}, "alt": {"BTC": "2", "USDT": "2000"}}
 NAMESPACES = ("fb", "alt")
 
 
@@ -140,6 +142,16 @@ def sides(server, tmp_path_factory) -> Iterator[dict[str, Side]]:
             for side in out.values():
                 side.accounts[name] = side.stack.create_account(name)
             assert out["fb"].accounts[name]["account_id"] == out["alt"].accounts[name]["account_id"]
+        for ns, side in out.items():  # every order needs funds: deposits journaled first
+            stack = side.stack
+            maker, taker = (side.accounts[n]["account_id"] for n in ("maker", "taker"))
+            funding = [(maker, "BTC", 0), (maker, "USDT", 0), (taker, "USDT", 0)]  # lockstep
+            eth = stack.namespace.partition("ETH-USDT")
+            if eth:  # alt: ETH-USDT's partition keeps a ledger of its own
+                funding.append((maker, "USDT", eth))
+            for account, asset, partition in funding:
+                stack.deposit(account, asset, FUNDING[ns][asset], partition)
+                side.commands += 1
         for side in out.values():  # subscribed before anything trades
             sock = side.socket = Socket(side.stack)
             sock.send({"op": "auth", "api_key": side.accounts["maker"]["api_key"]})
@@ -215,6 +227,42 @@ def test_rest_reads_show_only_their_own_namespace(sides):
         assert (bbo["ask_price"], bbo["bid_price"]) == (PRICE[ns], None)
         text = json.dumps([got, open_orders, closed, trades, book, eth_book, bbo])
         assert PRICE[other(ns)] not in text and ETH_PRICE[other(ns)] not in text
+
+
+def test_balances_are_each_namespaces_own(sides):
+    """Same account ids, same flow, other money: each stack's balances are its deposits and its
+    own trades (BTC at 100 on fb, 200 on alt), in each partition of its own."""
+    want = {
+        # maker: sold 0.02 of 0.05 BTC (0.03 still locked), less the 0.1 % maker fee; its
+        # ETH-USDT bid locks 0.01 x price plus the taker fee of each lot (fb: same partition)
+        ("fb", "maker", 0): [{"asset": "BTC", "available": "0.95000000", "locked": "0.03000000"},
+                             {"asset": "USDT", "available": "992.98900000",
+                              "locked": "9.00900000"}],
+        ("fb", "taker", 0): [{"asset": "BTC", "available": "0.02000000", "locked": "0.00000000"},
+                             {"asset": "USDT", "available": "997.99800000",
+                              "locked": "0.00000000"}],
+        ("alt", "maker", 0): [{"asset": "BTC", "available": "1.95000000", "locked": "0.03000000"},
+                              {"asset": "USDT", "available": "2003.99600000",
+                               "locked": "0.00000000"}],
+        ("alt", "maker", 1): [{"asset": "USDT", "available": "1989.99000000",
+                               "locked": "10.01000000"}],
+        ("alt", "taker", 0): [{"asset": "BTC", "available": "0.02000000", "locked": "0.00000000"},
+                              {"asset": "USDT", "available": "1995.99600000",
+                               "locked": "0.00000000"}],
+        ("alt", "taker", 1): [],
+    }  # fmt: skip
+    for (ns, name, partition), balances in want.items():
+        resp = sides[ns].get(f"/api/v1/balances?partition={partition}", name)
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == balances, (ns, name, partition)
+    client = sides["fb"].stack.redis()
+    try:
+        maker = sides["fb"].accounts["maker"]["account_id"]
+        assert client.exists(f"fb:{{p0}}:balances:{maker}", f"alt:{{p0}}:balances:{maker}",
+                              f"alt:{{p1}}:balances:{maker}") == 3  # fmt: skip
+        assert not client.exists(f"fb:{{p1}}:balances:{maker}")  # fb has one partition
+    finally:
+        client.close()
 
 
 def test_an_api_key_works_only_in_its_namespace(sides):
@@ -327,7 +375,9 @@ def test_every_key_is_under_its_namespace(sides):
         for expected in ("alt:{p0}:in", "alt:{p0}:applied", "alt:{p0}:trades", "alt:{p0}:lease",
                          f"alt:{{p0}}:book:{SYM}", "alt:{p1}:in", "alt:{p1}:applied",
                          "alt:{p1}:lease", "alt:{p1}:book:ETH-USDT", "alt:accounts",
-                         "alt:next_account"):  # fmt: skip
+                         "alt:next_account", "alt:{p0}:balances:1", "alt:{p1}:balances:1",
+                         "alt:{p0}:deposits:1", "alt:{p1}:deposits:1", "alt:{p0}:ledger:2",
+                         "alt:{p0}:balances:@fees", "alt:{p1}:deposits:1"):  # fmt: skip
             assert expected in alt_keys, (expected, sorted(alt_keys))
         # and nothing of alt's went under fb (or the other way): journals and account tables
         # hold exactly what each flow wrote

@@ -56,4 +56,6 @@ def test_native_and_pure_python_outputs_are_byte_identical(tmp_path: Path) -> No
     compiled, plain = _digest(ROOT), _digest(pure)
     assert compiled["native"] is True and plain["native"] is False
     assert compiled["trades"] > 1000  # the flow really matched
+    # with the ledger: deposits first, transfers among the flow, balances digested
+    assert compiled["deposits"] > 0 and compiled["transfers"] > 0 and compiled["accounts"] > 1
     assert compiled == {**plain, "native": True}

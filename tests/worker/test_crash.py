@@ -4,6 +4,13 @@ Afterwards every journaled command was processed exactly once: one order record 
 never two replies to a command (and exactly one to each command committed while a listener was
 subscribed), trade numbers contiguous without duplicates, and the recorded trades equal a clean
 in-memory replay of the same journal.
+
+Money too: the feeders fund their accounts first and mix deposits and withdrawals (some too
+large, so rejected) into the storm, and resend every transfer whose append failed with the same
+reference (as a client that cannot know whether it was journaled must), and repeat some on
+purpose. Afterwards the balances equal a clean replay, every asset's balances (the fee account's
+included) sum to the completed deposits minus the completed withdrawals, and each reference was
+applied exactly once: none twice, none lost (``wk_helpers.money_audit``).
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from wk_helpers import money_audit
 
 from bench.flow import OrderFlow
+from engine.markets import assets_of
 from protocol.config import load_markets
 from protocol.keys import Keys
 from redis_server import RedisServer
@@ -74,29 +83,64 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
 
 
+def transfers_for(flow: OrderFlow, rng: random.Random, seed: int, done: list[dict]) -> dict:
+    """One deposit or withdrawal with a fresh reference, or a repeat of an earlier one (its
+    reference, sometimes another amount: the first outcome stands)."""
+    assets = assets_of(flow.markets)
+    if done and rng.random() < 0.2:
+        again = dict(done[rng.randrange(len(done))])
+        if rng.random() < 0.5:
+            again["amount"] = assets[again["asset"]].format(rng.randint(1, 10**9))
+        return again
+    kind = "deposit" if rng.random() < 0.4 else "withdrawal"
+    asset = rng.choice(flow.assets)
+    units = rng.randint(1, 50) * 10**assets[asset].decimals  # 1..50 whole units
+    if kind == "withdrawal" and rng.random() < 0.15:
+        units = 9 * 10**17  # 9 billion: more than the account holds, rejected
+    wire = {"op": kind, "account": rng.choice(flow.accounts), "asset": asset,
+            "amount": assets[asset].format(units)}  # fmt: skip
+    ref = f"{kind[0]}{seed}-{len(done)}"
+    wire["deposit_id" if kind == "deposit" else "client_withdrawal_id"] = ref
+    done.append(wire)
+    return wire
+
+
 def feeder(port: int, seed: int, acked: list[int], stop: threading.Event) -> None:
-    """Append PER_FEEDER commands in small pipelined chunks, riding out Redis restarts."""
+    """Fund the flow's accounts, then append PER_FEEDER commands (and deposits and withdrawals
+    among them) in small pipelined chunks, riding out Redis restarts."""
     markets = load_markets()
     flow = OrderFlow(markets, seed=seed, accounts=15)
     # no automatic retries: a resent append could journal a chunk twice behind our back
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     journal = Journal(client, 0)
     rng = random.Random(seed)
+    transfers: list[dict] = []
+    # a transfer whose append failed may or may not be journaled: resent with its reference
+    resend = flow.deposits()  # the funding goes first, until it is acknowledged
     sent = 0
-    while sent < PER_FEEDER and not stop.is_set():
-        chunk = [flow.next() for _ in range(min(10, PER_FEEDER - sent))]
-        for n, wire in enumerate(chunk, sent):  # replies go to a pretend web process's inbox
-            wire["reply_to"] = f"feed{seed}-{n}"
+    tokens = 0
+    while (sent < PER_FEEDER or resend) and not stop.is_set():
+        chunk = [dict(w) for w in resend]
+        if not resend:  # orders only once the funding (and every resend) is acknowledged
+            chunk += [flow.next() for _ in range(min(10, PER_FEEDER - sent))]
+            if rng.random() < 0.3:
+                chunk.insert(rng.randrange(len(chunk) + 1), transfers_for(flow, rng, seed,
+                                                                          transfers))  # fmt: skip
+        for wire in chunk:  # replies go to a pretend web process's inbox
+            wire["reply_to"] = f"feed{seed}-{tokens}"
+            tokens += 1
         try:
             ids = journal.append_many(chunk)
         except (redis.ConnectionError, redis.TimeoutError):
             time.sleep(0.05)  # outcome unknown: those commands may or may not be journaled
-            sent += len(chunk)
+            resend = [w for w in chunk if w["op"] in ("deposit", "withdrawal")]
+            sent += sum(w["op"] not in ("deposit", "withdrawal") for w in chunk)
             continue
+        resend = []
         for wire, cmd_id in zip(chunk, ids, strict=True):
             flow.record(wire, cmd_id)
         acked.extend(ids)
-        sent += len(chunk)
+        sent += sum(w["op"] not in ("deposit", "withdrawal") for w in chunk)
         time.sleep(rng.uniform(0.03, 0.06))  # spread the flow over ~12 s of chaos
 
 
@@ -157,6 +201,8 @@ def test_kill_dash_nine_everything(tmp_path: Path) -> None:
             pipe.get(K.order(i))
         records = pipe.execute()
         assert [json.loads(h)["order_id"] if h else None for h in records] == new_ids
+        # funded first: no order refused or cut short for want of funds
+        assert not [r for r in records if b"insufficient_funds" in r]
         # replies: never twice, never for a command that is not journaled, and exactly one for
         # each command committed after the listener's last (re)subscription
         time.sleep(0.3)
@@ -188,6 +234,14 @@ def test_kill_dash_nine_everything(tmp_path: Path) -> None:
         result = replay_partition(client, 0, load_markets())
         assert result.ok, result.summary()
         assert result.trades == len(numbers)
+        assert result.balances_checked > 0  # the balances hashes are what the journal implies
+        # money: balances = a clean replay, conservation, each reference applied exactly once
+        audit = money_audit(client, load_markets())
+        deposits, withdrawals = audit["transfers"]["deposit"], audit["transfers"]["withdrawal"]
+        assert deposits["completed"] >= FEEDERS * 15 * 3 and deposits["rejected"] == 0
+        assert withdrawals["completed"] > 10 and withdrawals["rejected"] > 0
+        assert audit["repeated_references"] > 5  # repeats and resends were journaled
+        assert audit["fees"]["USDT"][0] > 0
         recoveries = worker.log_path.read_text(errors="replace").count("recovered from")
         # (a restart killed while still waiting for the lease never gets to recover)
         assert 1 <= recoveries <= kills + 1, f"{recoveries} recoveries for {kills} restarts"

@@ -6,10 +6,10 @@ import json
 import time
 
 import pytest
-from wk_helpers import last_stream_id, wait_applied
+from wk_helpers import fund, last_stream_id, wait_applied
 
 from protocol.keys import Keys
-from protocol.wire import parse_order_record
+from protocol.wire import parse_balances, parse_order_record
 from web.journal import Journal
 
 K = Keys(0)
@@ -28,6 +28,7 @@ def ask(journal: Journal, wire: dict) -> dict:
 
 def test_order_lifecycle_writes(redis_client, start_worker) -> None:
     start_worker()
+    fund(redis_client, "1", "2", "3")
     j = Journal(redis_client, 0)
     maker = ask(j, new("1", "sell", "100.5", "0.1", client_order_id="m-1"))
     assert maker["ok"] is True
@@ -94,6 +95,7 @@ def test_order_lifecycle_writes(redis_client, start_worker) -> None:
 
 def test_invalid_and_cancel_all_replies(redis_client, start_worker) -> None:
     start_worker()
+    fund(redis_client, "1", "2")
     j = Journal(redis_client, 0)
     bad = ask(j, {"op": "new", "account": "1", "symbol": "NOPE-USDT", "side": "buy",
                   "type": "limit", "price": "1", "quantity": "1"})  # fmt: skip
@@ -130,6 +132,7 @@ def test_replies_are_one_message_per_inbox_per_batch(redis_client, start_worker)
     message; untagged or badly tagged ones get no reply at all (nobody can be waiting)."""
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(K.inbox("in1"), K.inbox("in2"))
+    fund(redis_client, "1", "2", "3")  # untagged: no reply
     j = Journal(redis_client, 0)
     wires = [new("1", "sell", "100", "0.1", reply_to="in1-1"),
              new("2", "buy", "100", "0.05", reply_to="in2-1"),
@@ -164,9 +167,11 @@ def test_replies_are_one_message_per_inbox_per_batch(redis_client, start_worker)
 
 
 def test_pubsub_messages(redis_client, start_worker) -> None:
+    fund(redis_client, "1", "2")
+    start_worker()
+    wait_applied(redis_client, last_stream_id(redis_client))  # the funding's messages are out
     pubsub = redis_client.pubsub()
     pubsub.psubscribe("fb:md:*", "fb:acct:*")
-    start_worker()
     j = Journal(redis_client, 0)
     maker = ask(j, new("1", "sell", "100.5", "0.1"))["order"]
     ask(j, new("2", "buy", "100.5", "0.03"))
@@ -189,14 +194,86 @@ def test_pubsub_messages(redis_client, start_worker) -> None:
     assert trade_msgs[0]["trades"][0]["quantity"] == "0.03000"
     assert md[-1]["bbo"]["ask_qty"] == "0.07000"
     acct1 = [m for c, m in messages if c == "fb:acct:1"]
-    kinds = [e["event"] for m in acct1 for e in m["events"]]
+    kinds = [e["event"] for m in acct1 for e in m["events"] if e["event"] != "balance"]
     assert kinds == ["order", "fill", "order"]
+    # and after each batch's order and fill events, the balances it changed (last value): the
+    # sell's lock of 0.1 BTC, then 0.03 BTC sold at 100.5 less the 0.1 % maker fee
+    balances = [[e for e in m["events"] if e["event"] == "balance"] for m in acct1]
+    for message, last in zip(acct1, balances, strict=True):
+        assert message["events"][-len(last) :] == last
+    assert balances == [
+        [{"event": "balance", "partition": 0, "asset": "BTC", "available": "99999999.90000000",
+          "locked": "0.10000000"}],
+        [{"event": "balance", "partition": 0, "asset": "BTC", "available": "99999999.90000000",
+          "locked": "0.07000000"},
+         {"event": "balance", "partition": 0, "asset": "USDT",
+          "available": "100000003.01198500", "locked": "0.00000000"}],
+    ]  # fmt: skip
     fill = [e for m in acct1 for e in m["events"] if e["event"] == "fill"][0]
     assert fill["order_id"] == maker["order_id"] and fill["liquidity"] == "maker"
     assert fill["side"] == "sell"
     order_events = [e for m in acct1 for e in m["events"] if e["event"] == "order"]
     assert "fills" not in order_events[0] and order_events[-1]["status"] == "partially_filled"
     assert order_events[0]["type"] == "limit"  # the order's own type field is intact
+
+
+def _transfer(kind: str, account: str, asset: str, amount: str, ref: str) -> dict:
+    field = "deposit_id" if kind == "deposit" else "client_withdrawal_id"
+    return {"op": kind, "account": account, "asset": asset, "amount": amount, field: ref}
+
+
+def test_money_writes_and_repeated_references(redis_client, start_worker) -> None:
+    """Deposits and withdrawals: each reference applied once, a repeat answered with the first
+    outcome; the balances hash, the ledger and transfer lists, an order's lock and release."""
+    start_worker()
+    j = Journal(redis_client, 0)
+    first = ask(j, _transfer("deposit", "7", "USDT", "1000", "bank-1"))
+    assert first["ok"] is True
+    dep = first["transfer"]
+    assert dep == {"id": dep["id"], "type": "deposit", "deposit_id": "bank-1", "account_id": "7",
+                   "asset": "USDT", "amount": "1000.00000000", "status": "completed",
+                   "reason": None, "partition": 0, "created_at": dep["created_at"]}  # fmt: skip
+    # the same reference again, even with another amount: the first outcome, nothing credited
+    again = ask(j, _transfer("deposit", "7", "USDT", "5000", "bank-1"))
+    assert again == first
+    wd = ask(j, _transfer("withdrawal", "7", "USDT", "250.5", "w-1"))["transfer"]
+    assert (wd["status"], wd["reason"], wd["amount"]) == ("completed", None, "250.50000000")
+    assert ask(j, _transfer("withdrawal", "7", "USDT", "250.5", "w-1"))["transfer"] == wd
+    too_much = ask(j, _transfer("withdrawal", "7", "USDT", "750", "w-2"))["transfer"]
+    assert (too_much["status"], too_much["reason"]) == ("rejected", "insufficient_funds")
+    # another account may use the same client_withdrawal_id: references are per account
+    other = ask(j, _transfer("withdrawal", "8", "USDT", "1", "w-1"))["transfer"]
+    assert (other["status"], other["reason"]) == ("rejected", "insufficient_funds")
+    assert parse_balances(redis_client.hgetall(K.balances("7"))) == [
+        {"asset": "USDT", "available": "749.50000000", "locked": "0.00000000"}]
+    # an order locks price x quantity + the taker fee of each lot; a cancel releases it
+    order = ask(j, new("7", "buy", "100", "5"))["order"]
+    assert (order["status"], order["locked"], order["locked_asset"]) == (
+        "new", "500.50000000", "USDT")  # fmt: skip
+    assert parse_balances(redis_client.hgetall(K.balances("7"))) == [
+        {"asset": "USDT", "available": "249.00000000", "locked": "500.50000000"}]
+    broke = ask(j, new("7", "buy", "100", "2.5"))["order"]  # 250.25 > 249 available
+    assert (broke["status"], broke["reject_reason"]) == ("rejected", "insufficient_funds")
+    assert ask(j, new("9", "sell", "100", "0.1"))["order"]["reject_reason"] == (
+        "insufficient_funds")  # never funded  # fmt: skip
+    cancelled = ask(j, {"op": "cancel", "account": "7", "order_id": order["order_id"]})["order"]
+    assert (cancelled["status"], cancelled["locked"]) == ("cancelled", "0.00000000")
+    assert parse_balances(redis_client.hgetall(K.balances("7"))) == [
+        {"asset": "USDT", "available": "749.50000000", "locked": "0.00000000"}]
+    # the lists: each reference's first outcome once, newest first
+    deposits = [json.loads(x) for x in redis_client.lrange(K.transfers("7", "deposit"), 0, -1)]
+    assert deposits == [dep]
+    withdrawals = [json.loads(x) for x in
+                   redis_client.lrange(K.transfers("7", "withdrawal"), 0, -1)]  # fmt: skip
+    assert withdrawals == [too_much, wd]
+    ledger = [json.loads(x) for x in redis_client.lrange(K.ledger("7"), 0, -1)]
+    assert [(e["reason"], e["amount"], e["balance"], e["reference"]) for e in ledger] == [
+        ("withdrawal", "-250.50000000", "749.50000000", "w-1"),
+        ("deposit", "1000.00000000", "1000.00000000", "bank-1"),
+    ]  # an order's lock moves nothing between accounts: no ledger entry
+    assert not redis_client.exists(K.transfers("8", "deposit"))
+    assert [json.loads(x)["status"] for x in
+            redis_client.lrange(K.transfers("8", "withdrawal"), 0, -1)] == ["rejected"]
 
 
 class _Lease:

@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from wk_helpers import feed, last_stream_id, redis_state, trade_numbers, wait_applied
+from wk_helpers import (
+    feed,
+    fund,
+    last_stream_id,
+    money_audit,
+    redis_state,
+    trade_numbers,
+    wait_applied,
+)
 
 from protocol.keys import Keys
 from redis_server import STARTUP_TIMEOUT, wait_until
@@ -44,12 +52,14 @@ def test_two_workers_one_active_standby_takes_over(redis_client, start_worker, m
     numbers = trade_numbers(redis_client)
     assert numbers == list(range(1, len(numbers) + 1))
     assert replay_partition(redis_client, 0, markets).ok
+    money_audit(redis_client, markets)  # balances = replay, conservation, deposits once
 
 
 def test_stolen_lease_fences_writes(redis_client, start_worker, markets):
     # slow renewal: the commit must notice first
     a = start_worker(lease_ms=1000, renew_s=5.0)
     assert a.worker.active.wait(10)
+    fund(redis_client, "1", "2")
     journal = Journal(redis_client, 0)
     _, reply = journal.submit({"op": "new", "account": "1", "symbol": "BTC-USDT", "side": "buy",
                                "type": "limit", "price": "100", "quantity": "0.1"}, 5)  # fmt: skip
@@ -117,6 +127,7 @@ def test_real_processes_kill_active_standby_takes_over(redis_client, redis_url, 
         numbers = trade_numbers(redis_client)
         assert numbers == list(range(1, len(numbers) + 1))
         assert replay_partition(redis_client, 0, markets).ok
+        money_audit(redis_client, markets)  # balances = replay, conservation, deposits once
         standby.send_signal(signal.SIGTERM)
         assert standby.wait(15) == 0
         assert redis_client.get(K.lease) is None  # released on a clean stop

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from wk_helpers import feed, last_stream_id, redis_state, trade_numbers, wait_applied
+from wk_helpers import (
+    feed,
+    last_stream_id,
+    money_audit,
+    redis_state,
+    trade_numbers,
+    wait_applied,
+)
 
 from protocol.keys import Keys
 from worker.replay import replay_partition
@@ -29,7 +36,13 @@ def test_recovery_from_snapshot_gives_identical_trades(redis_client, start_worke
     assert len(numbers) > 500
     result = replay_partition(redis_client, 0, markets)
     assert result.ok, result.summary()
-    assert result.trades == len(numbers) and result.entries == 3000
+    # every entry: the flow's deposits (journaled first) and its 3,000 commands
+    assert result.trades == len(numbers) and result.entries == len(flow.deposits()) + 3000
+    assert result.balances_checked > 0
+    # and on its own: balances = a clean replay, conservation, each deposit credited once
+    audit = money_audit(redis_client, markets)
+    assert audit["transfers"]["deposit"] == {"completed": len(flow.deposits()), "rejected": 0}
+    assert audit["fees"]["USDT"][0] > 0  # the fee account took fees
     assert result.books_checked == len(markets)
 
 
@@ -88,12 +101,13 @@ def test_applied_count_and_resync_on_recovery(redis_client, start_worker, market
     pubsub = redis_client.pubsub()
     pubsub.subscribe(K.control)
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"
-    feed(redis_client, markets, 300, seed=4)
+    flow = feed(redis_client, markets, 300, seed=4)
     redis_client.xadd(K.stream, {"c": "garbage"})  # consumed too, though not a command
     a = start_worker()
     wait_applied(redis_client, last_stream_id(redis_client))
     msg = pubsub.get_message(timeout=2)
     assert msg is not None and json.loads(msg["data"]) == {"type": "resync", "partition": 0}
-    assert int(redis_client.get(K.applied_count)) == redis_client.xlen(K.stream) == 301
+    entries = len(flow.deposits()) + 300 + 1
+    assert int(redis_client.get(K.applied_count)) == redis_client.xlen(K.stream) == entries
     a.stop()
     pubsub.close()

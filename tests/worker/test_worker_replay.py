@@ -82,6 +82,31 @@ def test_replay_reports_an_unreadable_order_record(redis_client, redis_url, star
     assert run_replay(redis_url).returncode == 0
 
 
+def test_replay_cli_compares_balances(redis_client, redis_url, start_worker, markets) -> None:
+    """A balance that is not what the journal implies fails the audit, as does a balances hash
+    of an account the journal never funded."""
+    feed(redis_client, markets, 400, seed=13)
+    w = start_worker(batch_size=100)
+    wait_applied(redis_client, last_stream_id(redis_client))
+    w.stop()
+    ok = run_replay(redis_url)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    compared = int(ok.stdout.split(" balances compared")[0].rsplit(" ", 1)[1])
+    assert compared >= 20 * 3  # every funded account, every asset of the flow
+    key = K.balances("7")
+    good = redis_client.hget(key, "USDT")
+    redis_client.hset(key, "USDT", good.replace(b'"available":"', b'"available":"1'))
+    bad = run_replay(redis_url)
+    assert bad.returncode == 1 and "replay FAILED" in bad.stdout, bad.stdout + bad.stderr
+    assert key in bad.stdout
+    redis_client.hset(key, "USDT", good)
+    assert run_replay(redis_url).returncode == 0
+    redis_client.hset(K.balances("never-funded"), "USDT",
+                      b'{"available":"1.00000000","locked":"0.00000000"}')  # fmt: skip
+    stray = run_replay(redis_url)
+    assert stray.returncode == 1 and K.balances("never-funded") in stray.stdout, stray.stdout
+
+
 def test_replay_cli_nothing_applied(redis_url) -> None:
     out = run_replay(redis_url)
     assert out.returncode == 0 and "nothing applied yet" in out.stdout

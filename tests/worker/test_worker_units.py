@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from wk_helpers import deposit_entries
+
 from engine.commands import make_public_id
 from protocol import wire
 from protocol.keys import Keys
@@ -28,8 +30,9 @@ def test_order_state_public_form(markets) -> None:
     public = st.public(markets["BTC-USDT"])
     assert list(public) == [
         "order_id", "client_order_id", "symbol", "side", "type", "time_in_force", "post_only",
-        "status", "reject_reason", "price", "stop_price", "quantity", "quote_quantity",
-        "filled_quantity", "remaining_quantity", "cum_quote", "created_at", "updated_at", "fills",
+        "stp", "status", "reject_reason", "price", "stop_price", "quantity", "quote_quantity",
+        "filled_quantity", "remaining_quantity", "cum_quote", "locked", "locked_asset",
+        "created_at", "updated_at", "fills",
     ]  # fmt: skip
     assert (public["filled_quantity"], public["remaining_quantity"], public["cum_quote"]) == (
         "0.04000", "0.06000", "4.0200000",
@@ -46,6 +49,7 @@ def _entry(n: int, body: dict) -> tuple[bytes, dict]:
 
 def test_a_batch_becomes_one_mset_indexes_trades_and_messages(markets) -> None:
     proc = Processor(markets, 0)
+    proc.process(deposit_entries("1", "2"))  # every order needs funds: an earlier batch
     new = {"op": "new", "symbol": "BTC-USDT", "type": "limit", "quantity": "0.1"}
     batch = proc.process([
         _entry(1, {**new, "account": "1", "side": "sell", "price": "100", "reply_to": "w-1"}),
@@ -58,7 +62,7 @@ def test_a_batch_becomes_one_mset_indexes_trades_and_messages(markets) -> None:
     written = dict(zip(mset[1::2], mset[2::2], strict=True))
     assert set(written) == {keys.order(256), keys.order(512), keys.book("BTC-USDT"),
                             keys.applied_count}  # fmt: skip
-    assert written[keys.applied_count] == 2
+    assert written[keys.applied_count] == 2 + 10  # the funding batch's entries counted too
     # both orders closed (filled) within the batch: never opened, both closed
     assert ("ZADD", keys.closed("1"), 256, 256) in commands
     assert not any(c[0] == "ZADD" and c[1] == keys.open("1") for c in commands)
@@ -72,3 +76,14 @@ def test_a_batch_becomes_one_mset_indexes_trades_and_messages(markets) -> None:
     assert replies["w-1"]["order"]["status"] == "new"  # each reply as of its own command
     record = json.loads(written[keys.order(256)])
     assert record["account"] == "1" and record["status"] == "filled"
+    assert (record["locked"], record["locked_asset"]) == ("0.00000000", "BTC")
+    # the balances the fill moved, one HSET per account with its last values
+    hsets = {c[1]: dict(zip(c[2::2], c[3::2], strict=True)) for c in commands if c[0] == "HSET"}
+    usdt = "99999989.99000000"  # 10 USDT + the 0.1 % taker fee paid
+    assert {k: {a: json.loads(v) for a, v in f.items()} for k, f in hsets.items()} == {
+        keys.balances("1"): {"BTC": {"available": "99999999.90000000", "locked": "0.00000000"},
+                             "USDT": {"available": "100000009.99000000", "locked": "0.00000000"}},
+        keys.balances("2"): {"BTC": {"available": "100000000.10000000", "locked": "0.00000000"},
+                             "USDT": {"available": usdt, "locked": "0.00000000"}},
+        keys.balances("@fees"): {"USDT": {"available": "0.02000000", "locked": "0.00000000"}},
+    }  # fmt: skip

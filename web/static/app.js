@@ -168,8 +168,53 @@ async function loadTrades() {
     if (rows.length) setLast(rows[0]); else { $("last-price").textContent = "—"; $("mid-price").textContent = "—"; }
   } catch (e) { /* the socket keeps the tape going */ }
 }
+// -- candles and the 24 h ticker (GET /api/v1/klines, /api/v1/ticker; redrawn at most once a second)
+const CANDLES = 60;
+async function loadCandles() {
+  const sym = state.symbol, interval = $("interval").value;
+  try {
+    const rows = await api("GET", `/api/v1/klines/${sym}?interval=${interval}&limit=${CANDLES}`);
+    if (sym === state.symbol) drawCandles(rows);
+  } catch (e) { /* keep the last chart */ }
+  try {
+    const t = await api("GET", `/api/v1/ticker/${sym}`);
+    if (sym !== state.symbol) return;
+    const c = $("change-24h");
+    c.textContent = t.last === null || t.last === undefined ? "—" : `${t.price_change} (${t.price_change_percent}%)`;
+    c.className = "num " + (String(t.price_change).startsWith("-") ? "sell" : "buy");
+    $("volume-24h").textContent = `${trimZeros(t.volume)} ${market().base_asset}`;
+  } catch (e) { /* no ticker yet */ }
+}
+function scheduleCandles() {
+  if (state.candleTimer) return;
+  state.candleTimer = setTimeout(() => { state.candleTimer = null; loadCandles(); }, 1000);
+}
+function drawCandles(rows) {
+  const cv = $("candles"), ctx = cv.getContext("2d");
+  const w = cv.clientWidth || cv.width, h = cv.clientHeight || cv.height;
+  cv.width = w; cv.height = h; ctx.clearRect(0, 0, w, h);
+  cv.dataset.candles = String(rows.length);
+  if (!rows.length) return;
+  // prices to integer ticks (BigInt): only pixel positions become floating point
+  const s = priceScale();
+  const hi = rows.reduce((m, k) => { const v = toUnits(k.high, s); return v > m ? v : m; }, toUnits(rows[0].high, s));
+  const lo = rows.reduce((m, k) => { const v = toUnits(k.low, s); return v < m ? v : m; }, toUnits(rows[0].low, s));
+  const span = hi > lo ? hi - lo : 1n, pad = 6;
+  const y = (p) => pad + Number(((hi - toUnits(p, s)) * 10000n) / span) / 10000 * (h - 2 * pad);
+  const step = w / CANDLES, body = Math.max(1, step * 0.6);
+  rows.forEach((k, i) => {
+    const x = (CANDLES - rows.length + i) * step + step / 2;
+    const up = cmpPrice(k.close, k.open) >= 0;
+    ctx.strokeStyle = ctx.fillStyle = up ? "#2ebd85" : "#f6465d";
+    ctx.beginPath(); ctx.moveTo(x, y(k.high)); ctx.lineTo(x, y(k.low)); ctx.stroke();
+    const top = y(up ? k.close : k.open), bottom = y(up ? k.open : k.close);
+    ctx.fillRect(x - body / 2, top, body, Math.max(1, bottom - top));
+  });
+}
+
 function onTrade(m) {
   const t = m.data;
+  scheduleCandles();
   if (state.tradeSeq !== null && m.sequence <= state.tradeSeq) return; // already loaded via REST
   state.tradeSeq = m.sequence;
   const box = $("trades"); box.prepend(tradeRow(t, true));
@@ -333,6 +378,7 @@ function selectSymbol(sym) {
     send({ op: "subscribe", channels: state.subscribed });
     loadTrades();
   }
+  loadCandles();
   history.replaceState(null, "", `#${sym}`);
 }
 
@@ -345,6 +391,7 @@ async function main() {
   for (const id of ["price", "quantity", "stop-price"]) $(id).addEventListener("input", estimateLock);
   $("order-form").onsubmit = submitOrder;
   $("symbol").onchange = () => selectSymbol($("symbol").value);
+  $("interval").onchange = loadCandles;
   $("cancel-all").onclick = async () => { try { const r = await api("DELETE", `/api/v1/orders?symbol=${state.symbol}`); showResult(`cancelled ${(r.cancelled || []).length}`, false); loadOrders(); } catch (e) { showResult(String(e.message), true); } };
   $("key-form").onsubmit = (ev) => {
     ev.preventDefault();
