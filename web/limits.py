@@ -25,13 +25,20 @@ API-key lookup (one pipelined write of HGET + one EVAL per limit): 0.97x and 1.0
   seconds, then tries Redis again (fail open to per-process limits, never fail closed: the order
   path reports the outage itself, with a 503).
 
+Binance's model on ``/api/v3`` (:class:`BinanceLimits`), on these same counters, so that
+clients tuned for Binance's limits behave here as there: request weight per minute and raw
+requests per 5 minutes per address (counted, with a read of the address's ban, in the round
+trip above), orders per 10 s and per day per account (after the signature is verified), 429
+-1003 / -1015 with ``Retry-After``, and a 418 ban, doubling per repeat, for an address that keeps
+sending after its 429s. Each endpoint's weight is ``web.binance.weights``'.
+
 WebSocket caps (``FAIRBOOK_WS_MAX_PER_IP``, ``FAIRBOOK_WS_MAX_PER_KEY``) count the open sockets
 of this web process (a crash takes its counts with it, so nothing can leak): past the address
 cap the upgrade is refused with a JSON 429 ``too_many_connections``; past the key cap the ``auth``
 op closes the socket 1008.
 
-``FAIRBOOK_RATE_LIMITS=off`` disables the rate limits and the socket caps (not the journal's
-backlog bound, which protects the matching worker).
+``FAIRBOOK_RATE_LIMITS=off`` disables the rate limits (Binance's too) and the socket caps (not
+the journal's backlog bound, which protects the matching worker).
 """
 
 from __future__ import annotations
