@@ -326,6 +326,9 @@ ORDERS_SCOPE = "binance_orders"  # per account
 STRIKE_SCOPE = "binance_strikes"  # per address: requests refused 429 in the weight's window
 OFFENCE_SCOPE = "binance_bans"  # per address: bans in the last day (each doubles the next)
 BAN_MAX_S = 3 * 86400  # Binance: "from 2 minutes to 3 days"
+#: the windows of an address's 429s and of its bans (the amounts are not limits: never reached)
+STRIKES = parse("1000000000 per 1 minute")
+OFFENCES = parse("1000000000 per 1 day")
 MSG_WEIGHT = (
     "Too much request weight used; current limit is {limit} request weight per {per}. "
     "Please use WebSocket Streams for live updates to avoid polling the API."
@@ -356,10 +359,12 @@ class Rule:
     interval: str  # SECOND | MINUTE | DAY
     num: int
     limit: int
+    #: the ``limits`` item of the counter (parsed once, not per request)
+    item: RateLimitItem = field(init=False, compare=False)
 
-    @property
-    def item(self) -> RateLimitItem:
-        return parse(f"{self.limit} per {self.num} {self.interval.lower()}")
+    def __post_init__(self) -> None:
+        item = parse(f"{self.limit} per {self.num} {self.interval.lower()}")
+        object.__setattr__(self, "item", item)
 
     @property
     def letter(self) -> str:
@@ -435,7 +440,7 @@ class BinanceLimits:
                 continue
             retry = limiter.retry_after(check)
             if self.ban_after:
-                strikes = (parse(f"{self.ban_after} per 1 minute"), ip, STRIKE_SCOPE, 1)
+                strikes = (STRIKES, ip, STRIKE_SCOPE, 1)
                 _, (refused,), _ = limiter.count([strikes])
                 if refused > self.ban_after:
                     self.ban(limiter, ip)
@@ -447,7 +452,7 @@ class BinanceLimits:
         """Ban ``ip``: ``ban_s`` doubled for each ban of the last day, at most 3 days (as
         Binance's bans "scale in duration for repeat offenders, from 2 minutes to 3 days").
         Kept only in Redis (a process counting in memory does not ban)."""
-        offences = (parse("1000000000 per 1 day"), ip, OFFENCE_SCOPE, 1)
+        offences = (OFFENCES, ip, OFFENCE_SCOPE, 1)
         _, (n,), _ = limiter.count([offences])
         seconds = min(BAN_MAX_S, self.ban_s * 2 ** min(n - 1, 20))
         until = int(time.time() * 1000) + seconds * 1000

@@ -342,3 +342,16 @@ def test_counters_live_under_the_namespace_by_address_and_account(bn_app, bn_cli
     assert counters and all(n.startswith("fb:rate_limits:") for n in counters), counters
     assert any("/127.0.0.1/binance_weight/" in n for n in counters), counters
     assert not any(alice.api_key in n for n in names)
+
+
+def test_counts_fall_back_to_memory_while_redis_is_down(fresh_redis):
+    """Fail open to per-process counts, as the native limits do: the weight is still counted,
+    its header sent and its limit kept."""
+    app = make_app(fresh_redis.url, FAIRBOOK_BINANCE_WEIGHT_1M="3")
+    try:
+        client = app.test_client()
+        fresh_redis.stop()
+        assert [used(client.get("/api/v3/ping")) for _ in range(3)] == [1, 2, 3]
+        refused(client.get("/api/v3/ping"), 429, -1003, 60)
+    finally:
+        app.extensions["fairbook"].redis.close()
