@@ -226,6 +226,18 @@ class RateLimiter:
         counts = [int(c) for c in replies[lead : lead + len(checks)]]
         return replies[0] if first else None, counts, replies[lead + len(checks) :]
 
+    def read(self, checks: list[Check]) -> list[int]:
+        """The counts of ``checks`` without counting (0 for a window not started), one round
+        trip."""
+        strategy = self._strategy()
+        if strategy is not self.in_redis:
+            return [strategy.storage.get(c[0].key_for(c[1], c[2])) for c in checks]
+        try:
+            replies = self.connections.pipeline([("GET", self.name(c)) for c in checks])
+        except (redis.RedisError, OSError):
+            return [0] * len(checks)
+        return [int(r) if isinstance(r, str | bytes) else 0 for r in replies]
+
     def name(self, check: Check | Weighed) -> str:
         """The Redis key of a check's counter (the ``limits`` library's name)."""
         return f"{self.prefix}:{check[0].key_for(check[1], check[2])}"
@@ -314,6 +326,16 @@ def count_order(account: str) -> None:
             raise BinanceLimited(429, TOO_MANY_ORDERS, f"Too many new orders; current limit is "
                                  f"{rule.limit} orders per {rule.per}.",
                                  limiter.retry_after(check))  # fmt: skip
+
+
+def order_counts(account: str) -> list[dict[str, Any]]:
+    """``account``'s ORDERS limits with their counts (``GET /api/v3/rateLimit/order``)."""
+    limiter = current_app.extensions.get("fairbook_rate_limiter")
+    bn = limiter.binance if limiter is not None else None
+    if bn is None:
+        return []
+    counts = limiter.read([(rule.item, account, ORDERS_SCOPE) for rule in bn.orders])
+    return [{**rule.described(), "count": n} for rule, n in zip(bn.orders, counts, strict=True)]
 
 
 # -- Binance's model (/api/v3) ------------------------------------------------------------------

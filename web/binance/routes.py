@@ -26,7 +26,7 @@ from web.app import Fairbook, state
 from web.binance import errors, signing, translate
 from web.binance.errors import BinanceError
 from web.binance.translate import Symbols
-from web.limits import binance_limits, count_order
+from web.limits import binance_limits, count_order, order_counts
 
 public = Blueprint("binance_public", __name__, url_prefix="/api/v3")
 signed = Blueprint("binance_signed", __name__, url_prefix="/api/v3")
@@ -584,6 +584,14 @@ def account_commission():
         "discount": {"enabledForAccount": False, "enabledForSymbol": False,
                      "discountAsset": None, "discount": zero},
     })  # fmt: skip
+
+
+@signed.get("/rateLimit/order")
+def rate_limit_order():
+    """The account's ORDERS limits with the orders counted in their current windows (Binance's
+    "unfilled order count"; here every order placed counts: fills give nothing back)."""
+    s = signing.verify(READ)
+    return jsonify(order_counts(s.account))
 
 
 def init_app(app: Flask) -> None:

@@ -355,3 +355,31 @@ def test_counts_fall_back_to_memory_while_redis_is_down(fresh_redis):
         refused(client.get("/api/v3/ping"), 429, -1003, 60)
     finally:
         app.extensions["fairbook"].redis.close()
+
+
+@pytest.mark.parametrize("bn_config", [{"FAIRBOOK_BINANCE_ORDERS_10S": "50",
+                                        "FAIRBOOK_REPLY_TIMEOUT": 0}])  # fmt: skip
+def test_rate_limit_order_reads_the_accounts_order_counts(bn_client, make_key):
+    alice, bob = make_key(), make_key()
+
+    def counts(signer: Any) -> list[dict[str, Any]]:
+        resp = bn_client.get("/api/v3/rateLimit/order", query_string=signer.query(),
+                             headers=signer.headers)  # fmt: skip
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        return resp.get_json()
+
+    empty = counts(alice)
+    assert empty == [
+        {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 50,
+         "count": 0},
+        {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 200000,
+         "count": 0},
+    ]  # fmt: skip
+    for _ in range(2):
+        place(bn_client, alice)
+    assert [c["count"] for c in counts(alice)] == [2, 2]  # reading counts nothing
+    assert [c["count"] for c in counts(bob)] == [0, 0]
+    before = used(bn_client.get("/api/v3/ping"))
+    resp = bn_client.get("/api/v3/rateLimit/order", query_string=alice.query(),
+                         headers=alice.headers)  # fmt: skip
+    assert used(resp) == before + 40
