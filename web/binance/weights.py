@@ -1,10 +1,11 @@
 """Binance's request weight of each ``/api/v3`` endpoint (its REST docs' "Weight:" of each).
 
-Why weights and not a count: Binance's clients budget by weight (ccxt's ``rateLimit`` and
-per-endpoint ``cost`` are these numbers), so a client tuned for Binance stays under Fairbook's
-limit exactly where it would stay under Binance's. The weight is read from the parameters as
-sent, before the route checks them (a malformed value weighs what its default does): the count
-rides in the round trip of the request's first Redis command (``web.limits.count_request``).
+Why Binance's weights and not a request count: clients written for Binance budget by its
+published weights and its ``X-MBX-USED-WEIGHT-1M`` header, so a client tuned for Binance stays
+under Fairbook's limit where it would stay under Binance's. The weight is read from the
+parameters as sent, before the route checks them (a malformed value weighs what its default
+does): the count rides in the round trip of the request's first Redis command
+(``web.limits.count_request``).
 """
 
 from __future__ import annotations
