@@ -4,7 +4,8 @@ and records as ``/api/v1``, so clients that speak Binance (ccxt, python-binance)
 Modules, one job each: :mod:`vault` (the server key that seals HMAC secrets), :mod:`keys`
 (signed API keys in the shared key store, the CLI), :mod:`signing` (Binance's signed-request
 check on the raw bytes), :mod:`errors` (``{"code", "msg"}`` with Binance's codes and texts),
-:mod:`translate` (Binance parameters and objects <-> native ones), :mod:`routes` (the endpoints).
+:mod:`translate` (Binance parameters and objects <-> native ones), :mod:`routes` (the endpoints),
+:mod:`weights` (each endpoint's request weight, for the limits of ``web.limits``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register ``/api/v3`` (both blueprints), its error shape and the key CLI."""
-    from web.binance import errors, keys, routes
+    from web.binance import errors, keys, routes, weights
+    from web.limits import binance_limits
 
+    limits = binance_limits(app)
+    if limits is not None:  # Binance's weight of each request (rate limits on)
+        limits.weigh = weights.request_weight
     routes.init_app(app)
     errors.init_app(app)
     keys.init_app(app)

@@ -26,6 +26,7 @@ from web.app import Fairbook, state
 from web.binance import errors, signing, translate
 from web.binance.errors import BinanceError
 from web.binance.translate import Symbols
+from web.limits import binance_limits, count_order, order_counts
 
 public = Blueprint("binance_public", __name__, url_prefix="/api/v3")
 signed = Blueprint("binance_signed", __name__, url_prefix="/api/v3")
@@ -119,6 +120,12 @@ def server_time():
     return jsonify({"serverTime": _now_ms()})
 
 
+def _rate_limits() -> list[dict[str, Any]]:
+    """The configured limits in Binance's shape (none when rate limits are off)."""
+    limits = binance_limits(current_app)
+    return [rule.described() for rule in limits.rules()] if limits is not None else []
+
+
 @public.get("/exchangeInfo")
 def exchange_info():
     """Markets as Binance symbols with their filters (``symbol`` / ``symbols`` select)."""
@@ -129,7 +136,7 @@ def exchange_info():
     return jsonify({
         "timezone": "UTC",
         "serverTime": _now_ms(),
-        "rateLimits": [],
+        "rateLimits": _rate_limits(),
         "exchangeFilters": [],
         "symbols": [translate.symbol_info(st.markets[s], names[s]) for s in chosen],
     })  # fmt: skip
@@ -278,6 +285,7 @@ def new_order():
     """Place an order: translated, validated and journaled exactly as a native one. An
     engine rejection is an error as on Binance (-2010 ...); ``ACK`` answers once journaled."""
     s = signing.verify(TRADE)
+    count_order(s.account)  # every verified attempt counts, valid or not
     wire, native, _, response_type = _validated(s.params)
     wire["account"] = s.account
     st = state()
@@ -576,6 +584,14 @@ def account_commission():
         "discount": {"enabledForAccount": False, "enabledForSymbol": False,
                      "discountAsset": None, "discount": zero},
     })  # fmt: skip
+
+
+@signed.get("/rateLimit/order")
+def rate_limit_order():
+    """The account's ORDERS limits with the orders counted in their current windows (Binance's
+    "unfilled order count"; here every order placed counts: fills give nothing back)."""
+    s = signing.verify(READ)
+    return jsonify(order_counts(s.account))
 
 
 def init_app(app: Flask) -> None:

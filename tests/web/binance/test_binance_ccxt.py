@@ -224,3 +224,35 @@ def test_bids_asks_and_tickers(stack, traders):
     assert quotes[SYMBOL]["bid"] == 21000 and "ETH/USDT" in quotes
     one = maker.ex.fetch_bids_asks([SYMBOL])
     assert one[SYMBOL]["bidVolume"] == 0.01
+
+
+def test_rate_limits_raise_ccxts_rate_limit_errors(tmp_path):
+    """A stack of its own with tiny limits: ccxt's binance raises ``DDoSProtection`` (its
+    rate-limit family, RateLimitExceeded's parent) on a 429 -1015 (orders), a 429 -1003
+    (weight) and the 418 ban that follows more requests."""
+    env = {"FAIRBOOK_SECRET_KEY": SERVER_KEY, "FAIRBOOK_BINANCE_WEIGHT_1M": "60",
+           "FAIRBOOK_BINANCE_ORDERS_10S": "2", "FAIRBOOK_BINANCE_BAN_AFTER": "2"}  # fmt: skip
+    with Stack(reply_timeout=2.0, log_dir=tmp_path, env=env) as stack:
+        seen: list[str] = []
+        ex = Trader(stack, seen, funds=FUNDS).ex
+        ex.load_markets()  # exchangeInfo: 20
+        assert ex.last_response_headers["X-MBX-USED-WEIGHT-1M"] == "20"
+        limits = ex.publicGetExchangeInfo()["rateLimits"]  # 40
+        assert {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10,
+                "limit": 2} in limits  # fmt: skip
+        for _ in range(2):
+            ex.create_order(SYMBOL, "limit", "buy", 0.01, 20000)
+        assert ex.last_response_headers["X-MBX-ORDER-COUNT-10S"] == "2"
+        with pytest.raises(ccxt.DDoSProtection) as orders:
+            ex.create_order(SYMBOL, "limit", "buy", 0.01, 20000)
+        assert " 429 " in str(orders.value) and "-1015" in str(orders.value)
+        with pytest.raises(ccxt.DDoSProtection) as weight:
+            for _ in range(60):
+                ex.fetch_time()
+        assert " 429 " in str(weight.value) and "Too much request weight used" in str(weight.value)
+        with pytest.raises(ccxt.DDoSProtection):
+            ex.fetch_time()  # the second refusal (FAIRBOOK_BINANCE_BAN_AFTER = 2)
+        with pytest.raises(ccxt.DDoSProtection) as banned:
+            ex.fetch_time()
+        assert " 418 " in str(banned.value) and "IP banned until" in str(banned.value)
+        assert seen and all("/api/v3/" in u for u in seen), seen
