@@ -64,7 +64,8 @@ def journal_of(trades: list[tuple[int, str, int, int, bool]]) -> Journal:
     for step, symbol, price, qty, taker_buys in trades:
         ms += step
         market = MARKETS[symbol]
-        p = format(Decimal("100" if symbol == "BTC-USDT" else "0.05") + price * market.tick_size, "f")
+        base = Decimal("100" if symbol == "BTC-USDT" else "0.05")
+        p = format(base + price * market.tick_size, "f")
         lots = market.min_lots * qty * (1000 if symbol == "BTC-USDT" else 20)
         q = market.format_qty(lots)
         maker_side, taker_side = ("sell", "buy") if taker_buys else ("buy", "sell")

@@ -6,6 +6,7 @@ import json
 
 from wk_helpers import feed, last_stream_id, redis_state, trade_numbers, wait_applied
 
+from engine.markets import assets_of
 from protocol.keys import Keys
 from worker.replay import replay_partition
 
@@ -13,7 +14,8 @@ K = Keys(0)
 
 
 def test_recovery_from_snapshot_gives_identical_trades(redis_client, start_worker, markets):
-    flow = feed(redis_client, markets, 1500, seed=11)
+    flow = feed(redis_client, markets, 1500, seed=11, fund=True)
+    deposits = len(flow.accounts) * len(assets_of(markets))
     a = start_worker(snapshot_every=400, batch_size=100)
     wait_applied(redis_client, last_stream_id(redis_client))
     a.crash()  # no lease release, no final snapshot: like kill -9 between snapshots
@@ -29,12 +31,24 @@ def test_recovery_from_snapshot_gives_identical_trades(redis_client, start_worke
     assert len(numbers) > 500
     result = replay_partition(redis_client, 0, markets)
     assert result.ok, result.summary()
-    assert result.trades == len(numbers) and result.entries == 3000
+    assert result.trades == len(numbers) and result.entries == 3000 + deposits
     assert result.books_checked == len(markets)
+    # the candles survived the crash exactly: every stored one is what the trades make
+    assert result.candles_checked >= 4 * len(flow.symbols)
+    assert redis_client.zcard(K.kline(flow.symbols[0], "1m")) >= 1
+    # and a tampered candle is the first difference replay reports
+    key = K.kline(flow.symbols[0], "1d")
+    member, score = redis_client.zrange(key, -1, -1, withscores=True)[0]
+    candle = json.loads(member)
+    candle["trades"] += 1
+    redis_client.zremrangebyscore(key, score, score)
+    redis_client.zadd(key, {json.dumps(candle): score})
+    bad = replay_partition(redis_client, 0, markets)
+    assert not bad.ok and bad.difference.startswith(f"{key} at {int(score)}")
 
 
 def test_reapplied_entries_are_not_written_again(redis_client, start_worker, markets):
-    feed(redis_client, markets, 1200, seed=5)
+    feed(redis_client, markets, 1200, seed=5, fund=True)
     a = start_worker(snapshot_every=500, batch_size=100)
     wait_applied(redis_client, last_stream_id(redis_client))
     a.crash()
@@ -54,7 +68,7 @@ def test_reapplied_entries_are_not_written_again(redis_client, start_worker, mar
 
 
 def test_recovery_without_snapshot_from_genesis(redis_client, start_worker, markets):
-    feed(redis_client, markets, 600, seed=2)
+    feed(redis_client, markets, 600, seed=2, fund=True)
     a = start_worker(snapshot_every=10**9, batch_size=150)
     wait_applied(redis_client, last_stream_id(redis_client))
     a.crash()
@@ -68,7 +82,7 @@ def test_recovery_without_snapshot_from_genesis(redis_client, start_worker, mark
 
 
 def test_trimmed_journal_recovers_and_replays(redis_client, start_worker, markets):
-    flow = feed(redis_client, markets, 1000, seed=9)
+    flow = feed(redis_client, markets, 1000, seed=9, fund=True)
     a = start_worker(snapshot_every=300, batch_size=100, trim=True)
     wait_applied(redis_client, last_stream_id(redis_client))
     a.stop()

@@ -56,15 +56,23 @@ def last_stream_id(client: Any, partition: int = 0) -> str:
     return entries[0][0].decode()
 
 
-def feed(client: Any, markets: dict, n: int, seed: int = 1, flow: Any = None) -> Any:
-    """Append ``n`` seeded mixed commands through the real append script; returns the flow."""
+def feed(client: Any, markets: dict, n: int, seed: int = 1, flow: Any = None,
+         fund: bool = False) -> Any:  # fmt: skip
+    """Append ``n`` seeded mixed commands through the real append script; returns the flow.
+    ``fund``: first one deposit per account and asset (every order needs its money), so the
+    flow trades; the deposits come on top of the ``n`` commands."""
     from bench.flow import OrderFlow
+    from engine.markets import assets_of
     from web.journal import Journal
 
     flow = flow or OrderFlow(markets, seed=seed, accounts=20)
     journal = Journal(client, 0)
     wires = [flow.next() for _ in range(n)]
-    for start in range(0, n, 500):
+    if fund:
+        wires[:0] = [{"op": "deposit", "account": account, "asset": asset,
+                      "amount": "1000000000", "deposit_id": f"feed-{account}-{asset}"}
+                     for account in flow.accounts for asset in assets_of(markets)]  # fmt: skip
+    for start in range(0, len(wires), 500):
         chunk = wires[start : start + 500]
         for wire, cmd_id in zip(chunk, journal.append_many(chunk), strict=True):
             flow.record(wire, cmd_id)
