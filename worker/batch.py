@@ -34,6 +34,7 @@ class CandleUpdate:
     interval: str  # a base interval (protocol.candles.BASE)
     open_time: int
     value: bytes
+    opened: bool = False  # the batch opened it (the key may now hold one candle too many)
 
 
 class Message(NamedTuple):

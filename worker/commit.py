@@ -67,7 +67,8 @@ def batch_commands(batch: Batch, keys: Keys, recent_len: int = 1000,
         kkey = keys.kline(candle.symbol, candle.interval)
         commands.append(("ZREMRANGEBYSCORE", kkey, candle.open_time, candle.open_time))
         commands.append(("ZADD", kkey, candle.open_time, candle.value))
-        trimmed[kkey] = RETENTION[candle.interval]
+        if candle.opened:  # only a new candle can take a key past its retention
+            trimmed[kkey] = RETENTION[candle.interval]
     for kkey, keep in trimmed.items():
         commands.append(("ZREMRANGEBYRANK", kkey, 0, -keep - 1))
     for account, fields in batch.balances.items():

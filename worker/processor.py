@@ -93,7 +93,7 @@ class _Work:
 
     __slots__ = ("emit", "ts", "dirty", "bodies", "symbols", "events", "replies", "trades",
                  "touched", "entries", "transfers", "command_id", "entry_no",
-                 "candles")  # fmt: skip
+                 "candles", "opened")  # fmt: skip
 
     def __init__(self, emit: bool) -> None:
         self.emit = emit
@@ -113,6 +113,7 @@ class _Work:
         self.entry_no = 0  # ledger entries of the current command so far
         #: (symbol, base interval index, open time) -> that candle (its final state at the end)
         self.candles: dict[tuple[str, int, int], list[int]] = {}
+        self.opened: set[tuple[str, int, int]] = set()  # of those, the ones it opened
 
     def entry(self, account: str, asset: str, amount: int, reason: str, symbol: str | None,
               order_id: int | None, trade_id: int | None,
@@ -379,6 +380,8 @@ class Processor:
             if not c or c[0] != opened:
                 c = rows[i] = [opened, price, price, price, price, 0, 0, 0, 0, 0, trade_id,
                                trade_id]  # fmt: skip
+                if collect:
+                    work.opened.add((symbol, i, opened))
             else:
                 if price > c[2]:
                     c[2] = price
@@ -487,10 +490,12 @@ class Processor:
 
     def _finish_candles(self, work: _Work, batch: Batch) -> None:
         """The final value of every candle the batch's trades changed."""
-        for (symbol, i, opened), c in work.candles.items():
+        for key, c in work.candles.items():
+            symbol, i, opened = key
             batch.candles.append(
                 CandleUpdate(symbol, BASE[i], opened,
-                             candle_value(self.markets[symbol], c, BASE_SPANS[i]))
+                             candle_value(self.markets[symbol], c, BASE_SPANS[i]),
+                             key in work.opened)
             )  # fmt: skip
 
     def _finish_balances(self, work: _Work, batch: Batch) -> None:

@@ -191,3 +191,30 @@ def test_state_only_mode_advances_candles_too():
     assert silent.process(journal.entries[5:], emit=False).candles == []
     assert live.candles == silent.candles
     assert Processor.from_blob(MARKETS, silent.snapshot_blob()).candles == live.candles
+
+
+def test_commit_writes_one_member_per_candle_and_trims(redis_client, monkeypatch):
+    """On a real Redis: a candle rewritten by later batches stays one member (its final
+    value), and a key is trimmed to its retention when a batch opens a candle."""
+    from protocol.candles import RETENTION as retention
+    from protocol.keys import Keys
+    from worker.commit import batch_commands
+
+    monkeypatch.setitem(retention, "1s", 3)
+    trades = [(0, "BTC-USDT", 1, 1, True), (10, "BTC-USDT", 2, 1, False)]
+    trades += [(1000, "BTC-USDT", i, 1, True) for i in range(3, 8)]
+    journal = journal_of(trades)
+    proc, keys = Processor(MARKETS), Keys(0)
+    zsets: dict[tuple[str, str], dict[int, bytes]] = {}
+    for start in range(0, len(journal.entries), 2):  # one trade per batch after the deposits
+        batch = proc.process(journal.entries[start : start + 2])
+        store(zsets, batch)
+        for command in batch_commands(batch, keys):
+            redis_client.execute_command(*command)
+    for interval in ("1s", "1m"):
+        key = keys.kline("BTC-USDT", interval)
+        stored = redis_client.zrange(key, 0, -1, withscores=True)
+        want = sorted(zsets[("BTC-USDT", interval)].items())
+        assert [(int(s), m) for m, s in stored] == want
+    assert len(want) == 1 and wire.loads(want[0][1])["trades"] == 7  # 1m: one candle, all
+    assert redis_client.zcard(keys.kline("BTC-USDT", "1s")) == 3
