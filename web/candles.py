@@ -74,7 +74,9 @@ class Window:
         self.close_time = closed
 
 
-def window(client: Any, keys: Keys, market: Market) -> Window:
+def window(client: Any, keys: Keys, market: Market, minutes: int = TICKER_MINUTES) -> Window:
+    """The ``minutes`` one-minute candles ending with the symbol's newest (at most the 10,080
+    that ``1m`` keeps)."""
     symbol = market.symbol
     key = keys.kline(symbol, "1m")
     pipe = client.pipeline(transaction=False)
@@ -90,7 +92,7 @@ def window(client: Any, keys: Keys, market: Market) -> Window:
     if not newest:
         return Window(None, None, last_trade, None, None)
     last_open = int(newest[0][1])
-    first = last_open - (TICKER_MINUTES - 1) * MINUTE
+    first = last_open - (minutes - 1) * MINUTE
     pipe = client.pipeline(transaction=False)
     pipe.zrangebyscore(key, first, last_open)
     pipe.zrevrangebyscore(key, first - 1, "-inf", start=0, num=1)

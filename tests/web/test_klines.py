@@ -156,3 +156,22 @@ def test_binance_ticker_24hr(client, traded):
     every = client.get("/api/v3/ticker/24hr").get_json()
     assert len(every) == len(MARKETS)
     assert client.get("/api/v3/ticker/24hr?type=HUGE").get_json()["code"] == -1130
+
+
+def test_binance_rolling_window_ticker(client, traded):
+    day = client.get("/api/v3/ticker?symbol=BTCUSDT").get_json()  # windowSize 1d
+    assert day == {"symbol": "BTCUSDT", "priceChange": "0.00", "priceChangePercent": "0.000",
+                   "weightedAvgPrice": "100.10", "openPrice": "100.10", "highPrice": "100.10",
+                   "lowPrice": "100.10", "lastPrice": "100.10", "volume": "0.03000",
+                   "quoteVolume": "3.0030000", "openTime": START + 6 * MIN,
+                   "closeTime": START + DAY + 5 * MIN + 7, "firstId": 4, "lastId": 4,
+                   "count": 1}  # fmt: skip
+    two = client.get("/api/v3/ticker?symbol=BTCUSDT&windowSize=2d&type=MINI").get_json()
+    assert two["count"] == 4 and two["openPrice"] == "100.01" and "priceChange" not in two
+    assert two["openTime"] == START + DAY + 5 * MIN - (2 * 1440 - 1) * MIN
+    many = client.get('/api/v3/ticker?symbols=["BTCUSDT","ETHUSDT"]&windowSize=5m').get_json()
+    assert [t["count"] for t in many] == [1, 0]
+    for bad in ("60m", "24h", "8d", "0m", "1w", "x"):
+        got = client.get(f"/api/v3/ticker?symbol=BTCUSDT&windowSize={bad}").get_json()
+        assert got["code"] == -1130, bad
+    assert client.get("/api/v3/ticker").get_json()["code"] == -1102

@@ -233,9 +233,10 @@ def ui_klines():
     return _kline_rows()
 
 
-def _ticker_24hr(st: Fairbook, native: str, full: bool) -> dict[str, Any]:
+def _ticker_24hr(st: Fairbook, native: str, full: bool, minutes: int = candles.TICKER_MINUTES,
+                 rolling: bool = False) -> dict[str, Any]:  # fmt: skip
     market = _market(native)
-    w = candles.window(st.redis, st.namespace.keys_for(native), market)
+    w = candles.window(st.redis, st.namespace.keys_for(native), market, minutes)
     zero_p, zero_q, zero_a = market.format_price(0), market.format_qty(0), market.format_quote(0)
     c = w.candle
     out: dict[str, Any] = {"symbol": symbols().binance[native]}
@@ -252,6 +253,14 @@ def _ticker_24hr(st: Fairbook, native: str, full: bool) -> dict[str, Any]:
         first, last_id, count = c["first_trade_id"], c["last_trade_id"], c["trades"]
     times = {"openTime": w.open_time or 0, "closeTime": w.close_time or 0, "firstId": first,
              "lastId": last_id, "count": count}  # fmt: skip
+    if rolling:  # /ticker: no book, no previous close, no last quantity
+        if not full:
+            return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
+                    "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}
+        return {**out, "priceChange": change, "priceChangePercent": pct,
+                "weightedAvgPrice": wavg, "openPrice": opened, "highPrice": high,
+                "lowPrice": low, "lastPrice": last, "volume": volume, "quoteVolume": quote,
+                **times}  # fmt: skip
     if not full:
         return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
                 "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}  # fmt: skip
@@ -277,6 +286,33 @@ def ticker_24hr():
         raise errors.invalid_parameter("type")
     st = state()
     return _one_or_many(params, lambda s: _ticker_24hr(st, s, kind == "FULL"))
+
+
+_WINDOW = re.compile(r"([1-9][0-9]?)([mhd])")
+_WINDOW_LIMITS = {"m": (59, 1), "h": (23, 60), "d": (7, 1440)}  # Binance's ranges; minutes
+
+
+@public.get("/ticker")
+def rolling_ticker():
+    """Rolling window statistics: ``windowSize`` 1m-59m, 1h-23h, 1d-7d (default 1d) of
+    one-minute candles ending with the last trade's minute; ``symbol`` or ``symbols``
+    (required, at most 100); ``type`` FULL or MINI."""
+    params = _public_params()
+    kind = params.get("type") or "FULL"
+    if kind not in ("FULL", "MINI"):
+        raise errors.invalid_parameter("type")
+    size = params.get("windowSize") or "1d"
+    match = _WINDOW.fullmatch(size)
+    if match is None or int(match.group(1)) > _WINDOW_LIMITS[match.group(2)][0]:
+        raise errors.invalid_parameter("windowSize")
+    minutes = int(match.group(1)) * _WINDOW_LIMITS[match.group(2)][1]
+    chosen = _selected(params)
+    if chosen is None:
+        raise errors.mandatory("symbol")
+    if len(chosen) > 100:
+        raise errors.invalid_parameter("symbols")
+    st = state()
+    return _one_or_many(params, lambda s: _ticker_24hr(st, s, kind == "FULL", minutes, True))
 
 
 def _last_price(st: Fairbook, native: str) -> str:
