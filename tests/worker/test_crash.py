@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from bench.flow import OrderFlow
+from engine.markets import assets_of
 from protocol.config import load_markets
 from protocol.keys import Keys
 from redis_server import RedisServer
@@ -113,6 +114,14 @@ def test_kill_dash_nine_everything(tmp_path: Path) -> None:
         for i in range(FEEDERS)
     ]
     listener = ReplyListener(server.port).start()
+    # every order needs its money: fund the feeders' accounts first (journal order = apply order)
+    funding = [{"op": "deposit", "account": str(a), "asset": asset, "amount": "1000000000",
+                "deposit_id": f"crash-{a}-{asset}", "reply_to": f"fund-{n}"}
+               for n, (a, asset) in enumerate((a, asset) for a in range(1, 16)
+                                              for asset in assets_of(load_markets()))]  # fmt: skip
+    funder = server.client()
+    Journal(funder, 0).append_many(funding)
+    funder.close()
     try:
         worker.start()
         for t in threads:
@@ -188,6 +197,7 @@ def test_kill_dash_nine_everything(tmp_path: Path) -> None:
         result = replay_partition(client, 0, load_markets())
         assert result.ok, result.summary()
         assert result.trades == len(numbers)
+        assert result.candles_checked > 0  # the candles too survived every kill -9
         recoveries = worker.log_path.read_text(errors="replace").count("recovered from")
         # (a restart killed while still waiting for the lease never gets to recover)
         assert 1 <= recoveries <= kills + 1, f"{recoveries} recoveries for {kills} restarts"
