@@ -76,6 +76,12 @@ class Keys:
     def book(self, symbol: str) -> str:
         return f"{self.prefix}book:{symbol}"
 
+    def kline(self, symbol: str, interval: str) -> str:
+        """Zset of one symbol's candles of one base interval: score = open time (ms), member =
+        the candle JSON (``protocol.wire.candle_value``); trimmed to the newest
+        ``protocol.candles.RETENTION[interval]``."""
+        return f"{self.prefix}kline:{symbol}:{interval}"
+
     def inbox(self, inbox_id: str) -> str:
         """Channel of one web process's replies from this partition (pub/sub, not a key)."""
         return f"{self.prefix}inbox:{inbox_id}"

@@ -123,6 +123,31 @@ def book_value(symbol: str, sequence: int, bids: list[list[str]], asks: list[lis
     )  # fmt: skip
 
 
+def candle_value(open_time: int, close_time: int, open_: str, high: str, low: str, close: str,
+                 volume: str, quote_volume: str, trades: int, taker_buy_volume: str,
+                 taker_buy_quote_volume: str, first_trade_id: int,
+                 last_trade_id: int) -> bytes:  # fmt: skip
+    """One candle of ``kline:<symbol>:<interval>``: prices, base ``volume`` and
+    ``quote_volume`` in the market's increments, the taker-buy share of both, the trade count
+    and the first and last trade ids (per symbol)."""
+    return dumps(
+        {"open_time": open_time, "close_time": close_time, "open": open_, "high": high,
+         "low": low, "close": close, "volume": volume, "quote_volume": quote_volume,
+         "trades": trades, "taker_buy_volume": taker_buy_volume,
+         "taker_buy_quote_volume": taker_buy_quote_volume, "first_trade_id": first_trade_id,
+         "last_trade_id": last_trade_id}
+    )  # fmt: skip
+
+
+def parse_candle(raw: bytes | str) -> dict[str, Any] | None:
+    """A ``kline:`` member -> the candle object, None if unreadable."""
+    try:
+        obj = loads(raw)
+    except DecodeError:
+        return None
+    return obj if isinstance(obj, dict) and "open_time" in obj else None
+
+
 def market_data_message(symbol: str, trades: list[bytes], book: dict[str, Any] | None,
                         bbo: dict[str, Any] | None) -> bytes:  # fmt: skip
     """One ``md:<symbol>`` message per batch: its trades, book increment and last BBO.

@@ -20,8 +20,10 @@ from engine.commands import Reason, partition_of_id
 from engine.markets import Market
 from engine.units import ErrorCode
 from engine.validation import shown, validate_amend_request, validate_order_request
+from protocol.candles import INTERVALS, native
 from protocol.keys import Keys
 from protocol.wire import parse_order_record
+from web import candles
 from web.accounts import API_KEY_HEADER, is_operator, lookup_account, require_account, valid_api_key
 from web.app import ApiError, state
 
@@ -427,6 +429,39 @@ def trades(symbol: str):
     limit = _int_arg("limit", DEFAULT_TRADES, MAX_TRADES)
     rows = state().redis.lrange(keys(partition_for(symbol)).recent(symbol), 0, limit - 1)
     return jsonify([json.loads(row) for row in rows])
+
+
+def _time_arg(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,15}", raw):
+        raise ApiError(400, ErrorCode.INVALID_FIELD, f"{name} must be a time in milliseconds")
+    return int(raw)
+
+
+@public.get("/api/v1/klines/<symbol>")
+def klines(symbol: str):
+    """Candles of ``interval`` (default 1m), oldest first: from ``start_time`` on, else the
+    newest up to ``end_time``; ``limit`` 1..1000 (default 500)."""
+    market = _market(symbol)
+    interval = request.args.get("interval", "1m")
+    if interval not in INTERVALS:
+        raise ApiError(400, ErrorCode.INVALID_FIELD,
+                       f"interval must be one of {', '.join(INTERVALS)}")  # fmt: skip
+    start, end = _time_arg("start_time"), _time_arg("end_time")
+    limit = _int_arg("limit", candles.DEFAULT_LIMIT, candles.MAX_LIMIT)
+    rows = candles.klines(state().redis, keys(partition_for(symbol)), market, interval, start,
+                          end, limit)  # fmt: skip
+    return jsonify([native(c) for c in rows])
+
+
+@public.get("/api/v1/ticker/<symbol>")
+def ticker(symbol: str):
+    """The 24 h rolling window ending at the symbol's last trade (journal time)."""
+    market = _market(symbol)
+    w = candles.window(state().redis, keys(partition_for(symbol)), market)
+    return jsonify(candles.native_ticker(market, w))
 
 
 @public.get("/api/v1/openapi.json")

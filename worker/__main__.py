@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild books from the journal in memory and compare with recorded trades",
         description="Replays the journal (from genesis, or from the oldest snapshot if the "
         "journal was trimmed) with the worker's own code, in memory, and compares every trade "
-        "with the fb:{pN}:trades stream and the final book keys. Exit 0 if all agree, 1 with "
+        "with the fb:{pN}:trades stream, the final book keys, the balances and every stored "
+        "candle (fb:{pN}:kline:*). Exit 0 if all agree, 1 with "
         "the first difference, 2 on errors. Writes nothing.",
     )
     _common(replay)

@@ -26,6 +26,17 @@ class BookUpdate:
     message: bytes
 
 
+@dataclass(slots=True)
+class CandleUpdate:
+    """One candle the batch changed: its final value (one per symbol, interval, open time)."""
+
+    symbol: str
+    interval: str  # a base interval (protocol.candles.BASE)
+    open_time: int
+    value: bytes
+    opened: bool = False  # the batch opened it (the key may now hold one candle too many)
+
+
 class Message(NamedTuple):
     channel: str
     payload: bytes
@@ -53,5 +64,8 @@ class Batch:
     ledger: dict[str, list[bytes]] = field(default_factory=dict)
     #: (account, "deposit"|"withdrawal") -> new transfer objects, oldest first
     transfers: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
+    #: candles the batch's trades changed, their final values (also in state-only mode when
+    #: the processor collects them, for the replay)
+    candles: list[CandleUpdate] = field(default_factory=list)
     #: replies (one per inbox), market data, account events: published in this order
     messages: list[Message] = field(default_factory=list)

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from redis.connection import Connection
 
+from protocol.candles import RETENTION
 from protocol.keys import Keys
 from worker.batch import Batch, Message
 from worker.lease import Lease, LeaseLost
@@ -61,6 +62,15 @@ def batch_commands(batch: Batch, keys: Keys, recent_len: int = 1000,
         rkey = keys.recent(symbol)
         commands.append(("LPUSH", rkey, *records[-recent_len:]))
         commands.append(("LTRIM", rkey, 0, recent_len - 1))
+    trimmed: dict[str, int] = {}
+    for candle in batch.candles:  # one member per open time: drop the older value, add the new
+        kkey = keys.kline(candle.symbol, candle.interval)
+        commands.append(("ZREMRANGEBYSCORE", kkey, candle.open_time, candle.open_time))
+        commands.append(("ZADD", kkey, candle.open_time, candle.value))
+        if candle.opened:  # only a new candle can take a key past its retention
+            trimmed[kkey] = RETENTION[candle.interval]
+    for kkey, keep in trimmed.items():
+        commands.append(("ZREMRANGEBYRANK", kkey, 0, -keep - 1))
     for account, fields in batch.balances.items():
         commands.append(("HSET", keys.balances(account), *(x for kv in fields.items() for x in kv)))
     lists = [(keys.ledger(account), rows) for account, rows in batch.ledger.items()]

@@ -38,15 +38,17 @@ from engine.matcher import MatchingEngine
 from engine.units import SchemaError
 from engine.validation import command_from_wire
 from protocol import wire
+from protocol.candles import BASE, BASE_SPANS
 from protocol.keys import DEFAULT_NAMESPACE, Keys
-from worker.batch import Batch, BookUpdate, Message, TradeRecord
+from worker.batch import Batch, BookUpdate, CandleUpdate, Message, TradeRecord
 from worker.orders import OrderState
 
 log = logging.getLogger("worker")
 
 SNAPSHOT_MAGIC = b"FBWK"
-#: 3: the engine's ledger, orders' locks (2: fills are objects; 1: fills were JSON texts)
-SNAPSHOT_VERSION = 3
+#: 4: the open candles; 3: the engine's ledger, orders' locks (2: fills are objects; 1: fills
+#: were JSON texts)
+SNAPSHOT_VERSION = 4
 #: Levels per side in the ``book:<symbol>`` key (the REST and WebSocket depth limit).
 BOOK_DEPTH = 500
 
@@ -90,7 +92,8 @@ class _Work:
     """Everything one batch collects before it is finished into a :class:`Batch`."""
 
     __slots__ = ("emit", "ts", "dirty", "bodies", "symbols", "events", "replies", "trades",
-                 "touched", "entries", "transfers", "command_id", "entry_no")  # fmt: skip
+                 "touched", "entries", "transfers", "command_id", "entry_no",
+                 "candles", "opened")  # fmt: skip
 
     def __init__(self, emit: bool) -> None:
         self.emit = emit
@@ -108,6 +111,9 @@ class _Work:
         self.transfers: dict[tuple[str, str], list[bytes]] = {}
         self.command_id = 0
         self.entry_no = 0  # ledger entries of the current command so far
+        #: (symbol, base interval index, open time) -> that candle (its final state at the end)
+        self.candles: dict[tuple[str, int, int], list[int]] = {}
+        self.opened: set[tuple[str, int, int]] = set()  # of those, the ones it opened
 
     def entry(self, account: str, asset: str, amount: int, reason: str, symbol: str | None,
               order_id: int | None, trade_id: int | None,
@@ -185,6 +191,12 @@ class Processor:
         self.last_id: str | None = None  # last stream id applied
         self.entries = 0  # valid commands applied since genesis
         self.consumed = 0  # journal entries consumed since genesis (= applied_count)
+        #: symbol -> its newest candle per base interval (``protocol.candles.BASE`` order), [] if
+        #: none yet: [open time, open, high, low, close, lots, atoms, trades, taker-buy lots,
+        #: taker-buy atoms, first trade id, last trade id] (ticks, lots, quote atoms)
+        self.candles: dict[str, list[list[int]]] = {s: [[] for _ in BASE] for s in markets}
+        #: state-only mode too reports the candles a batch changed (the replay compares them)
+        self.collect_candles = False
 
     # -- a batch --------------------------------------------------------------------------------
     def process(self, entries: list[Entry], emit: bool = True) -> Batch:
@@ -202,6 +214,8 @@ class Processor:
             self.last_id = batch.last_id = _text(entries[-1][0])
         batch.consumed = self.consumed
         self._finish_orders(work, batch)
+        if emit or self.collect_candles:
+            self._finish_candles(work, batch)
         if emit:
             self._finish_messages(work, batch)
         return batch
@@ -327,6 +341,7 @@ class Processor:
         tf = market.format_quote(taker_fee)
         asset = market.quote_asset
         self.trade_no += 1
+        self._candle_trade(symbol, price, qty, taker_side == BUY, trade_id, ts, work)
         record = wire.trade_record(trade_id, symbol, p, q, taker_side, maker_id, taker_id, mf, tf,
                                    asset, ts)  # fmt: skip
         work.trades.append(
@@ -351,6 +366,37 @@ class Processor:
             work.account_event(taker_account, _fill_event(taker, taker_id, symbol, taker_side,
                                                            taker_fill, ts))  # fmt: skip
             self._symbol_work(symbol, work).trades.append(record)
+
+    def _candle_trade(self, symbol: str, price: int, qty: int, taker_buys: bool, trade_id: int,
+                      ts: int, work: _Work) -> None:  # fmt: skip
+        """One trade into the symbol's current candle of every base interval (a new candle
+        when the trade's time is past the current one's)."""
+        rows = self.candles[symbol]
+        atoms = price * qty
+        collect = work.emit or self.collect_candles
+        for i in range(len(BASE_SPANS)):
+            opened = ts - ts % BASE_SPANS[i]
+            c = rows[i]
+            if not c or c[0] != opened:
+                c = rows[i] = [opened, price, price, price, price, 0, 0, 0, 0, 0, trade_id,
+                               trade_id]  # fmt: skip
+                if collect:
+                    work.opened.add((symbol, i, opened))
+            else:
+                if price > c[2]:
+                    c[2] = price
+                if price < c[3]:
+                    c[3] = price
+                c[4] = price
+                c[11] = trade_id
+            c[5] += qty
+            c[6] += atoms
+            c[7] += 1
+            if taker_buys:
+                c[8] += qty
+                c[9] += atoms
+            if collect:
+                work.candles[(symbol, i, opened)] = c
 
     def _trade_entries(self, market: Market, ev: Event, work: _Work) -> None:
         """The ledger entries of one fill for both sides (the fee account keeps no list)."""
@@ -442,6 +488,16 @@ class Processor:
             if closed and self.orders.get(oid) is st:
                 del self.orders[oid]
 
+    def _finish_candles(self, work: _Work, batch: Batch) -> None:
+        """The final value of every candle the batch's trades changed."""
+        for key, c in work.candles.items():
+            symbol, i, opened = key
+            batch.candles.append(
+                CandleUpdate(symbol, BASE[i], opened,
+                             candle_value(self.markets[symbol], c, BASE_SPANS[i]),
+                             key in work.opened)
+            )  # fmt: skip
+
     def _finish_balances(self, work: _Work, batch: Batch) -> None:
         """Every balance the batch changed (its last value), and the ledger entries with the
         total each left, counted back from that last value."""
@@ -532,6 +588,7 @@ class Processor:
             "trade_no": self.trade_no,
             "book_seq": self.book_seq,
             "bbo_seq": self.bbo_seq,
+            "candles": self.candles,
             "orders": [st.to_list() for st in self.orders.values()],
         }
         body = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
@@ -547,7 +604,7 @@ class Processor:
         if not blob.startswith(SNAPSHOT_MAGIC):
             raise ValueError("not a Fairbook worker snapshot")
         version = blob[len(SNAPSHOT_MAGIC)]
-        if version not in (1, 2, SNAPSHOT_VERSION):
+        if version not in (1, 2, 3, SNAPSHOT_VERSION):
             raise ValueError(f"worker snapshot version {version} is not supported")
         at = len(SNAPSHOT_MAGIC) + 1
         (size,) = struct.unpack(">Q", blob[at : at + 8])
@@ -561,12 +618,24 @@ class Processor:
         proc.trade_no = state["trade_no"]
         proc.book_seq.update(state["book_seq"])
         proc.bbo_seq.update(state["bbo_seq"])
+        # before version 4 no candles were kept: they start from the snapshot's trades on
+        for symbol, rows in state.get("candles", {}).items():
+            if symbol in proc.candles and len(rows) == len(BASE):
+                proc.candles[symbol] = [list(c) for c in rows]
         for fields in state["orders"]:
             if version == 1:  # fills were stored as JSON texts
                 fields[-1] = [json.loads(f) for f in fields[-1]]
             st = OrderState.from_list(fields)
             proc.orders[st.id] = st
         return proc
+
+
+def candle_value(market: Market, c: list[int], span: int) -> bytes:
+    """A candle in integer units (see ``Processor.candles``) -> its ``kline:`` member."""
+    fp, fq, fa = market.format_price, market.format_qty, market.format_quote
+    return wire.candle_value(c[0], c[0] + span - 1, fp(c[1]), fp(c[2]), fp(c[3]), fp(c[4]),
+                             fq(c[5]), fa(c[6]), c[7], fq(c[8]), fa(c[9]), c[10],
+                             c[11])  # fmt: skip
 
 
 def _fill_event(st: OrderState | None, oid: int, symbol: str, side: str, fill: dict[str, Any],

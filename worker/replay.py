@@ -1,8 +1,9 @@
 """Audit: rebuild a partition from its journal in memory and compare with what was recorded.
 
 Uses the worker's own :class:`~worker.processor.Processor` with ``emit=False``, so "replay agrees"
-means: the recorded trades stream (ids, records, accounts) and the final ``book:<symbol>`` keys
-are exactly what the journal implies. Nothing is written to Redis.
+means: the recorded trades stream (ids, records, accounts), the final ``book:<symbol>`` keys and
+the candles (``kline:<symbol>:<interval>``, every member its replay recomputes) are exactly
+what the journal implies. Nothing is written to Redis.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import redis
 
 from engine.markets import Market
 from protocol import wire
+from protocol.candles import BASE, BASE_SPANS, RETENTION
 from protocol.keys import DEFAULT_NAMESPACE, Keys
 from protocol.wire import parse_order_record
-from worker.processor import Processor, parse_stream_id
+from worker.processor import Processor, candle_value, parse_stream_id
 from worker.snapshots import SnapshotStore, stream_was_trimmed
 
 CHUNK = 2000
@@ -35,6 +37,7 @@ class ReplayResult:
     books_checked: int = 0
     records_checked: int = 0
     balances_checked: int = 0
+    candles_checked: int = 0
     start: str = "genesis"
     until: str | None = None
     seconds: float = 0.0
@@ -48,6 +51,7 @@ class ReplayResult:
             f"{self.trades} trades compared, {self.books_checked} books compared, "
             f"{self.records_checked} order records read, "
             f"{self.balances_checked} balances compared, "
+            f"{self.candles_checked} candles compared, "
             f"{self.seconds:.2f} s"
         )
         if self.difference:
@@ -110,6 +114,15 @@ def replay_partition(
     else:
         proc = Processor(markets, partition, namespace=namespace)
     recorded = _recorded_trades(client, keys.trades, proc.trade_no)
+    proc.collect_candles = True
+    #: (symbol, interval) -> {open time: member}, trimmed like the worker trims; a snapshot's
+    #: newest candles are where the comparison starts (older ones were never recomputed)
+    candles: dict[tuple[str, str], dict[int, bytes]] = {}
+    for symbol, rows in proc.candles.items():
+        for i, c in enumerate(rows):
+            if c:
+                value = candle_value(markets[symbol], c, BASE_SPANS[i])
+                candles[(symbol, BASE[i])] = {c[0]: value}
 
     last = proc.last_id or "0-0"
     while result.ok:
@@ -119,6 +132,11 @@ def replay_partition(
         batch = proc.process(entries, emit=False)
         result.entries += len(entries)
         last = proc.last_id or last
+        for candle in batch.candles:
+            kept = candles.setdefault((candle.symbol, candle.interval), {})
+            kept[candle.open_time] = candle.value
+            if len(kept) > RETENTION[candle.interval]:
+                del kept[next(iter(kept))]  # open times only grow: the first is the oldest
         for trade in batch.trades:
             trade_id = trade.stream_id
             record = trade.record.decode()
@@ -155,6 +173,8 @@ def replay_partition(
                     result.books_checked += 1
     if result.ok and full:
         _check_balances(client, keys, proc, result)
+    if result.ok and full:
+        _check_candles(client, keys, sorted(markets), candles, result)
     if result.ok:
         _check_records(client, keys, result)
     result.seconds = time.monotonic() - started
@@ -199,6 +219,31 @@ def _check_balances(
             result.ok = False
             result.difference = f"{_text(raw_key)} exists but replay never saw account {account}"
             return
+
+
+def _check_candles(client: redis.Redis, keys: Keys, symbols: list[str],
+                   candles: dict[tuple[str, str], dict[int, bytes]],
+                   result: ReplayResult) -> None:  # fmt: skip
+    """Each ``kline:<symbol>:<interval>`` must hold exactly the candles replay computed, from
+    the first one it computed on (all of them when it started at genesis)."""
+    genesis = result.start == "genesis"
+    for symbol in symbols:
+        for interval in BASE:
+            key = keys.kline(symbol, interval)
+            mine = candles.get((symbol, interval), {})
+            first = min(mine, default=None)
+            stored = {int(score): bytes(member)
+                      for member, score in client.zrange(key, 0, -1, withscores=True)
+                      if genesis or (first is not None and score >= first)}  # fmt: skip
+            for opened in sorted(set(mine) | set(stored)):
+                want, got = mine.get(opened), stored.get(opened)
+                if want != got:
+                    result.ok = False
+                    result.difference = (
+                        f"{key} at {opened}: replay {_text(want)}, stored {_text(got)}"
+                    )
+                    return
+                result.candles_checked += 1
 
 
 def _check_records(client: redis.Redis, keys: Keys, result: ReplayResult) -> None:

@@ -157,6 +157,14 @@ def test_kill_dash_nine_everything(tmp_path: Path) -> None:
         for i in range(FEEDERS)
     ]
     listener = ReplyListener(server.port).start()
+    # every order needs its money: fund the feeders' accounts first (journal order = apply order)
+    funding = [{"op": "deposit", "account": str(a), "asset": asset, "amount": "1000000000",
+                "deposit_id": f"crash-{a}-{asset}", "reply_to": f"fund-{n}"}
+               for n, (a, asset) in enumerate((a, asset) for a in range(1, 16)
+                                              for asset in assets_of(load_markets()))]  # fmt: skip
+    funder = server.client()
+    Journal(funder, 0).append_many(funding)
+    funder.close()
     try:
         worker.start()
         for t in threads:
@@ -242,6 +250,7 @@ def test_kill_dash_nine_everything(tmp_path: Path) -> None:
         assert withdrawals["completed"] > 10 and withdrawals["rejected"] > 0
         assert audit["repeated_references"] > 5  # repeats and resends were journaled
         assert audit["fees"]["USDT"][0] > 0
+        assert result.candles_checked > 0  # the candles too survived every kill -9
         recoveries = worker.log_path.read_text(errors="replace").count("recovered from")
         # (a restart killed while still waiting for the lease never gets to recover)
         assert 1 <= recoveries <= kills + 1, f"{recoveries} recoveries for {kills} restarts"

@@ -44,8 +44,8 @@ def test_order_lifecycle_writes(redis_client, start_worker) -> None:
     assert taker["status"] == "filled" and taker["cum_quote"] == "4.0200000"
     assert taker["fills"] == [
         {"trade_id": 1, "price": "100.50", "quantity": "0.04000", "fee": "0.0040200",
-         "fee_asset": "USDT", "liquidity": "taker"}
-    ]  # fmt: skip
+         "fee_asset": "USDT", "liquidity": "taker", "timestamp": taker["created_at"]}
+    ]  # fmt: skip  (a fill's time is its command's journal time)
     assert redis_client.zrange(K.closed("2"), 0, -1) == [str(taker["order_id"]).encode()]
     assert redis_client.zcard(K.open("2")) == 0
 

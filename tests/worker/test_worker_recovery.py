@@ -44,6 +44,18 @@ def test_recovery_from_snapshot_gives_identical_trades(redis_client, start_worke
     assert audit["transfers"]["deposit"] == {"completed": len(flow.deposits()), "rejected": 0}
     assert audit["fees"]["USDT"][0] > 0  # the fee account took fees
     assert result.books_checked == len(markets)
+    # the candles survived the crash exactly: every stored one is what the trades make
+    assert result.candles_checked >= 4 * len(flow.symbols)
+    assert redis_client.zcard(K.kline(flow.symbols[0], "1m")) >= 1
+    # and a tampered candle is the first difference replay reports
+    key = K.kline(flow.symbols[0], "1d")
+    member, score = redis_client.zrange(key, -1, -1, withscores=True)[0]
+    candle = json.loads(member)
+    candle["trades"] += 1
+    redis_client.zremrangebyscore(key, score, score)
+    redis_client.zadd(key, {json.dumps(candle): score})
+    bad = replay_partition(redis_client, 0, markets)
+    assert not bad.ok and bad.difference.startswith(f"{key} at {int(score)}")
 
 
 def test_reapplied_entries_are_not_written_again(redis_client, start_worker, markets):

@@ -35,6 +35,15 @@ def test_replay_cli_clean_then_tampered(redis_client, redis_url, start_worker, m
     ok = run_replay(redis_url)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "replay OK" in ok.stdout and f"{len(trades)} trades compared" in ok.stdout
+    assert " 0 candles compared" not in ok.stdout
+
+    # a candle the trades do not make: the CLI names it and fails
+    key = K.kline(json.loads(trades[0][1][b"t"])["symbol"], "1s")
+    member, score = redis_client.zrange(key, 0, 0, withscores=True)[0]
+    redis_client.zadd(key, {member.replace(b'"trades":', b'"trades":9'): score})
+    candle = run_replay(redis_url)
+    assert candle.returncode == 1 and f"first difference: {key} at {int(score)}" in candle.stdout
+    redis_client.zrem(key, member.replace(b'"trades":', b'"trades":9'))
 
     # --until: only a prefix is checked, still fine
     middle = redis_client.xrange(K.stream)[700][0].decode()

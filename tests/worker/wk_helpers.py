@@ -69,7 +69,7 @@ def feed(client: Any, markets: dict, n: int, seed: int = 1, flow: Any = None) ->
         flow = OrderFlow(markets, seed=seed, accounts=20)
         journal.append_many(flow.deposits())
     wires = [flow.next() for _ in range(n)]
-    for start in range(0, n, 500):
+    for start in range(0, len(wires), 500):
         chunk = wires[start : start + 500]
         for wire, cmd_id in zip(chunk, journal.append_many(chunk), strict=True):
             flow.record(wire, cmd_id)

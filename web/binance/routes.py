@@ -21,7 +21,9 @@ from engine.commands import partition_of_id
 from engine.markets import Market, assets_of
 from engine.units import SchemaError
 from engine.validation import validate_order_request
+from protocol.candles import INTERVALS
 from protocol.wire import parse_balances, parse_order_record
+from web import candles
 from web.app import Fairbook, state
 from web.binance import errors, signing, translate
 from web.binance.errors import BinanceError
@@ -201,6 +203,123 @@ def agg_trades():
         aggs = [a for a in aggs if a["T"] <= end]
     forward = from_id is not None or start is not None
     return jsonify(aggs[:limit] if forward else aggs[-limit:])
+
+
+def _kline_rows():
+    """Binance's kline array: [open time, open, high, low, close, volume, close time, quote
+    volume, trades, taker buy base volume, taker buy quote volume, "0"]."""
+    params = _public_params()
+    native = symbols().to_native(params.get("symbol"))
+    interval = params.get("interval")
+    if not interval:
+        raise errors.mandatory("interval")
+    if interval not in INTERVALS:
+        raise BinanceError(-1120, "Invalid interval.")
+    limit = _int(params, "limit", candles.DEFAULT_LIMIT, 1, candles.MAX_LIMIT)
+    start, end = _int(params, "startTime", None, 0), _int(params, "endTime", None, 0)
+    if start is not None and end is not None and start > end:
+        raise BinanceError(errors.INVALID_PARAMETER, "startTime cannot be greater than endTime.")
+    st = state()
+    rows = candles.klines(st.redis, st.namespace.keys_for(native), _market(native), interval,
+                          start, end, limit or candles.DEFAULT_LIMIT)  # fmt: skip
+    return jsonify([[c["open_time"], c["open"], c["high"], c["low"], c["close"], c["volume"],
+                     c["close_time"], c["quote_volume"], c["trades"], c["taker_buy_volume"],
+                     c["taker_buy_quote_volume"], "0"] for c in rows])  # fmt: skip
+
+
+@public.get("/klines")
+def klines():
+    """Candles of any of Binance's intervals, oldest first (``startTime``, ``endTime``,
+    ``limit`` default 500 max 1000), derived from the worker's 1s/1m/1h/1d candles."""
+    return _kline_rows()
+
+
+@public.get("/uiKlines")
+def ui_klines():
+    """As ``klines`` (Binance tunes these for charts; ours are the same candles)."""
+    return _kline_rows()
+
+
+def _ticker_24hr(st: Fairbook, native: str, full: bool, minutes: int = candles.TICKER_MINUTES,
+                 rolling: bool = False) -> dict[str, Any]:  # fmt: skip
+    market = _market(native)
+    w = candles.window(st.redis, st.namespace.keys_for(native), market, minutes)
+    zero_p, zero_q, zero_a = market.format_price(0), market.format_qty(0), market.format_quote(0)
+    c = w.candle
+    out: dict[str, Any] = {"symbol": symbols().binance[native]}
+    if c is None:
+        change, pct, wavg = zero_p, "0.000", zero_p
+        opened = high = low = last = zero_p
+        volume, quote, first, last_id, count = zero_q, zero_a, -1, -1, 0
+    else:
+        change, pct = candles.change(market, c["open"], c["close"])
+        wavg = format((Decimal(c["quote_volume"]) / Decimal(c["volume"])).quantize(
+            market.tick_size), "f")  # fmt: skip
+        opened, high, low, last = c["open"], c["high"], c["low"], c["close"]
+        volume, quote = c["volume"], c["quote_volume"]
+        first, last_id, count = c["first_trade_id"], c["last_trade_id"], c["trades"]
+    times = {"openTime": w.open_time or 0, "closeTime": w.close_time or 0, "firstId": first,
+             "lastId": last_id, "count": count}  # fmt: skip
+    if rolling:  # /ticker: no book, no previous close, no last quantity
+        if not full:
+            return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
+                    "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}
+        return {**out, "priceChange": change, "priceChangePercent": pct,
+                "weightedAvgPrice": wavg, "openPrice": opened, "highPrice": high,
+                "lowPrice": low, "lastPrice": last, "volume": volume, "quoteVolume": quote,
+                **times}  # fmt: skip
+    if not full:
+        return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
+                "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}  # fmt: skip
+    book = _book(st, native)
+    bids, asks = book.get("bids") or [], book.get("asks") or []
+    bid = bids[0] if bids else [zero_p, zero_q]
+    ask = asks[0] if asks else [zero_p, zero_q]
+    trade = w.last_trade if isinstance(w.last_trade, dict) else {}
+    return {**out, "priceChange": change, "priceChangePercent": pct, "weightedAvgPrice": wavg,
+            "prevClosePrice": w.prev_close or zero_p, "lastPrice": last,
+            "lastQty": trade.get("quantity", zero_q), "bidPrice": bid[0], "bidQty": bid[1],
+            "askPrice": ask[0], "askQty": ask[1], "openPrice": opened, "highPrice": high,
+            "lowPrice": low, "volume": volume, "quoteVolume": quote, **times}  # fmt: skip
+
+
+@public.get("/ticker/24hr")
+def ticker_24hr():
+    """24 h statistics (the 1,440 one-minute candles ending with the last trade's minute):
+    one ``symbol`` -> an object, ``symbols`` or none -> an array; ``type`` FULL or MINI."""
+    params = _public_params()
+    kind = params.get("type") or "FULL"
+    if kind not in ("FULL", "MINI"):
+        raise errors.invalid_parameter("type")
+    st = state()
+    return _one_or_many(params, lambda s: _ticker_24hr(st, s, kind == "FULL"))
+
+
+_WINDOW = re.compile(r"([1-9][0-9]?)([mhd])")
+_WINDOW_LIMITS = {"m": (59, 1), "h": (23, 60), "d": (7, 1440)}  # Binance's ranges; minutes
+
+
+@public.get("/ticker")
+def rolling_ticker():
+    """Rolling window statistics: ``windowSize`` 1m-59m, 1h-23h, 1d-7d (default 1d) of
+    one-minute candles ending with the last trade's minute; ``symbol`` or ``symbols``
+    (required, at most 100); ``type`` FULL or MINI."""
+    params = _public_params()
+    kind = params.get("type") or "FULL"
+    if kind not in ("FULL", "MINI"):
+        raise errors.invalid_parameter("type")
+    size = params.get("windowSize") or "1d"
+    match = _WINDOW.fullmatch(size)
+    if match is None or int(match.group(1)) > _WINDOW_LIMITS[match.group(2)][0]:
+        raise errors.invalid_parameter("windowSize")
+    minutes = int(match.group(1)) * _WINDOW_LIMITS[match.group(2)][1]
+    chosen = _selected(params)
+    if chosen is None:
+        raise errors.mandatory("symbol")
+    if len(chosen) > 100:
+        raise errors.invalid_parameter("symbols")
+    st = state()
+    return _one_or_many(params, lambda s: _ticker_24hr(st, s, kind == "FULL", minutes, True))
 
 
 def _last_price(st: Fairbook, native: str) -> str:

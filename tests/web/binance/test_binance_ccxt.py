@@ -256,3 +256,38 @@ def test_rate_limits_raise_ccxts_rate_limit_errors(tmp_path):
             ex.fetch_time()
         assert " 418 " in str(banned.value) and "IP banned until" in str(banned.value)
         assert seen and all("/api/v3/" in u for u in seen), seen
+
+
+def test_ohlcv_and_24h_tickers(stack, traders):
+    """fetch_ohlcv / fetch_ticker / fetch_tickers read the candles the worker derives from the
+    trades (journal time) and agree with the trades ccxt itself fetches."""
+    maker, taker = traders(funds=FUNDS), traders(funds=FUNDS)
+    maker.ex.create_order(SYMBOL, "limit", "sell", 0.001, 30100)
+    maker.ex.create_order(SYMBOL, "limit", "sell", 0.002, 30200)
+    taker.ex.create_order(SYMBOL, "market", "buy", 0.003)  # two trades: 30100, then 30200
+    trades = taker.ex.fetch_trades(SYMBOL, limit=1000)
+    last = trades[-1]
+    assert last["price"] == 30200
+    candles = taker.ex.fetch_ohlcv(SYMBOL, "1m", limit=5)
+    ts, o, h, low, c, v = candles[-1]
+    minute = last["timestamp"] - last["timestamp"] % 60_000
+    assert ts == minute and c == 30200 and h >= 30200 and low <= 30100 < h
+    same_minute = [t for t in trades if t["timestamp"] >= minute]
+    assert o == same_minute[0]["price"]
+    assert v == pytest.approx(sum(t["amount"] for t in same_minute))
+    for timeframe in ("1s", "5m", "1h", "4h", "1d", "1w", "1M"):
+        rows = taker.ex.fetch_ohlcv(SYMBOL, timeframe)
+        assert rows and rows[-1][4] == 30200, timeframe
+        assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    since = taker.ex.fetch_ohlcv(SYMBOL, "1m", since=minute, limit=1)
+    assert [r[0] for r in since] == [minute]
+    ticker = taker.ex.fetch_ticker(SYMBOL)
+    assert ticker["last"] == ticker["close"] == 30200 and ticker["timestamp"] == last["timestamp"]
+    assert ticker["high"] >= 30200 and ticker["baseVolume"] == pytest.approx(
+        sum(t["amount"] for t in trades if t["timestamp"] > last["timestamp"] - 86_400_000))
+    assert ticker["open"] == trades[0]["price"] or len(trades) == 1000
+    tickers = taker.ex.fetch_tickers()
+    assert tickers[SYMBOL]["last"] == 30200 and "ETH/USDT" in tickers
+    assert tickers["ETH/USDT"]["last"] in (0, None)  # no trade there
+    some = taker.ex.fetch_tickers([SYMBOL, "ETH/USDT"])
+    assert set(some) == {SYMBOL, "ETH/USDT"}
