@@ -151,6 +151,10 @@ def test_place_see_open_cross_and_fill(stack, chromium):
             expect(trade).to_contain_text("99.50")
             expect(trade).to_contain_text("0.05000")
             expect(page.locator("#last-price")).to_have_text("99.50")
+            # the candle chart and the 24 h change follow the trade (GET klines / ticker)
+            expect(page.locator("#candles")).to_have_attribute("data-candles", "1")
+            expect(page.locator("#change-24h")).to_have_text("0.00 (0.000%)")
+            expect(page.locator("#volume-24h")).to_contain_text("0.05 ")
             expect(page.locator("#open-orders tr").first).to_contain_text("partially filled")
             expect(page.locator("#book-bids .lvl").first).to_contain_text("0.15000")
             # paid 4.975 + the 0.004975 maker fee; the rest, 0.15 x 99.50 + fees, stays locked
