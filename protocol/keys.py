@@ -96,6 +96,14 @@ class Keys:
         """Set of the sha256 of every live API key of an account (rotation revokes them all)."""
         return f"{self.namespace}:account_keys:{account_id}"
 
+    def listen_key(self, listen_key: str) -> str:
+        """Binance user-data-stream key -> ``{account, key}`` (sha256 of its API key), TTL 60 min."""
+        return f"{self.namespace}:listen_key:{listen_key}"
+
+    def listen_key_of(self, key_hash: str) -> str:
+        """The listen key an API key was last given (a POST returns the same one while it lives)."""
+        return f"{self.namespace}:listen_key_of:{key_hash}"
+
     def api_key(self, key_hash: str) -> str:
         """Hash of one signed (Binance-style) API key: account, kind, permissions, sealed
         secret or public key (``web.binance.keys``)."""

@@ -48,12 +48,14 @@ CANCEL_REJECTED = -2011
 NO_SUCH_ORDER = -2013
 BAD_API_KEY_FMT = -2014
 REJECTED_MBX_KEY = -2015
+INVALID_LISTEN_KEY = -1125
 
 MSG_TIMESTAMP_OUTSIDE = "Timestamp for this request is outside of the recvWindow."
 MSG_TIMESTAMP_AHEAD = "Timestamp for this request was 1000ms ahead of the server's time."
 MSG_SIGNATURE = "Signature for this request is not valid."
 MSG_KEY_FORMAT = "API-key format invalid."
 MSG_KEY_REJECTED = "Invalid API-key, IP, or permissions for action."
+MSG_LISTEN_KEY = "This listenKey does not exist."
 MSG_DUPLICATE = "Duplicate values for a parameter detected."
 MSG_BAD_SYMBOL = "Invalid symbol."
 MSG_UNKNOWN_ORDER = "Unknown order sent."

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from decimal import Decimal
 from typing import Any
@@ -711,6 +712,62 @@ def rate_limit_order():
     "unfilled order count"; here every order placed counts: fills give nothing back)."""
     s = signing.verify(READ)
     return jsonify(order_counts(s.account))
+
+
+# -- user data stream (legacy listenKey; the stream itself is served by the WebSocket side) -----
+#: Binance: a listen key lives 60 minutes unless kept alive by a PUT
+LISTEN_KEY_TTL_S = 3600
+_LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@signed.post("/userDataStream")
+def user_data_stream_open():
+    """USER_STREAM security (the key, no signature): the key's listen key, created or kept
+    alive; the same one while it lives, as Binance answers."""
+    key = signing.identify()
+    keys = state().namespace.global_keys
+    r = state().redis
+    listen_key = r.get(keys.listen_key_of(key.key_hash))  # (the web's client decodes replies)
+    if listen_key is None or not r.exists(keys.listen_key(listen_key)):
+        listen_key = "".join(secrets.choice(_ALPHABET) for _ in range(60))
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(keys.listen_key(listen_key), mapping={"account": key.account, "key": key.key_hash})
+    pipe.expire(keys.listen_key(listen_key), LISTEN_KEY_TTL_S)
+    pipe.set(keys.listen_key_of(key.key_hash), listen_key, ex=LISTEN_KEY_TTL_S)
+    pipe.execute()
+    return jsonify({"listenKey": listen_key})
+
+
+def _own_listen_key() -> str:
+    """The ``listenKey`` parameter, if it is a live key of the caller's API key (else -1125)."""
+    key = signing.identify()
+    params, _, _ = signing.request_params()
+    listen_key = params.get("listenKey")
+    if listen_key is None:
+        raise errors.mandatory("listenKey")
+    keys = state().namespace.global_keys
+    owner = None
+    if _LISTEN_KEY.fullmatch(listen_key):
+        owner = state().redis.hget(keys.listen_key(listen_key), "key")
+    if owner != key.key_hash:
+        raise BinanceError(errors.INVALID_LISTEN_KEY, errors.MSG_LISTEN_KEY)
+    return listen_key
+
+
+@signed.put("/userDataStream")
+def user_data_stream_keepalive():
+    listen_key = _own_listen_key()
+    keys = state().namespace.global_keys
+    state().redis.expire(keys.listen_key(listen_key), LISTEN_KEY_TTL_S)
+    return jsonify({})
+
+
+@signed.delete("/userDataStream")
+def user_data_stream_close():
+    listen_key = _own_listen_key()
+    state().redis.delete(state().namespace.global_keys.listen_key(listen_key))
+    return jsonify({})
 
 
 def init_app(app: Flask) -> None:

@@ -283,3 +283,34 @@ def test_rate_limits_answer_in_binances_shape(bn_client, make_key):
     resp = bn_client.get("/api/v3/account?" + key.query(), headers=key.headers)
     code(resp, 429, -1003)
     assert int(resp.headers["Retry-After"]) >= 1
+
+
+def test_user_data_stream_listen_keys(bn_client, make_key, bn_app):
+    """POST (the key, no signature) gives a 60-character listen key, the same one while it
+    lives; PUT keeps it alive, DELETE closes it; another key's or an unknown one is -1125."""
+    me, other = make_key(), make_key()
+    head = {"X-MBX-APIKEY": me.api_key}
+    first = bn_client.post("/api/v3/userDataStream", headers=head)
+    assert first.status_code == 200, first.get_data(as_text=True)
+    listen_key = first.get_json()["listenKey"]
+    assert len(listen_key) == 60 and listen_key.isalnum()
+    again = bn_client.post("/api/v3/userDataStream", headers=head).get_json()
+    assert again == {"listenKey": listen_key}
+    r = bn_app.extensions["fairbook"].redis
+    stored = r.hgetall(f"fb:listen_key:{listen_key}")
+    assert stored["account"] == me.account_id
+    assert 0 < r.ttl(f"fb:listen_key:{listen_key}") <= 3600
+    ok = bn_client.put(f"/api/v3/userDataStream?listenKey={listen_key}", headers=head)
+    assert ok.status_code == 200 and ok.get_json() == {}
+    theirs = bn_client.put(f"/api/v3/userDataStream?listenKey={listen_key}",
+                           headers={"X-MBX-APIKEY": other.api_key})  # fmt: skip
+    code(theirs, 400, -1125, "This listenKey does not exist.")
+    code(bn_client.put("/api/v3/userDataStream?listenKey=" + "x" * 60, headers=head), 400, -1125)
+    code(bn_client.put("/api/v3/userDataStream", headers=head), 400, -1102)
+    code(bn_client.post("/api/v3/userDataStream"), 401, -2014)
+    closed = bn_client.delete(f"/api/v3/userDataStream?listenKey={listen_key}", headers=head)
+    assert closed.status_code == 200 and not r.exists(f"fb:listen_key:{listen_key}")
+    code(bn_client.delete(f"/api/v3/userDataStream?listenKey={listen_key}", headers=head),
+         400, -1125)  # fmt: skip
+    fresh = bn_client.post("/api/v3/userDataStream", headers=head).get_json()["listenKey"]
+    assert fresh != listen_key
