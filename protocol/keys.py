@@ -97,7 +97,7 @@ class Keys:
         return f"{self.namespace}:account_keys:{account_id}"
 
     def listen_key(self, listen_key: str) -> str:
-        """Binance user-data-stream key -> ``{account, key}`` (sha256 of its API key), TTL 60 min."""
+        """A Binance user-data-stream key -> ``{account, key}`` (its API key's sha256), 60 min."""
         return f"{self.namespace}:listen_key:{listen_key}"
 
     def listen_key_of(self, key_hash: str) -> str:
