@@ -1,6 +1,7 @@
 """End-to-end benchmark: HTTP clients -> gunicorn (web) -> Redis journal -> worker -> reply.
 
 ``python -m bench e2e [--json PATH] [--clients N] [--seconds S] [--rate R] [--gunicorn ARGS]``
+``[--ab-env NAME=VALUE | --api binance] [--pairs N]``
 
 The headline is a ratio measured in one run: Fairbook's requests/s at its unpaced maximum over
 those of the minimal Flask + XADD app of ``bench baseline`` (gunicorn sync -w 2), driven by the
@@ -25,12 +26,35 @@ drain, and POST->fill-published latency (taker orders, measured by a pub/sub sub
 as configured and with the setting, interleaved A B B A ..., each on a fresh stack; it prints
 both means, the ratio and the web's CPU per request (e.g. ``--ab-env FAIRBOOK_RATE_LIMITS=off``:
 the rate limits' cost).
+
+``--api binance [--pairs N]`` measures what Binance's API costs against the native one: N pairs of
+unpaced runs of the same seeded flow, native ``/api/v1/orders`` (A) and Binance's signed
+``POST /api/v3/order`` (B), interleaved A B B A ... on fresh stacks like ``--ab-env``; it prints
+both orders/s and POST->result p50/p99 (means of the runs), the binance/native ratio (target
+>= 0.85x: signing and the Binance limits cost at most ~15 %) and the web's CPU per request. Each
+Binance client has an HMAC key issued with ``web.binance.keys.create_api_key`` (sealed with the
+stack's ``FAIRBOOK_SECRET_KEY``, made up per run); orders are form bodies signed HMAC-SHA256 over
+the parameters as sent (the key's HMAC state is computed once per client and copied per request),
+with ``newOrderRespType=RESULT`` so the answer waits for the worker as the native 201 does;
+cancels are signed ``DELETE /api/v3/order?orderId=``. Binance's rate limits would throttle the
+benchmark (one address, 100 orders / 10 s per account by default), so both sides' stacks run with
+``FAIRBOOK_BINANCE_WEIGHT_1M``, ``_RAW_5M``, ``_ORDERS_10S`` and ``_ORDERS_1D`` at 1,000,000,000:
+still counted (their Redis round trips are part of the cost measured), never reached. The native
+limits (``FAIRBOOK_RATE_LIMIT_KEY`` / ``_IP``) are as configured on both sides. First measured
+(2 CPUs shared with another test run, 32 connections, ``--seconds 5 --pairs 5``): native 314.5
+orders/s p99 168 ms, binance 235.0 orders/s p99 241 ms, 0.747x (every pair 0.67-0.84x), web CPU
+per request 1.34x: the Binance path makes 3 Redis round trips per request to the native 2 (the
+account's order counts after the signature check; a cancel reads the order record first) and ~2x
+the Redis commands (weight, raw, key, address and order counters).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import multiprocessing as mp
 import os
@@ -40,14 +64,19 @@ import shlex
 import statistics
 import sys
 import time
+from decimal import Decimal
 from typing import Any
 
 import redis
 
 from bench.stack import Stack
 from protocol.keys import Keys
+from web.binance.errors import CANCEL_REJECTED, MSG_INSUFFICIENT, NEW_ORDER_REJECTED, TIMEOUT
+from web.binance.keys import create_api_key
+from web.binance.vault import Vault, new_key_text
 
 SYMBOL = "BTC-USDT"
+BINANCE_SYMBOL = "BTCUSDT"
 MID_TICKS = 3_000_000  # 30,000.00 with tick 0.01
 #: the web as deployed: the gevent worker with connection caps and JSON refusals, one process
 SHIPPED_GUNICORN = "-k web.server.Worker -w 1"
@@ -79,10 +108,14 @@ def summary_ms(values: list[float]) -> dict[str, Any]:
 class Conn:
     """One HTTP/1.1 connection; reconnects when the server closes it (sync gunicorn does)."""
 
-    def __init__(self, host: str, port: int, api_key: str) -> None:
+    def __init__(self, host: str, port: int, api_key: str, key_header: str = "X-API-Key",
+                 content_type: str = "application/json") -> None:  # fmt: skip
         self.host = host
         self.port = port
         self.api_key = api_key
+        #: the headers every request sends (built once: the load generator must be cheap)
+        self.fixed = (f"Host: {host}\r\n{key_header}: {api_key}\r\n"
+                      f"Content-Type: {content_type}\r\n")  # fmt: skip
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -91,8 +124,7 @@ class Conn:
             if self.writer is None:
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
             head = (
-                f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nX-API-Key: {self.api_key}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                f"{method} {path} HTTP/1.1\r\n{self.fixed}Content-Length: {len(body)}\r\n\r\n"
             ).encode()
             try:
                 self.writer.write(head + body)
@@ -155,36 +187,51 @@ class Client:
         self.cancels = 0
         self.errors: dict[str, int] = {}
 
-    def next_request(self) -> tuple[str, str, bytes, str]:
+    def next_order(self) -> int | tuple[str, str, str, str, str | None]:
+        """The next action of the flow, whatever the API: an own live order id to cancel, or
+        ``(kind, side, price, quantity, time in force or None for GTC)``."""
         rng = self.rng
         roll = rng.random()
         if roll < 0.20 and self.live:
-            oid = self.live.pop(rng.randrange(len(self.live)))
-            return "DELETE", f"/api/v1/orders/{oid}", b"", "cancel"
+            return self.live.pop(rng.randrange(len(self.live)))
         side = "buy" if rng.random() < 0.5 else "sell"
         qty = f"0.{rng.randint(10, 500):05d}"  # 3 .. 150 USDT notional
         if roll < 0.35:  # marketable IOC: crosses the mid by a few ticks
             off = rng.randint(0, 5) * 50
             ticks = MID_TICKS + off if side == "buy" else MID_TICKS - off
-            body = {"symbol": SYMBOL, "side": side, "price": fmt_price(ticks), "quantity": qty,
-                    "time_in_force": "IOC"}  # fmt: skip
-            return "POST", "/api/v1/orders", json.dumps(body).encode(), "taker"
+            return "taker", side, fmt_price(ticks), qty, "IOC"
         off = rng.randint(1, 40) * 50  # passive: 0.50 .. 20.00 away from the mid
         ticks = MID_TICKS - off if side == "buy" else MID_TICKS + off
-        body = {"symbol": SYMBOL, "side": side, "price": fmt_price(ticks), "quantity": qty}
-        return "POST", "/api/v1/orders", json.dumps(body).encode(), "maker"
+        return "maker", side, fmt_price(ticks), qty, None
+
+    def next_request(self) -> tuple[str, str, bytes, str]:
+        action = self.next_order()
+        if isinstance(action, int):
+            return "DELETE", f"/api/v1/orders/{action}", b"", "cancel"
+        kind, side, price, qty, tif = action
+        body = {"symbol": SYMBOL, "side": side, "price": price, "quantity": qty}
+        if tif:
+            body["time_in_force"] = tif
+        return "POST", "/api/v1/orders", json.dumps(body).encode(), kind
 
     async def one(self) -> None:
         method, path, body, kind = self.next_request()
         start = time.monotonic()
         status, raw = await self.conn.request(method, path, body)
         elapsed = (time.monotonic() - start) * 1000
+        self.record(method, kind, status, raw, start, elapsed)
+
+    def error(self, key: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def record(self, method: str, kind: str, status: int, raw: bytes, start: float,
+               elapsed: float) -> None:  # fmt: skip
         if method == "DELETE":
             if status in (200, 404):  # 404: it filled meanwhile
                 self.cancels += 1
                 self.cancel_latency.append(elapsed)
             else:
-                self.errors[str(status)] = self.errors.get(str(status), 0) + 1
+                self.error(str(status))
             return
         if status == 201:
             order = json.loads(raw)
@@ -198,7 +245,63 @@ class Client:
         elif status == 202:
             self.accepted_202 += 1
         else:
-            self.errors[str(status)] = self.errors.get(str(status), 0) + 1
+            self.error(str(status))
+
+
+class BinanceClient(Client):
+    """The same flow through Binance's signed ``/api/v3/order``: form bodies signed
+    HMAC-SHA256 over the parameters as sent (``web.binance.signing``), ``newOrderRespType=RESULT``
+    (answered once the worker matched it, like the native 201), cancels by ``orderId``."""
+
+    def __init__(self, index: int, seed: int, conn: Conn, secret: str) -> None:
+        super().__init__(index, seed, conn)
+        #: the key's pads hashed once; each request copies this state (a copy, not a new HMAC)
+        self.mac = hmac.new(secret.encode("ascii"), digestmod=hashlib.sha256)
+
+    def signed(self, params: str) -> bytes:
+        """``params`` + ``timestamp``, then ``signature`` over exactly those bytes."""
+        payload = f"{params}&timestamp={int(time.time() * 1000)}".encode("ascii")
+        mac = self.mac.copy()
+        mac.update(payload)
+        return payload + b"&signature=" + mac.hexdigest().encode("ascii")
+
+    def next_request(self) -> tuple[str, str, bytes, str]:
+        action = self.next_order()
+        if isinstance(action, int):
+            query = self.signed(f"symbol={BINANCE_SYMBOL}&orderId={action}").decode("ascii")
+            return "DELETE", f"/api/v3/order?{query}", b"", "cancel"
+        kind, side, price, qty, tif = action
+        params = (f"symbol={BINANCE_SYMBOL}&side={side.upper()}&type=LIMIT"
+                  f"&timeInForce={tif or 'GTC'}&quantity={qty}&price={price}"
+                  "&newOrderRespType=RESULT")  # fmt: skip
+        return "POST", "/api/v3/order", self.signed(params), kind
+
+    def record(self, method: str, kind: str, status: int, raw: bytes, start: float,
+               elapsed: float) -> None:  # fmt: skip
+        answer = json.loads(raw) if raw else {}
+        code = answer.get("code") if status != 200 else None
+        if method == "DELETE":
+            if status == 200 or code == CANCEL_REJECTED:  # -2011: it filled meanwhile
+                self.cancels += 1
+                self.cancel_latency.append(elapsed)
+            else:
+                self.error(f"{status} {code}")
+            return
+        if status == 200:
+            self.created += 1
+            self.post_latency.append(elapsed)
+            if answer["status"] in ("NEW", "PARTIALLY_FILLED"):
+                self.live.append(answer["orderId"])
+            if kind == "taker" and Decimal(answer["executedQty"]):
+                self.taker_sent[answer["orderId"]] = start
+        elif code == NEW_ORDER_REJECTED:  # the engine's rejection: an answer, as a 201 is
+            self.created += 1
+            self.short_of_funds += answer.get("msg") == MSG_INSUFFICIENT
+            self.post_latency.append(elapsed)
+        elif code == TIMEOUT:  # the native 202: no reply within the timeout
+            self.accepted_202 += 1
+        else:
+            self.error(f"{status} {code}")
 
 
 async def drive(
@@ -326,21 +429,51 @@ def stream_lag(client: redis.Redis, partition: int) -> int:
     return len(client.xrange(keys.stream, min=start, max="+", count=1_000_000))
 
 
-def setup_clients(stack: Stack, count: int, seed: int) -> list[Client]:
+#: ``--api binance``: both sides' stacks get this (the native API never reads it), so the runs
+#: differ only in the API the clients speak. The Binance limits stay on, counting, at values no
+#: benchmark reaches: all the load comes from one address and the per-account order counts
+#: (100 / 10 s by default) would throttle it; their cost is part of what is measured.
+BINANCE_BENCH_LIMIT = "1000000000"
+BINANCE_BENCH_ENV = {name: BINANCE_BENCH_LIMIT for name in (
+    "FAIRBOOK_BINANCE_WEIGHT_1M", "FAIRBOOK_BINANCE_RAW_5M", "FAIRBOOK_BINANCE_ORDERS_10S",
+    "FAIRBOOK_BINANCE_ORDERS_1D")}  # fmt: skip
+
+
+def setup_clients(stack: Stack, count: int, seed: int, api: str = "native",
+                  server_key: str | None = None) -> list[Client]:  # fmt: skip
+    """One funded account per connection; ``api="binance"``: each with a signed HMAC key,
+    issued as ``create-api-key`` does, sealed with the stack's ``FAIRBOOK_SECRET_KEY``."""
     port = stack.web_port
-    out = []
-    for i in range(count):
-        acct = stack.create_account(f"bench{i}")
-        stack.fund(acct["account_id"])  # every order needs funds: deposits journaled first
-        out.append(Client(i, seed, Conn("127.0.0.1", port, acct["api_key"])))
+    vault = Vault(base64.urlsafe_b64decode(server_key)) if api == "binance" and server_key else None
+    out: list[Client] = []
+    rdb = stack.redis()
+    try:
+        for i in range(count):
+            acct = stack.create_account(f"bench{i}")
+            stack.fund(acct["account_id"])  # every order needs funds: deposits journaled first
+            if api == "binance":
+                assert vault is not None, "the binance API needs the stack's server key"
+                issued = create_api_key(rdb, vault, acct["account_id"],
+                                        stack.namespace.global_keys)  # fmt: skip
+                conn = Conn("127.0.0.1", port, issued["api_key"], key_header="X-MBX-APIKEY",
+                            content_type="application/x-www-form-urlencoded")  # fmt: skip
+                out.append(BinanceClient(i, seed, conn, issued["secret"]))
+            else:
+                out.append(Client(i, seed, Conn("127.0.0.1", port, acct["api_key"])))
+    finally:
+        rdb.close()
     return out
 
 
 def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     load_at_start = _loadavg()
     gunicorn_args = shlex.split(opts.gunicorn)
+    api = getattr(opts, "api", "native") or "native"
+    env = dict(getattr(opts, "env", None) or {})
+    if api == "binance":
+        env.setdefault("FAIRBOOK_SECRET_KEY", new_key_text())
     stack = Stack(gunicorn_args=gunicorn_args, reply_timeout=opts.reply_timeout,
-                  env=getattr(opts, "env", None))  # fmt: skip
+                  env=env or None)  # fmt: skip
     stack.start()
     ctx = mp.get_context("fork")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -352,7 +485,8 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError("the pub/sub fill listener did not subscribe within 60 s")
     rdb = redis.Redis.from_url(stack.redis_url)
     try:
-        clients = setup_clients(stack, opts.clients, opts.seed)
+        clients = setup_clients(stack, opts.clients, opts.seed, api,
+                                env.get("FAIRBOOK_SECRET_KEY"))  # fmt: skip
 
         async def warm_and_drive() -> tuple[float, float]:
             try:
@@ -407,6 +541,7 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         return {
             "bench": "e2e",
             "config": {
+                "api": api,
                 "clients": opts.clients,
                 "seconds": opts.seconds,
                 "warmup": opts.warmup,
@@ -488,22 +623,37 @@ def ratio_line(run: dict[str, Any], baseline: dict[str, Any]) -> str:
     )
 
 
+def interleaved(opts: argparse.Namespace, a: dict[str, Any], b: dict[str, Any],
+                names: dict[str, str]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Unpaced runs of ``opts`` with the overrides ``a`` (A) and ``b`` (B), interleaved
+    A B B A A B ... for ``--pairs`` pairs (so neither always goes first), each on a fresh stack:
+    the runs of each, in order."""
+    runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+    order = [("A", a), ("B", b)]
+    for pair in range(opts.pairs):
+        for label, overrides in order if pair % 2 == 0 else order[::-1]:
+            run = run_bench(argparse.Namespace(**{**vars(opts), "rate": None,
+                                                  "gunicorn": opts.gunicorn[0],
+                                                  **overrides}))  # fmt: skip
+            runs[label].append(run)
+            print(f"pair {pair + 1} {label} ({names[label]}): {one_line(run)}",
+                  file=sys.stderr)  # fmt: skip
+    return runs
+
+
+def _ratios(a: list[float], b: list[float]) -> list[float]:
+    return [x / max(y, 1e-9) for x, y in zip(a, b, strict=True)]
+
+
 def run_ab(opts: argparse.Namespace) -> dict[str, Any]:
     """``--ab-env NAME=VALUE``: unpaced runs as configured (A) and with the setting (B),
-    interleaved A B B A A B ... for ``--pairs`` pairs (so neither always goes first), each on a
-    fresh stack; ratio of mean req/s, and of the web's CPU per request."""
+    interleaved (:func:`interleaved`); ratio of mean req/s, and of the web's CPU per request."""
     name, _, value = opts.ab_env.partition("=")
-    runs: dict[str, list[float]] = {"A": [], "B": []}
-    web_cpu: dict[str, list[float]] = {"A": [], "B": []}  # ms of web CPU per request
-    order = [("A", None), ("B", {name: value})]
-    for pair in range(opts.pairs):
-        for label, env in order if pair % 2 == 0 else order[::-1]:
-            run = run_bench(argparse.Namespace(**{**vars(opts), "rate": None, "env": env,
-                                                  "gunicorn": opts.gunicorn[0]}))  # fmt: skip
-            runs[label].append(run["requests_per_s"])
-            web_cpu[label].append(run["cpu_ms_per_request"]["web"])
-            print(f"pair {pair + 1} {label} ({name}={value if env else 'as configured'}): "
-                  f"{one_line(run)}", file=sys.stderr)  # fmt: skip
+    both = interleaved(opts, {"env": None}, {"env": {name: value}},
+                       {"A": f"{name}=as configured", "B": f"{name}={value}"})  # fmt: skip
+    runs = {label: [r["requests_per_s"] for r in both[label]] for label in both}
+    # ms of web CPU per request
+    web_cpu = {label: [r["cpu_ms_per_request"]["web"] for r in both[label]] for label in both}
     a, b = statistics.fmean(runs["A"]), statistics.fmean(runs["B"])
     return {
         "bench": "e2e-ab",
@@ -512,14 +662,82 @@ def run_ab(opts: argparse.Namespace) -> dict[str, Any]:
         "mean_a": round(a, 1),
         "mean_b": round(b, 1),
         "ratio_a_to_b": round(a / max(b, 1e-9), 3),
-        "pair_ratios": [round(x / max(y, 1e-9), 3) for x, y in zip(runs["A"], runs["B"],
-                                                                  strict=True)],  # fmt: skip
-        "median_pair_ratio": round(statistics.median(
-            x / max(y, 1e-9) for x, y in zip(runs["A"], runs["B"], strict=True)), 3),
+        "pair_ratios": [round(x, 3) for x in _ratios(runs["A"], runs["B"])],
+        "median_pair_ratio": round(statistics.median(_ratios(runs["A"], runs["B"])), 3),
         "web_cpu_ms_per_request": web_cpu,
         "web_cpu_ratio_b_to_a": round(statistics.fmean(web_cpu["B"])
                                       / max(statistics.fmean(web_cpu["A"]), 1e-9), 3),
     }  # fmt: skip
+
+
+#: ``--api binance``: what signing and the Binance limits may cost (binance/native orders/s)
+API_TARGET_RATIO = 0.85
+
+
+def _api_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One API's side of ``--api binance``: per run and mean."""
+    orders = [r["accepted_orders_per_s"] for r in runs]
+    requests_ = [r["requests_per_s"] for r in runs]
+    p50 = [r["post_to_result_ms"]["p50"] or 0.0 for r in runs]
+    p99 = [r["post_to_result_ms"]["p99"] or 0.0 for r in runs]
+    errors: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "orders_per_s": orders,
+        "mean_orders_per_s": round(statistics.fmean(orders), 1),
+        "requests_per_s": requests_,
+        "mean_requests_per_s": round(statistics.fmean(requests_), 1),
+        "post_to_result_p50_ms": p50,
+        "post_to_result_p99_ms": p99,
+        "mean_p50_ms": round(statistics.fmean(p50), 3),
+        "mean_p99_ms": round(statistics.fmean(p99), 3),
+        "web_cpu_ms_per_request": [r["cpu_ms_per_request"]["web"] for r in runs],
+        "orders_202": sum(r["orders_202"] for r in runs),
+        "orders_insufficient_funds": sum(r["orders_insufficient_funds"] for r in runs),
+        "errors": errors,
+    }
+
+
+def run_api(opts: argparse.Namespace) -> dict[str, Any]:
+    """``--api binance``: the native API (A) and Binance's signed ``/api/v3/order`` (B), the
+    same flow, interleaved (:func:`interleaved`); both stacks get the same environment (the
+    server key and :data:`BINANCE_BENCH_ENV`). Ratios are binance over native."""
+    env = {**BINANCE_BENCH_ENV, "FAIRBOOK_SECRET_KEY": new_key_text()}
+    both = interleaved(opts, {"api": "native", "env": env}, {"api": "binance", "env": env},
+                       {"A": "native /api/v1/orders", "B": "binance /api/v3/order"})  # fmt: skip
+    native, binance = _api_figures(both["A"]), _api_figures(both["B"])
+    pair_ratios = _ratios(binance["orders_per_s"], native["orders_per_s"])
+    ratio = binance["mean_orders_per_s"] / max(native["mean_orders_per_s"], 1e-9)
+    cpu_ratio = (statistics.fmean(binance["web_cpu_ms_per_request"])
+                 / max(statistics.fmean(native["web_cpu_ms_per_request"]), 1e-9))  # fmt: skip
+    return {
+        "bench": "e2e-api",
+        "config": {**both["A"][0]["config"], "api": "native vs binance", "pairs": opts.pairs},
+        "env": BINANCE_BENCH_ENV,
+        "native": native,
+        "binance": binance,
+        "ratio_orders_per_s": round(ratio, 3),
+        "pair_ratios": [round(x, 3) for x in pair_ratios],
+        "median_pair_ratio": round(statistics.median(pair_ratios), 3),
+        "p99_ratio": round(binance["mean_p99_ms"] / max(native["mean_p99_ms"], 1e-9), 3),
+        "web_cpu_ratio": round(cpu_ratio, 3),
+        "target_min_ratio": API_TARGET_RATIO,
+        "runs": {"native": both["A"], "binance": both["B"]},
+    }
+
+
+def api_line(r: dict[str, Any]) -> str:
+    n, b = r["native"], r["binance"]
+    return (
+        f"bench e2e --api binance ({r['config']['pairs']} pairs, {r['config']['clients']} "
+        f"connections): native {n['mean_orders_per_s']:,} orders/s p50 {n['mean_p50_ms']} "
+        f"p99 {n['mean_p99_ms']} ms; binance {b['mean_orders_per_s']:,} orders/s p50 "
+        f"{b['mean_p50_ms']} p99 {b['mean_p99_ms']} ms; binance/native = "
+        f"{r['ratio_orders_per_s']}x (target >= {API_TARGET_RATIO}x; per pair "
+        f"{r['pair_ratios']}), p99 {r['p99_ratio']}x, web CPU per request {r['web_cpu_ratio']}x"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -547,12 +765,27 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--ab-env", metavar="NAME=VALUE",
                     help="measure the cost of a setting instead: interleaved unpaced runs as "
                          "configured (A) and with NAME=VALUE (B); prints the A/B ratio")
-    ap.add_argument("--pairs", type=int, default=3, help="A/B pairs for --ab-env")
+    ap.add_argument("--pairs", type=int, default=3, help="A/B pairs for --ab-env and --api")
+    ap.add_argument("--api", choices=("native", "binance"), default="native",
+                    help="binance: interleaved runs of the native API and of signed "
+                         "/api/v3/order requests; prints both and the ratio")  # fmt: skip
     opts = ap.parse_args(argv)
     if opts.clients < 1 or opts.seconds <= 0:
         ap.error("--clients must be >= 1 and --seconds > 0")
     if opts.rate is not None and opts.rate <= 0:
         ap.error("--rate must be > 0")
+    if opts.api == "binance":
+        if opts.ab_env or opts.pairs < 1 or opts.rate is not None:
+            ap.error("--api binance takes --pairs >= 1, and neither --ab-env nor --rate")
+        opts.gunicorn = opts.gunicorn or [SHIPPED_GUNICORN]
+        result = run_api(opts)
+        text = json.dumps(result, indent=2)
+        print(text)
+        print(api_line(result))
+        if opts.json:
+            with open(opts.json, "w") as fh:
+                fh.write(text + "\n")
+        return 0
     if opts.ab_env:
         if "=" not in opts.ab_env or opts.pairs < 1:
             ap.error("--ab-env takes NAME=VALUE and --pairs must be >= 1")
