@@ -167,16 +167,7 @@ class Market:
 
     # -- decimal string -> integer units ------------------------------------------------------
     def _units(self, value: Any, step: Step, field: str, code: str) -> int:
-        units = step.units(check_decimal_text(value, field))
-        if units is None:
-            raise SchemaError(code, f"{field} is not a multiple of {step.step}", field)
-        if units <= 0:
-            raise SchemaError(
-                ErrorCode.INVALID_DECIMAL, f"{field} must be greater than zero", field
-            )
-        if units > MAX_UNITS:
-            raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} is too large", field)
-        return units
+        return whole_units(value, step, field, code, f"{field} is not a multiple of {step.step}")
 
     def price_to_ticks(self, value: Any, field: str = "price") -> int:
         return self._units(value, self.tick, field, ErrorCode.OFF_TICK)
@@ -209,6 +200,19 @@ class Market:
         return self.quote.format(atoms)
 
 
+def whole_units(value: Any, step: Step, field: str, off_code: str, off_message: str) -> int:
+    """A plain positive decimal string as a whole number of ``step`` (at most
+    :data:`MAX_UNITS`); SchemaError ``off_code`` when it is not a multiple of the step."""
+    units = step.units(check_decimal_text(value, field))
+    if units is None:
+        raise SchemaError(off_code, off_message, field)
+    if units <= 0:
+        raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} must be greater than zero", field)
+    if units > MAX_UNITS:
+        raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} is too large", field)
+    return units
+
+
 def places(step: Decimal) -> int:
     """Decimal places of a step: ``places(Decimal("0.010")) == 2``."""
     exponent = step.normalize().as_tuple().exponent
@@ -230,20 +234,8 @@ class Asset:
 
     def to_units(self, value: Any, field: str = "amount") -> int:
         """A positive decimal string as whole units; SchemaError if it is not one."""
-        units = self.unit.units(check_decimal_text(value, field))
-        if units is None:
-            raise SchemaError(
-                ErrorCode.OFF_UNIT,
-                f"{field} has more decimals than {self.asset}'s {self.decimals}",
-                field,
-            )
-        if units <= 0:
-            raise SchemaError(
-                ErrorCode.INVALID_DECIMAL, f"{field} must be greater than zero", field
-            )
-        if units > MAX_UNITS:
-            raise SchemaError(ErrorCode.INVALID_DECIMAL, f"{field} is too large", field)
-        return units
+        why = f"{field} has more decimals than {self.asset}'s {self.decimals}"
+        return whole_units(value, self.unit, field, ErrorCode.OFF_UNIT, why)
 
     def format(self, units: int) -> str:
         """Canonical text with exactly ``decimals`` places; negative amounts start with ``-``."""
