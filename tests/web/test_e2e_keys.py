@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import redis
 import requests
-import websocket
 
 from bench.stack import ROOT, Stack
 from tests.redis_server import RedisServer, free_port
 from tests.web.funding import fund
+from tests.web.live_socket import LiveSocket
 from web.journal import Journal
 
 pytestmark = pytest.mark.e2e
@@ -41,40 +41,7 @@ def assert_replay_passes(stack: Stack) -> None:
     assert replay.returncode == 0, replay.stdout + replay.stderr
 
 
-class Socket:
-    def __init__(self, stack: Stack) -> None:
-        self.ws = websocket.create_connection(stack.url.replace("http", "ws", 1) + "/ws",
-                                              timeout=10)  # fmt: skip
-
-    def send(self, msg: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(msg))
-
-    def until(self, pred, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                msg = json.loads(self.ws.recv())
-            except websocket.WebSocketTimeoutException:
-                continue
-            if pred(msg):
-                return msg
-        raise AssertionError("expected message did not arrive")
-
-    def frames_until_close(self, timeout: float) -> tuple[list[dict[str, Any]], int, str, float]:
-        """Every data frame up to the close frame, its code and reason, and when it came."""
-        seen: list[dict[str, Any]] = []
-        self.ws.settimeout(timeout)
-        while True:
-            opcode, frame = self.ws.recv_data_frame(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(frame.data[:2], "big")
-                return seen, code, frame.data[2:].decode(), time.monotonic()
-            if opcode == websocket.ABNF.OPCODE_TEXT:
-                seen.append(json.loads(frame.data))
-
-    def close(self) -> None:
-        self.ws.close()
+Socket = LiveSocket
 
 
 def _order(account: str, side: str, price: str, qty: str) -> dict[str, Any]:

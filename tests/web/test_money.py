@@ -13,7 +13,6 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,11 +20,11 @@ from typing import Any
 
 import pytest
 import requests
-import websocket
 
 from bench.stack import ROOT, Stack
 from redis_server import wait_until
 from tests.web.funding import fund
+from tests.web.live_socket import LiveSocket
 from web.accounts import create_account
 
 SYM = "BTC-USDT"  # partition 0 (ETH-USDT is in partition 1)
@@ -429,43 +428,15 @@ def test_bad_inputs_are_400_and_nothing_is_journaled(stack, ops, accounts):
 # -- the balance events of the orders channel ----------------------------------------------------
 
 
-class Socket:
+class Socket(LiveSocket):
+    """Authenticated and subscribed to the ``orders`` channel."""
+
     def __init__(self, stack: Stack, api_key: str) -> None:
-        self.ws = websocket.create_connection(stack.url.replace("http", "ws", 1) + "/ws",
-                                              timeout=10)  # fmt: skip
+        super().__init__(stack)
         self.send({"op": "auth", "api_key": api_key})
         assert self.until(lambda m: True)["type"] == "authenticated"
         self.send({"op": "subscribe", "channels": ["orders"]})
         assert self.until(lambda m: True)["type"] == "subscribed"
-
-    def send(self, msg: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(msg))
-
-    def until(self, pred, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.ws.settimeout(max(0.05, min(0.5, deadline - time.monotonic())))
-            try:
-                msg = json.loads(self.ws.recv())
-            except websocket.WebSocketTimeoutException:
-                continue
-            if pred(msg):
-                return msg
-        raise AssertionError("expected message did not arrive")
-
-    def drain(self, seconds: float) -> list[dict[str, Any]]:
-        out = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self.ws.settimeout(min(left, 0.5))
-            try:
-                out.append(json.loads(self.ws.recv()))
-            except websocket.WebSocketTimeoutException:
-                continue
-        return out
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 def test_balance_events_reach_only_their_owner(stack, ops, accounts):
