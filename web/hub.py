@@ -79,6 +79,33 @@ class Subscriber(Protocol):
         ...
 
 
+class Listener(Protocol):
+    """A socket of another adapter (``web.binance``) that takes the worker's messages raw and
+    makes its own frames. Called in the hub's reader thread, under the hub lock: it must only
+    encode and :meth:`Subscriber.offer`, never block; it returns False when its queue
+    overflowed (the hub then removes it and calls ``slow_consumer`` outside the lock)."""
+
+    account: str | None
+
+    def offer(self, frame: bytes) -> bool: ...
+
+    def slow_consumer(self) -> None: ...
+
+    def revoked(self) -> None: ...
+
+    def on_market(self, symbol: str, body: dict[str, Any]) -> bool:
+        """One ``<ns>:md:<symbol>`` message (protocol.wire: trades, book increment, bbo)."""
+        ...
+
+    def on_account(self, account: str, body: dict[str, Any]) -> bool:
+        """One ``<ns>:acct:<account>`` message (``{"account", "events"}``)."""
+        ...
+
+    def on_resync(self) -> bool:
+        """Pub/sub reconnected or the worker recovered: messages may have been lost."""
+        ...
+
+
 # ---------------------------------------------------------------------------------------------
 # The hub
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +141,9 @@ class Hub:
         self.acct_subs: dict[str, set[Subscriber]] = {}
         #: sha256 of an API key -> the sockets that authenticated (or are authenticating) with it
         self.key_subs: dict[str, set[Subscriber]] = {}
+        #: raw listeners of another adapter, by symbol and by account
+        self.market_listeners: dict[str, set[Listener]] = {}
+        self.account_listeners: dict[str, set[Listener]] = {}
         self.ready = threading.Event()  # pub/sub active (snapshots may be read)
         self.stats = {"messages": 0, "ignored": 0, "poison": 0, "frames": 0, "reconnects": 0,
                       "overflows": 0}  # fmt: skip
@@ -227,6 +257,26 @@ class Hub:
                         del book.views[channel]  # type: ignore[union-attr]
                 self._maybe_drop_book(symbol)
 
+    def listen_market(self, listener: Listener, symbol: str) -> None:
+        """Hand ``listener`` every market-data message of ``symbol`` from now on."""
+        if symbol not in self.markets:
+            raise ChannelError("unknown_symbol", f"unknown symbol {shown(symbol)}")
+        with self.lock:
+            self.market_listeners.setdefault(symbol, set()).add(listener)
+
+    def unlisten_market(self, listener: Listener, symbol: str) -> None:
+        with self.lock:
+            _discard(self.market_listeners, symbol, listener)  # type: ignore[arg-type]
+
+    def listen_account(self, listener: Listener, account: str) -> None:
+        """Hand ``listener`` every event message of ``account`` (the caller proved it owns it)."""
+        with self.lock:
+            self.account_listeners.setdefault(account, set()).add(listener)
+
+    def unlisten_account(self, listener: Listener, account: str) -> None:
+        with self.lock:
+            _discard(self.account_listeners, account, listener)  # type: ignore[arg-type]
+
     def register_key(self, sub: Subscriber, key_hash: str) -> None:
         """Remember that ``sub`` authenticates with this key. Called *before* the key is looked
         up: a revocation committed after the lookup then always finds the socket."""
@@ -264,7 +314,8 @@ class Hub:
     def remove(self, sub: Subscriber) -> None:
         """Forget a socket everywhere (closed, or a slow consumer)."""
         with self.lock:
-            for table in (self.trade_subs, self.bbo_subs, self.acct_subs, self.key_subs):
+            for table in (self.trade_subs, self.bbo_subs, self.acct_subs, self.key_subs,
+                          self.market_listeners, self.account_listeners):  # fmt: skip
                 for key in [k for k, subs in table.items() if sub in subs]:
                     _discard(table, key, sub)
             for symbol, book in list(self.books.items()):
@@ -395,16 +446,26 @@ class Hub:
         try:
             if channel.startswith(ns.md_prefix):
                 symbol = channel[len(ns.md_prefix) :]
-                if not (self.trade_subs.get(symbol) or symbol in self.books):
+                listeners = self.market_listeners.get(symbol)
+                if not (self.trade_subs.get(symbol) or symbol in self.books or listeners):
                     self.stats["ignored"] += 1
                     return
-                self._guarded_market_data(symbol, _object(msg.get("data")))
+                body = _object(msg.get("data"))
+                if listeners:
+                    self._to_listeners(self.market_listeners, symbol, "on_market", body)
+                if self.trade_subs.get(symbol) or symbol in self.books:
+                    self._guarded_market_data(symbol, body)
             elif channel.startswith(ns.acct_prefix):
                 account = channel[len(ns.acct_prefix) :]
-                if not self.acct_subs.get(account):
+                listeners = self.account_listeners.get(account)
+                if not (self.acct_subs.get(account) or listeners):
                     self.stats["ignored"] += 1
                     return
-                self._on_account(account, _object(msg.get("data")))
+                body = _object(msg.get("data"))
+                if listeners:
+                    self._to_listeners(self.account_listeners, account, "on_account", body)
+                if self.acct_subs.get(account):
+                    self._on_account(account, body)
             elif channel == ns.global_keys.control:
                 body = _object(msg.get("data"))
                 if body.get("type") == "resync":
@@ -432,6 +493,22 @@ class Hub:
                         self._fanout(view.subs, frame(update), slow)
                 self._finish(slow)
             raise
+
+    def _to_listeners(self, table: dict[str, set[Listener]], name: str, method: str,
+                      body: dict[str, Any]) -> None:  # fmt: skip
+        """One message to each raw listener of ``name``; one that fails or overflows is closed
+        alone (a bug in one adapter's frame must not stop the native fan-out)."""
+        slow: list[Any] = []
+        with self.lock:
+            for listener in list(table.get(name) or ()):
+                try:
+                    ok = getattr(listener, method)(name, body)
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    log.exception("a %s listener failed on %s", method, wire_channel(name))
+                    ok = False
+                if not ok:
+                    slow.append(listener)
+        self._finish(slow)
 
     def _fanout(self, subs: Iterable[Subscriber], data: bytes, slow: list[Subscriber]) -> None:
         for sub in subs:
@@ -498,8 +575,12 @@ class Hub:
 
     def resync_all(self) -> None:
         """After a lost connection or a worker request: tell clients, then fresh snapshots."""
-        slow: list[Subscriber] = []
+        slow: list[Any] = []
         with self.lock:
+            for table in (self.market_listeners, self.account_listeners):
+                for listener in {x for subs in table.values() for x in subs}:
+                    if not listener.on_resync():
+                        slow.append(listener)
             for symbol, subs in self.trade_subs.items():
                 self._fanout(subs, _resync_frame(f"trades:{symbol}"), slow)
             for subs in self.acct_subs.values():
