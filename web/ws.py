@@ -43,6 +43,12 @@ POLICY_VIOLATION = 1008  # RFC 6455: the socket's API key was revoked, or has to
 #: Retry-After (seconds) of a refused upgrade: a socket of the address must close first
 SOCKET_CAP_RETRY_AFTER = 5
 _WS_IP = "fairbook.ws_ip"  # environ: the address whose socket count this request holds
+
+
+def is_websocket_path(path: str) -> bool:
+    """The native ``/ws`` and the Binance-compatible ``/ws/<streams>``, ``/stream``, ``/ws-api/v3``:
+    every upgrade gets the same handshake checks, socket caps and socket set-up."""
+    return path in ("/ws", "/stream") or path.startswith(("/ws/", "/ws-api/"))
 OPS = ("subscribe", "unsubscribe", "ping", "auth")
 
 #: name -> (default, help); read from app.config, then the environment.
@@ -444,7 +450,7 @@ def init_app(app: Flask) -> None:
     def _prepare_websocket() -> Any:
         """No permessage-deflate (frames are pre-encoded), one send lock per socket, and no
         request timeout on a socket that lives on as a WebSocket (``web.server``)."""
-        if request.path != "/ws":
+        if not is_websocket_path(request.path):
             return None
         refusal = _handshake_refusal(request.headers)
         if refusal is not None:
