@@ -50,6 +50,13 @@ class Recording(ccxt.pro.binance):
         super().__init__(config)
         self.depth_events: list[dict[str, Any]] = []
         self.answers: list[tuple[str, dict[str, Any]]] = []
+        self.parsed_tickers: dict[str | None, Any] = {}
+
+    def parse_ws_ticker(self, message: dict[str, Any], market_type: Any) -> Any:
+        """Keep the newest ticker of each event type (ccxt's ``tickers`` holds one for both)."""
+        ticker = super().parse_ws_ticker(message, market_type)
+        self.parsed_tickers[message.get("e")] = ticker
+        return ticker
 
     def handle_order_book(self, client: Any, message: dict[str, Any]) -> None:
         self.depth_events.append(message)
@@ -132,17 +139,27 @@ async def within(awaitable: Awaitable[T], what: str, timeout: float = WAIT) -> T
         raise AssertionError(f"no {what} within {timeout} s") from None
 
 
-async def until(watch: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str,
-                timeout: float = WAIT) -> T:  # fmt: skip
-    """Call a ccxt ``watch_*`` until its result satisfies ``ok`` (each call waits for news)."""
+async def until(watch: Callable[[], Awaitable[Any]], state: Callable[[], T | None],
+                ok: Callable[[T], bool], what: str, timeout: float = WAIT) -> T:  # fmt: skip
+    """Until ccxt's cached ``state`` (what its handlers built from the messages) satisfies
+    ``ok``, keeping a ``watch_*`` call waiting for news (an event that arrived between two
+    watch calls is in the cache, so none is missed); a watch's error (e.g. ccxt's
+    ChecksumError on a depth gap) is raised. The failure shows the last state."""
     deadline = time.monotonic() + timeout
     while True:
+        value = state()
+        try:
+            if value is not None and ok(value):
+                return value
+        except (IndexError, KeyError, TypeError):
+            pass
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"no {what} within {timeout} s")
-        value = await within(watch(), what, left)
-        if ok(value):
-            return value
+            raise AssertionError(f"no {what} within {timeout} s; last: {value!r:.1500}")
+        try:
+            await asyncio.wait_for(watch(), min(left, 0.5))
+        except TimeoutError:
+            pass
 
 
 async def closing(*exchanges: ccxt.pro.binance) -> None:
@@ -190,6 +207,7 @@ def test_watch_order_book_stays_in_sync_with_rest_depth(stack):
             rest = await maker.fetch_order_book(SYMBOL, 1000)
             assert rest["nonce"] > start_nonce
             synced = await until(lambda: watcher.watch_order_book(SYMBOL),
+                                 lambda: watcher.orderbooks.get(SYMBOL),
                                  lambda b: b["nonce"] >= rest["nonce"],
                                  f"order book at lastUpdateId {rest['nonce']}")  # fmt: skip
             assert synced["nonce"] == rest["nonce"]
@@ -233,6 +251,7 @@ def test_watch_trades_ohlcv_and_tickers(stack):
             assert bought["status"] == "closed" and bought["average"] == price
 
             trades = await until(lambda: watcher.watch_trades(SYMBOL),
+                                 lambda: watcher.trades.get(SYMBOL),
                                  lambda ts: ts[-1]["price"] == price, "trade event")
             trade = trades[-1]
             assert trade["symbol"] == SYMBOL and trade["amount"] == 0.002
@@ -240,15 +259,18 @@ def test_watch_trades_ohlcv_and_tickers(stack):
             assert isinstance(trade["id"], str) and trade["info"]["e"] == "trade"
             assert abs(trade["timestamp"] - time.time() * 1000) < 10_000
             candles = await until(lambda: watcher.watch_ohlcv(SYMBOL, "1m"),
+                                  lambda: watcher.ohlcvs.get(SYMBOL, {}).get("1m"),
                                   lambda cs: cs[-1][4] == price, "kline event")
             ts, _open, high, low, close, volume = candles[-1]
             assert ts % 60_000 == 0 and abs(ts - time.time() * 1000) < 120_000
             assert low <= close <= high and volume >= 0.002
             mini = await until(lambda: watcher.watch_ticker(SYMBOL),
+                               lambda: watcher.parsed_tickers.get("24hrMiniTicker"),
                                lambda t: t["last"] == price, "24hrMiniTicker event")
             assert mini["symbol"] == SYMBOL and mini["info"]["e"] == "24hrMiniTicker"
             assert mini["baseVolume"] >= 0.002 and mini["high"] >= price
             ticker = await until(lambda: watcher.watch_ticker(SYMBOL, {"name": "ticker"}),
+                                 lambda: watcher.parsed_tickers.get("24hrTicker"),
                                  lambda t: t["last"] == price and t["bid"] == 25000,
                                  "24hrTicker event with the bid")  # fmt: skip
             assert ticker["bidVolume"] == 0.001 and ticker["info"]["e"] == "24hrTicker"
@@ -298,8 +320,8 @@ def test_ws_order_entry_and_user_data(stack, taker_kind):
             cancelled = await within(maker.cancel_order_ws(placed["id"], SYMBOL),
                                      "order.cancel answer")  # fmt: skip
             assert cancelled["id"] == placed["id"] and cancelled["status"] == "canceled"
-            await until(lambda: maker.watch_orders(SYMBOL),
-                        lambda os: os[-1]["id"] == placed["id"] and os[-1]["status"] == "canceled",
+            await until(lambda: maker.watch_orders(SYMBOL), lambda: maker.orders,
+                        lambda os: (os[-1]["id"], os[-1]["status"]) == (placed["id"], "canceled"),
                         "executionReport CANCELED")  # fmt: skip
             with pytest.raises(ccxt.OrderNotFound):
                 await within(maker.cancel_order_ws(placed["id"], SYMBOL), "order.cancel error")
@@ -320,18 +342,19 @@ def test_ws_order_entry_and_user_data(stack, taker_kind):
             assert fill["amount"] == 0.004 and fill["side"] == "sell"
             assert fill["takerOrMaker"] == "maker" and fill["symbol"] == SYMBOL
             await within(taker.create_order_ws(SYMBOL, "market", "buy", 0.006), "second take")
-            mine = await until(lambda: maker.watch_my_trades(SYMBOL), lambda ts: len(ts) == 2,
+            mine = await until(lambda: maker.watch_my_trades(SYMBOL), lambda: maker.myTrades,
+                               lambda ts: len(ts) == 2,
                                "the second fill")  # fmt: skip
             assert [t["order"] for t in mine] == [ask["id"]] * 2
             assert [t["amount"] for t in mine] == [0.004, 0.006]
-            seen = await until(lambda: maker.watch_orders(SYMBOL),
+            seen = await until(lambda: maker.watch_orders(SYMBOL), lambda: maker.orders,
                                lambda os: (os[-1]["id"], os[-1]["status"]) == (ask["id"], "closed"),
                                "executionReport FILLED")  # fmt: skip
             assert seen[-1]["filled"] == 0.01 and seen[-1]["cost"] == 310
             assert [o["id"] for o in seen] == [placed["id"], ask["id"]]  # its own, nobody else's
             rest = await maker.fetch_balance()
-            funds = await until(lambda: maker.watch_balance(),
-                                lambda b: b.get("BTC", {}).get("free") == rest["BTC"]["free"],
+            funds = await until(lambda: maker.watch_balance(), lambda: maker.balance.get("spot"),
+                                lambda b: b["BTC"]["free"] == rest["BTC"]["free"],
                                 "balance after the fills")  # fmt: skip
             assert funds["BTC"]["free"] == pytest.approx(10 - 0.01) and funds["BTC"]["used"] == 0
             assert funds["USDT"]["free"] == rest["USDT"]["free"]
