@@ -442,13 +442,17 @@ class WsClient(BinanceClient):
     """The same flow and answers as :class:`BinanceClient` through the WebSocket API
     (``order.place`` / ``order.cancel`` on a shared :class:`WsConn`): params signed as Binance's
     WebSocket API documents (sorted by name, ``name=value`` joined by ``&``, HMAC-SHA256 hex),
-    ``apiKey`` in the params, ``newOrderRespType=RESULT``. One request in flight per client, as
-    the REST client: the same concurrency, only the transport differs."""
+    ``apiKey`` in the params, ``newOrderRespType=RESULT``. ``inflight`` requests at once per
+    client (what a connection that needs no answer before the next request allows; the REST
+    client has one)."""
 
-    def __init__(self, index: int, seed: int, conn: WsConn, api_key: str, secret: str) -> None:
+    def __init__(self, index: int, seed: int, conn: WsConn, api_key: str, secret: str,
+                 inflight: int = 1) -> None:  # fmt: skip
         super().__init__(index, seed, conn, secret)  # type: ignore[arg-type]
         self.ws = conn
         self.api_key = api_key
+        #: requests of this client in flight at once (``drive`` runs this many lanes)
+        self.inflight = inflight
 
     def signed_params(self, params: dict[str, Any]) -> dict[str, Any]:
         params["apiKey"] = self.api_key
@@ -507,9 +511,10 @@ async def drive(
                 await asyncio.sleep(0.01)
 
     spread = (1.0 / per_client) if per_client else 0.0
-    await asyncio.gather(
-        *(run(c, spread * i / len(clients)) for i, c in enumerate(clients))
-    )
+    await asyncio.gather(  # a client with ``inflight`` n runs n lanes of its flow at once
+        *(run(c, spread * i / len(clients))
+          for i, c in enumerate(clients) for _ in range(getattr(c, "inflight", 1)))
+    )  # fmt: skip
     return loop_start, time.monotonic()
 
 
@@ -614,12 +619,13 @@ BINANCE_BENCH_ENV = {name: BINANCE_BENCH_LIMIT for name in (
 
 
 def setup_clients(stack: Stack, count: int, seed: int, api: str = "native",
-                  server_key: str | None = None, ws_connections: int = 4
-                  ) -> list[Client]:  # fmt: skip
+                  server_key: str | None = None, ws_connections: int = 4,
+                  ws_inflight: int = 1) -> list[Client]:  # fmt: skip
     """One funded account per client; ``api="binance"`` or ``"ws"``: each with a signed HMAC
     key, issued as ``create-api-key`` does, sealed with the stack's ``FAIRBOOK_SECRET_KEY``.
     ``binance``: one HTTP connection per client; ``ws``: the clients share ``ws_connections``
-    WebSocket API connections (client i on connection i mod n)."""
+    WebSocket API connections (client i on connection i mod n), ``ws_inflight`` requests in
+    flight per client."""
     port = stack.web_port
     signed = api in ("binance", "ws")
     vault = Vault(base64.urlsafe_b64decode(server_key)) if signed and server_key else None
@@ -636,7 +642,7 @@ def setup_clients(stack: Stack, count: int, seed: int, api: str = "native",
                                         stack.namespace.global_keys)  # fmt: skip
             if api == "ws":
                 out.append(WsClient(i, seed, sockets[i % len(sockets)], issued["api_key"],
-                                    issued["secret"]))  # fmt: skip
+                                    issued["secret"], ws_inflight))  # fmt: skip
             elif api == "binance":
                 conn = Conn("127.0.0.1", port, issued["api_key"], key_header="X-MBX-APIKEY",
                             content_type="application/x-www-form-urlencoded")  # fmt: skip
@@ -669,8 +675,10 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     rdb = redis.Redis.from_url(stack.redis_url)
     try:
         ws_connections = min(opts.clients, getattr(opts, "ws_connections", 4) or 4)
+        ws_inflight = getattr(opts, "ws_inflight", 1) or 1
         clients = setup_clients(stack, opts.clients, opts.seed, api,
-                                env.get("FAIRBOOK_SECRET_KEY"), ws_connections)  # fmt: skip
+                                env.get("FAIRBOOK_SECRET_KEY"), ws_connections,
+                                ws_inflight)  # fmt: skip
 
         async def warm_and_drive() -> tuple[float, float]:
             try:
@@ -729,7 +737,8 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
             "config": {
                 "api": api,
                 "clients": opts.clients,
-                **({"ws_connections": ws_connections} if api == "ws" else {}),
+                **({"ws_connections": ws_connections, "ws_inflight": ws_inflight}
+                   if api == "ws" else {}),
                 "seconds": opts.seconds,
                 "warmup": opts.warmup,
                 "rate": opts.rate,
@@ -929,6 +938,8 @@ def api_line(r: dict[str, Any]) -> str:
 
 #: ``--api ws``: what WebSocket order entry must buy over REST (ws/rest orders/s)
 WS_TARGET_RATIO = 3.0
+#: ``--api ws``: requests a WebSocket client keeps in flight (a REST client has 1)
+WS_INFLIGHT = 4
 
 
 def run_ws(opts: argparse.Namespace) -> dict[str, Any]:
@@ -940,7 +951,7 @@ def run_ws(opts: argparse.Namespace) -> dict[str, Any]:
     both = interleaved(opts, {"api": "binance", "env": env}, {"api": "ws", "env": env},
                        {"A": "REST /api/v3/order",
                         "B": f"WebSocket /ws-api/v3 order.place over {opts.ws_connections} "
-                             "connections"})  # fmt: skip
+                             f"connections, {opts.ws_inflight} in flight per client"})  # fmt: skip
     rest, ws = _api_figures(both["A"]), _api_figures(both["B"])
     pair_ratios = _ratios(ws["orders_per_s"], rest["orders_per_s"])
     ratio = ws["mean_orders_per_s"] / max(rest["mean_orders_per_s"], 1e-9)
@@ -949,7 +960,8 @@ def run_ws(opts: argparse.Namespace) -> dict[str, Any]:
     return {
         "bench": "e2e-ws",
         "config": {**both["A"][0]["config"], "api": "rest vs ws", "pairs": opts.pairs,
-                   "ws_connections": both["B"][0]["config"]["ws_connections"]},
+                   "ws_connections": both["B"][0]["config"]["ws_connections"],
+                   "ws_inflight": both["B"][0]["config"]["ws_inflight"]},
         "env": BINANCE_BENCH_ENV,
         "rest": rest,
         "ws": ws,
@@ -968,7 +980,8 @@ def ws_line(r: dict[str, Any]) -> str:
     a, b = r["rest"], r["ws"]
     return (
         f"bench e2e --api ws ({r['config']['pairs']} pairs, {r['config']['clients']} clients; "
-        f"ws over {r['config']['ws_connections']} connections): REST {a['mean_orders_per_s']:,} "
+        f"ws over {r['config']['ws_connections']} connections, {r['config']['ws_inflight']} in "
+        f"flight per client): REST {a['mean_orders_per_s']:,} "
         f"orders/s p50 {a['mean_p50_ms']} p99 {a['mean_p99_ms']} ms; WebSocket "
         f"{b['mean_orders_per_s']:,} orders/s p50 {b['mean_p50_ms']} p99 {b['mean_p99_ms']} ms; "
         f"ws/rest = {r['ratio_orders_per_s']}x (target >= {WS_TARGET_RATIO}x; per pair "
@@ -1008,6 +1021,8 @@ def main(argv: list[str]) -> int:
                          "WebSocket API's order.place; prints both and the ratio")  # fmt: skip
     ap.add_argument("--ws-connections", type=int, default=4,
                     help="--api ws: WebSocket API connections the clients share (pipelined)")
+    ap.add_argument("--ws-inflight", type=int, default=WS_INFLIGHT,
+                    help="--api ws: requests in flight per WebSocket client (REST: 1)")
     opts = ap.parse_args(argv)
     if opts.clients < 1 or opts.seconds <= 0:
         ap.error("--clients must be >= 1 and --seconds > 0")
@@ -1016,8 +1031,8 @@ def main(argv: list[str]) -> int:
     if opts.api in ("binance", "ws"):
         if opts.ab_env or opts.pairs < 1 or opts.rate is not None:
             ap.error(f"--api {opts.api} takes --pairs >= 1, and neither --ab-env nor --rate")
-        if opts.ws_connections < 1:
-            ap.error("--ws-connections must be >= 1")
+        if opts.ws_connections < 1 or opts.ws_inflight < 1:
+            ap.error("--ws-connections and --ws-inflight must be >= 1")
         opts.gunicorn = opts.gunicorn or [SHIPPED_GUNICORN]
         result = run_api(opts) if opts.api == "binance" else run_ws(opts)
         text = json.dumps(result, indent=2)
