@@ -222,7 +222,7 @@ class Inbox:
         """A fresh ``reply_to`` token whose reply is handed to ``callback`` in the reader
         thread, in journal order (so a connection with many commands in flight answers them
         in the order the worker decided them, without a waiting greenlet per command). The
-        callback must not block; whoever :meth:`claim`\ s the token first (the reader, or a
+        callback must not block; whoever claims the token first (the reader, or a
         caller giving up) owns it."""
         self.start()
         token = wire.reply_token(self.id, next(self._count))

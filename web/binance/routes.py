@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from engine.markets import Market
 from protocol.candles import INTERVALS
 from web import candles
-from web.app import Fairbook, state
+from web.app import Fairbook, config_float, state
 from web.binance import errors, signing, trading, translate
 from web.binance.errors import BinanceError
 from web.binance.trading import READ, TRADE, symbols
@@ -517,7 +517,13 @@ def rate_limit_order():
 
 # -- user data stream (legacy listenKey; the stream itself is served by the WebSocket side) -----
 #: Binance: a listen key lives 60 minutes unless kept alive by a PUT
+#: (``FAIRBOOK_BINANCE_LISTEN_KEY_TTL`` seconds: shorter for tests)
 LISTEN_KEY_TTL_S = 3600
+
+
+def listen_key_ttl() -> int:
+    return max(1, int(config_float(current_app.config, "FAIRBOOK_BINANCE_LISTEN_KEY_TTL",
+                                   LISTEN_KEY_TTL_S)))  # fmt: skip
 _LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -534,8 +540,8 @@ def user_data_stream_open():
         listen_key = "".join(secrets.choice(_ALPHABET) for _ in range(60))
     pipe = r.pipeline(transaction=True)
     pipe.hset(keys.listen_key(listen_key), mapping={"account": key.account, "key": key.key_hash})
-    pipe.expire(keys.listen_key(listen_key), LISTEN_KEY_TTL_S)
-    pipe.set(keys.listen_key_of(key.key_hash), listen_key, ex=LISTEN_KEY_TTL_S)
+    pipe.expire(keys.listen_key(listen_key), listen_key_ttl())
+    pipe.set(keys.listen_key_of(key.key_hash), listen_key, ex=listen_key_ttl())
     pipe.execute()
     return jsonify({"listenKey": listen_key})
 
@@ -560,7 +566,7 @@ def _own_listen_key() -> str:
 def user_data_stream_keepalive():
     listen_key = _own_listen_key()
     keys = state().namespace.global_keys
-    state().redis.expire(keys.listen_key(listen_key), LISTEN_KEY_TTL_S)
+    state().redis.expire(keys.listen_key(listen_key), listen_key_ttl())
     return jsonify({})
 
 
