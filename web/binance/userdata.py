@@ -320,8 +320,9 @@ def serve_listen_key(ws: Any, listen_key: str) -> None:
                 hub.listen_account(conn, account)
                 log.debug("listen key stream of account %s from %s", account,
                           request.remote_addr)  # fmt: skip
-        next_check = time.monotonic() + _until_check(st.redis, keys.listen_key(listen_key),
-                                                     check_s)  # fmt: skip
+        wait = _until_check(st.redis, keys.listen_key(listen_key), check_s)
+        next_check = time.monotonic() + wait
+        expires = next_check  # when the TTL last read runs out (a key gone before: deleted)
         while not conn.done.is_set():
             data = ws.receive(timeout=1.0)
             if data is not None:
@@ -340,12 +341,16 @@ def serve_listen_key(ws: Any, listen_key: str) -> None:
             if not key_alive:
                 hub.remove(conn)
                 conn.revoked()
-            elif ttl_ms is None or ttl_ms < 0:  # expired without a keep-alive (or deleted)
+            elif ttl_ms is None or ttl_ms < 0:
                 hub.remove(conn)
-                conn.offer(frame({"e": "listenKeyExpired", "E": now_ms(),
-                                  "listenKey": listen_key}))  # fmt: skip
-                close_after(conn, 1000, "listen key expired")
+                if time.monotonic() >= expires - 0.5:  # expired without a keep-alive
+                    conn.offer(frame({"e": "listenKeyExpired", "E": now_ms(),
+                                      "listenKey": listen_key}))  # fmt: skip
+                    close_after(conn, 1000, "listen key expired")
+                else:  # closed by its owner (DELETE): no event, as Binance
+                    conn.close(1000, "listen key closed")
             else:
+                expires = time.monotonic() + ttl_ms / 1000.0
                 next_check = time.monotonic() + min(check_s, ttl_ms / 1000.0 + 0.05)
     except ConnectionClosed:
         pass
@@ -365,3 +370,16 @@ def _until_check(client: Any, name: str, check_s: float) -> float:
     if ttl_ms is None or ttl_ms < 0:
         return 0.0
     return min(check_s, ttl_ms / 1000.0 + 0.05)
+
+
+def init_fallback(app: Any) -> None:
+    """``/ws/<listenKey>`` alone, for a tree without the market streams' ``/ws/<path>`` route
+    (which serves listen keys itself through :func:`serve_listen_key`)."""
+    from flask_sock import Sock
+
+    sock = Sock(app)
+
+    @sock.route("/ws/<path:path>")
+    def listen_key_stream(ws: Any, path: str) -> None:
+        """A listen key's user data stream."""
+        serve_listen_key(ws, path)
