@@ -15,7 +15,7 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register ``/api/v3`` (both blueprints), its error shape and the key CLI."""
-    from web.binance import errors, keys, routes, weights
+    from web.binance import errors, keys, routes, weights, wsapi
     from web.limits import binance_limits
 
     limits = binance_limits(app)
@@ -24,3 +24,10 @@ def init_app(app: Flask) -> None:
     routes.init_app(app)
     errors.init_app(app)
     keys.init_app(app)
+    wsapi.init_app(app)  # the WebSocket API, /ws-api/v3
+    try:  # the market streams' /ws/<path> serves listen keys too
+        from web.binance import streams  # noqa: F401
+    except ImportError:
+        from web.binance import userdata
+
+        userdata.init_fallback(app)
