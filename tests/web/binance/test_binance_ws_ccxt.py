@@ -176,6 +176,20 @@ def levels(side: list[list[float]]) -> list[tuple[float, float]]:
     return [(float(p), float(q)) for p, q, *_ in side]
 
 
+async def same_book(watcher: Recording, rest_client: ccxt.pro.binance) -> Any:
+    """REST depth now, and ccxt's streamed book once it reached that ``lastUpdateId``: the same
+    sequence and the same levels (only this test changes the book meanwhile)."""
+    rest = await rest_client.fetch_order_book(SYMBOL, 1000)
+    synced = await until(lambda: watcher.watch_order_book(SYMBOL),
+                         lambda: watcher.orderbooks.get(SYMBOL),
+                         lambda b: b["nonce"] >= rest["nonce"],
+                         f"order book at lastUpdateId {rest['nonce']}")  # fmt: skip
+    assert synced["nonce"] == rest["nonce"]
+    assert levels(synced["bids"]) == levels(rest["bids"])
+    assert levels(synced["asks"]) == levels(rest["asks"])
+    return rest
+
+
 def test_watch_order_book_stays_in_sync_with_rest_depth(stack):
     """Orders flow (resting, partly taken, cancelled) from two accounts while ccxt keeps its
     book from the diff stream; at the end it equals REST depth at the same lastUpdateId and the
@@ -204,17 +218,13 @@ def test_watch_order_book_stays_in_sync_with_rest_depth(stack):
                 if i % 6 == 5:  # take a bit of the top on either side
                     await taker.create_order(SYMBOL, "market", "sell" if i % 12 == 5 else "buy",
                                              0.0015)  # fmt: skip
-            rest = await maker.fetch_order_book(SYMBOL, 1000)
+                # in sync on the way, not only at the end; and many events, not one per
+                # 100 ms of the whole flow (each of these waits for the next)
+                await same_book(watcher, maker)
+            rest = await same_book(watcher, maker)
             assert rest["nonce"] > start_nonce
-            synced = await until(lambda: watcher.watch_order_book(SYMBOL),
-                                 lambda: watcher.orderbooks.get(SYMBOL),
-                                 lambda b: b["nonce"] >= rest["nonce"],
-                                 f"order book at lastUpdateId {rest['nonce']}")  # fmt: skip
-            assert synced["nonce"] == rest["nonce"]
-            assert levels(synced["bids"]) == levels(rest["bids"])
-            assert levels(synced["asks"]) == levels(rest["asks"])
             events = [e for e in watcher.depth_events if e["u"] > start_nonce]
-            assert events and events[0]["U"] <= start_nonce + 1 <= events[0]["u"]
+            assert len(events) >= 24 and events[0]["U"] <= start_nonce + 1 <= events[0]["u"]
             for before, after in zip(events, events[1:], strict=False):
                 assert after["U"] == before["u"] + 1, (before, after)
             assert events[-1]["u"] == rest["nonce"]
