@@ -321,9 +321,10 @@ def serve_listen_key(ws: Any, listen_key: str) -> None:
                 hub.listen_account(conn, account)
                 log.debug("listen key stream of account %s from %s", account,
                           request.remote_addr)  # fmt: skip
-        wait = _until_check(st.redis, keys.listen_key(listen_key), check_s)
-        next_check = time.monotonic() + wait
-        expires = next_check  # when the TTL last read runs out (a key gone before: deleted)
+        ttl_s = _ttl_s(st.redis, keys.listen_key(listen_key))
+        # when the TTL last read runs out (a key gone before that was deleted, not expired)
+        expires = time.monotonic() + ttl_s
+        next_check = time.monotonic() + min(check_s, ttl_s + 0.05)
         while not conn.done.is_set():
             data = ws.receive(timeout=1.0)
             if data is not None:
@@ -362,15 +363,15 @@ def serve_listen_key(ws: Any, listen_key: str) -> None:
         conn.done.wait(1.0)
 
 
-def _until_check(client: Any, name: str, check_s: float) -> float:
-    """Seconds until the listen key's TTL runs out (at most ``check_s``)."""
+def _ttl_s(client: Any, name: str) -> float:
+    """Seconds until the listen key's TTL runs out (0 if it is gone; 1 if Redis failed)."""
     try:
         ttl_ms = client.pttl(name)
     except redis.RedisError:
         return 1.0
     if ttl_ms is None or ttl_ms < 0:
         return 0.0
-    return min(check_s, ttl_ms / 1000.0 + 0.05)
+    return ttl_ms / 1000.0
 
 
 def init_fallback(app: Any) -> None:
