@@ -169,6 +169,35 @@ def test_pipelined_requests_answer_in_the_order_the_worker_decided(stack, make_k
     assert len(second["result"]) == 41
 
 
+def test_a_pipelined_batch_answers_each_request_as_alone(stack, make_key, sockets):
+    """Frames that arrive together are counted and journaled together: a bad signature, a
+    stale timestamp and a refused order among good ones cost only themselves, and a request
+    of another method keeps its place in journal order."""
+    issued = make_key()
+    ws = sockets(issued)
+    assert ws.call("order.test", limit_order(), signed=True)["status"] == 200  # key now known
+    frames = []
+    good = [ws.signed(limit_order(f"{70 + i}.00", newClientOrderId=f"b{i}")) for i in range(3)]
+    forged = ws.signed(limit_order("80.00"))
+    forged["signature"] = "0" * 64
+    stale = ws.signed(limit_order("81.00"), ts=int(time.time() * 1000) - 60000)
+    tiny = ws.signed(limit_order("0.01"))  # below the minimum notional
+    sequence = [("order.place", good[0]), ("order.place", forged), ("order.place", good[1]),
+                ("order.place", stale), ("order.place", tiny), ("order.place", good[2]),
+                ("openOrders.cancelAll", ws.signed({"symbol": "BTCUSDT"}))]  # fmt: skip
+    for n, (method, params) in enumerate(sequence):
+        frames.append(json.dumps({"id": n, "method": method, "params": params}))
+    for frame in frames:
+        ws.ws.send(frame)
+    replies = {r["id"]: r for r in (ws.recv() for _ in sequence)}
+    assert [replies[i]["status"] for i in range(7)] == [200, 400, 200, 400, 400, 200, 200]
+    assert replies[1]["error"]["code"] == -1022 and replies[3]["error"]["code"] == -1021
+    assert replies[4]["error"] == {"code": -1013, "msg": "Filter failure: NOTIONAL"}
+    ids = [replies[i]["result"]["orderId"] for i in (0, 2, 5)]
+    assert ids == sorted(ids)
+    assert sorted(o["orderId"] for o in replies[6]["result"]) == ids
+
+
 def test_bad_signatures_stale_timestamps_and_keys(stack, make_key, sockets):
     issued = make_key()
     ws = sockets(issued)
