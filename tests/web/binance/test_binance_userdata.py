@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 import requests
 import websocket
 from wsapi_client import key_factory, rest
@@ -116,6 +117,45 @@ def test_balances_are_summed_over_partitions():
     assert out[0]["B"] == [{"a": "USDT", "f": "12.50000000", "l": "1.00000000"}]
 
 
+class _Socket:
+    account = "3"
+    closed = False
+
+    def offer(self, frame: bytes) -> bool:
+        return True
+
+    def next_sequence(self, channel: str) -> int:
+        return 1
+
+    def slow_consumer(self) -> None:
+        self.closed = True
+
+    def revoked(self) -> None:
+        self.closed = True
+
+
+def test_recheck_keys_keeps_live_signed_keys_and_closes_dead_ones(redis_url, redis_client):
+    """After a pub/sub reconnect the hub re-reads its sockets' keys: a signed key lives in
+    ``api_key:<sha256>`` (not in ``accounts``), so it must not be taken for a revoked one."""
+    from protocol.keys import Namespace
+    from web.accounts import hash_key
+    from web.hub import Hub
+
+    ns = Namespace("fb")
+    hub = Hub(lambda: redis.Redis.from_url(redis_url), {}, ns)
+    signed, native, dead = hash_key("signed"), hash_key("native"), hash_key("dead")
+    redis_client.hset(ns.global_keys.api_key(signed), mapping={"account": "3", "kind": "hmac"})
+    redis_client.hset(ns.global_keys.accounts, native, "3")
+    socks = {h: _Socket() for h in (signed, native, dead)}
+    for h, sock in socks.items():
+        hub.register_key(sock, h)
+    hub.recheck_keys()
+    assert [socks[h].closed for h in (signed, native, dead)] == [False, False, True]
+    redis_client.delete(ns.global_keys.api_key(signed))
+    hub.recheck_keys()
+    assert socks[signed].closed and not socks[native].closed
+
+
 # -- the listen key stream ----------------------------------------------------------------------
 
 
@@ -172,6 +212,7 @@ def order(price: str, side: str = "BUY", qty: str = "0.02000", **extra: Any) -> 
             "price": price, "quantity": qty, **extra}  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_events_keep_alive_and_expiry_without_keep_alive(stack, make_key):
     issued = make_key()
     key = listen_key(stack, issued)["listenKey"]
@@ -205,6 +246,7 @@ def test_events_keep_alive_and_expiry_without_keep_alive(stack, make_key):
         dead.close()
 
 
+@pytest.mark.e2e
 def test_a_closed_listen_key_ends_the_stream_without_an_event(stack, make_key):
     issued = make_key()
     key = listen_key(stack, issued)["listenKey"]
@@ -217,6 +259,7 @@ def test_a_closed_listen_key_ends_the_stream_without_an_event(stack, make_key):
         ws.close()
 
 
+@pytest.mark.e2e
 def test_a_revoked_api_key_closes_its_stream(stack, make_key):
     issued = make_key()
     key = listen_key(stack, issued)["listenKey"]
@@ -240,6 +283,7 @@ def test_a_revoked_api_key_closes_its_stream(stack, make_key):
         again.close()
 
 
+@pytest.mark.e2e
 def test_two_accounts_never_see_each_others_events(stack, make_key):
     alice, bob = make_key(), make_key()
     a_ws = connect(stack, listen_key(stack, alice)["listenKey"])
