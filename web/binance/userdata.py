@@ -31,7 +31,7 @@ from simple_websocket import ConnectionClosed
 
 from engine.markets import Asset, Market
 from protocol.wire import parse_balances
-from web.app import config_float, state
+from web.app import state
 from web.binance import translate
 from web.binance.trading import amount, symbols
 from web.hub import frame
@@ -42,7 +42,7 @@ log = logging.getLogger("fairbook.binance.userdata")
 
 LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 #: seconds between liveness checks of a listen-key stream at most (its expiry is checked when
-#: its TTL runs out, whatever this says)
+#: its TTL runs out, whatever this says); ``FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK``, 0 = this
 LISTEN_KEY_CHECK_S = 60.0
 #: RFC 6455 1012 "service restart": messages may have been lost (pub/sub reconnected)
 RESTART = 1012
@@ -276,8 +276,7 @@ class ListenKeyStream(Connection):
 
 
 def listen_key_check_s() -> float:
-    return config_float(current_app.config, "FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK",
-                        LISTEN_KEY_CHECK_S) or LISTEN_KEY_CHECK_S  # fmt: skip
+    return setting("FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK") or LISTEN_KEY_CHECK_S
 
 
 def close_after(conn: Connection, code: int, reason: str, wait_s: float = 2.0) -> None:
