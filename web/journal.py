@@ -376,6 +376,14 @@ class Journal:
         command["id"] = cmd_id
         return cmd_id
 
+    def append_args(self, command: dict[str, Any]) -> tuple[Any, ...]:
+        """The EVAL of :meth:`append` for ``command``, for :func:`append_all`."""
+        body = wire.dumps({k: v for k, v in command.items() if k != "id"})
+        bound = self.max_backlog if command.get("op") in BOUNDED_OPS else 0
+        k = self.keys
+        return ("EVAL", APPEND_LUA, 4, k.next_id, k.stream, k.applied_count, k.applied,
+                self.partition, body, bound)  # fmt: skip
+
     def append_many(self, commands: Iterable[dict[str, Any]]) -> list[int]:
         """Pipelined :meth:`append` for tools and tests (one round trip for the lot)."""
         commands = list(commands)
@@ -443,3 +451,22 @@ class Journal:
         deadline = time.monotonic() + timeout_s
         cmd_id, waiter = self.send(command, ready_s=timeout_s)
         return cmd_id, self.wait(command, waiter, max(0.0, deadline - time.monotonic()))
+
+
+def append_all(connections: DirectConnections, items: list[tuple[Journal, dict[str, Any]]]
+               ) -> list[int | Exception]:  # fmt: skip
+    """:meth:`Journal.append` of several commands (any partitions) in ONE round trip, in
+    order: each one's id (also set in it), or its :class:`Overloaded` / error reply. A failed
+    connection raises for the lot (outcome unknown, as for one append: nothing is resent)."""
+    replies = connections.pipeline([journal.append_args(command) for journal, command in items])
+    out: list[int | Exception] = []
+    for (journal, command), reply in zip(items, replies, strict=True):
+        if isinstance(reply, Exception):
+            text = str(reply)
+            if text.startswith("OVERLOADED"):
+                reply = Overloaded(journal.partition, int(text.split()[-1]))
+            out.append(reply)
+            continue
+        command["id"] = int(reply)
+        out.append(command["id"])
+    return out

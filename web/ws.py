@@ -63,6 +63,8 @@ SETTINGS: dict[str, tuple[float, str]] = {
     "FAIRBOOK_BINANCE_WS_MAX_STREAMS": (1024, "streams one Binance stream socket may listen to"),
     "FAIRBOOK_BINANCE_WS_MESSAGES_PER_S": (5, "messages a Binance stream socket may send per "
                                            "second (more: closed 1008; 0 = no cap)"),
+    "FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK": (60, "seconds at most between a listen-key stream's "
+                                             "checks of its listen key and API key"),
 }
 
 

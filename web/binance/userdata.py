@@ -31,7 +31,7 @@ from simple_websocket import ConnectionClosed
 
 from engine.markets import Asset, Market
 from protocol.wire import parse_balances
-from web.app import config_float, state
+from web.app import state
 from web.binance import translate
 from web.binance.trading import amount, symbols
 from web.hub import frame
@@ -42,7 +42,7 @@ log = logging.getLogger("fairbook.binance.userdata")
 
 LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 #: seconds between liveness checks of a listen-key stream at most (its expiry is checked when
-#: its TTL runs out, whatever this says)
+#: its TTL runs out, whatever this says); ``FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK``, 0 = this
 LISTEN_KEY_CHECK_S = 60.0
 #: RFC 6455 1012 "service restart": messages may have been lost (pub/sub reconnected)
 RESTART = 1012
@@ -276,8 +276,7 @@ class ListenKeyStream(Connection):
 
 
 def listen_key_check_s() -> float:
-    return config_float(current_app.config, "FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK",
-                        LISTEN_KEY_CHECK_S) or LISTEN_KEY_CHECK_S  # fmt: skip
+    return setting("FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK") or LISTEN_KEY_CHECK_S
 
 
 def close_after(conn: Connection, code: int, reason: str, wait_s: float = 2.0) -> None:
@@ -321,9 +320,10 @@ def serve_listen_key(ws: Any, listen_key: str) -> None:
                 hub.listen_account(conn, account)
                 log.debug("listen key stream of account %s from %s", account,
                           request.remote_addr)  # fmt: skip
-        wait = _until_check(st.redis, keys.listen_key(listen_key), check_s)
-        next_check = time.monotonic() + wait
-        expires = next_check  # when the TTL last read runs out (a key gone before: deleted)
+        ttl_s = _ttl_s(st.redis, keys.listen_key(listen_key))
+        # when the TTL last read runs out (a key gone before that was deleted, not expired)
+        expires = time.monotonic() + ttl_s
+        next_check = time.monotonic() + min(check_s, ttl_s + 0.05)
         while not conn.done.is_set():
             data = ws.receive(timeout=1.0)
             if data is not None:
@@ -362,15 +362,15 @@ def serve_listen_key(ws: Any, listen_key: str) -> None:
         conn.done.wait(1.0)
 
 
-def _until_check(client: Any, name: str, check_s: float) -> float:
-    """Seconds until the listen key's TTL runs out (at most ``check_s``)."""
+def _ttl_s(client: Any, name: str) -> float:
+    """Seconds until the listen key's TTL runs out (0 if it is gone; 1 if Redis failed)."""
     try:
         ttl_ms = client.pttl(name)
     except redis.RedisError:
         return 1.0
     if ttl_ms is None or ttl_ms < 0:
         return 0.0
-    return min(check_s, ttl_ms / 1000.0 + 0.05)
+    return ttl_ms / 1000.0
 
 
 def init_fallback(app: Any) -> None:

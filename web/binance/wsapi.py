@@ -29,6 +29,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -45,7 +46,7 @@ from web.binance.errors import BinanceError
 from web.binance.keys import ApiKey, parse_record, record_fields, vault_of
 from web.binance.userdata import AccountEvents, account_events, close_after, now_ms
 from web.hub import Hub
-from web.journal import Overloaded
+from web.journal import Overloaded, append_all
 from web.ws import POLICY_VIOLATION, Connection, LockedSocket, get_hub, setting
 
 log = logging.getLogger("fairbook.binance.wsapi")
@@ -82,6 +83,8 @@ SIGNED = {"order.place": TRADE, "order.test": TRADE, "order.cancel": TRADE,
 #: params that are the request's envelope, not the method's
 ENVELOPE = ("apiKey", "signature", "timestamp", "recvWindow", "returnRateLimits")
 MAX_SUBSCRIPTIONS = 1000
+#: frames that arrived together handled as one batch at most (orders: two round trips a batch)
+BATCH = 64
 MSG_INVALID_JSON = "Invalid JSON Request"
 _MSG_ID = re.compile(r"[\x20-\x7e]{1,64}")
 
@@ -125,6 +128,21 @@ def _valid_id(value: Any) -> bool:
     if type(value) is int:
         return -(2**63) <= value < 2**63
     return isinstance(value, str) and _MSG_ID.fullmatch(value) is not None
+
+
+@dataclass(slots=True)
+class Request:
+    """A parsed request: its id, method (without ``v3/``), params as text, weight."""
+
+    msg_id: Any
+    method: str
+    params: dict[str, str]
+    cost: int
+    show: bool  # rateLimits in the answer
+
+
+BUSY = BinanceError(errors.SERVER_BUSY, errors.MSG_BUSY, 503)
+UNAVAILABLE = BinanceError(errors.DISCONNECTED, errors.MSG_INTERNAL, 503)
 
 
 class Limited(Exception):
@@ -243,78 +261,188 @@ class ApiConnection(Connection):
 
     # -- requests -------------------------------------------------------------------------------
     def handle(self, raw: str | bytes) -> None:
+        """One request frame."""
+        self.handle_many([raw])
+
+    def handle_many(self, frames: list[str | bytes]) -> None:
+        """Frames that arrived together, in order. A run of ``order.place`` requests of keys
+        already read is counted in one round trip and journaled in one more (in order, so
+        journal order is still the frames' order); anything else is handled alone, after the
+        run before it."""
+        run: list[Request] = []
+        for raw in frames:
+            try:
+                req = self._parse(raw)
+                if req is None:
+                    continue
+                if req.method == "order.place" and self._known_key(req.params) is not None:
+                    run.append(req)
+                    continue
+                if run:
+                    self._place_run(run)
+                    run = []
+                self._run(req)
+            except Exception:  # a bug must cost this message an error reply, not the socket
+                log.exception("ws-api request failed")
+                self.fail(None, BinanceError(errors.UNKNOWN, errors.MSG_UNKNOWN_ERROR, 500),
+                          None)  # fmt: skip
+        if run:
+            try:
+                self._place_run(run)
+            except Exception:
+                log.exception("ws-api requests failed")
+                for req in run:
+                    self.fail(req.msg_id, BinanceError(errors.UNKNOWN, errors.MSG_UNKNOWN_ERROR,
+                                                       500), None)  # fmt: skip
+
+    def _parse(self, raw: str | bytes) -> Request | None:
+        """The request of a frame; None (answered) when it is not a usable one."""
         if self.max_message and len(raw) > self.max_message:
             self.fail(None, BinanceError(errors.INVALID_JSON, f"{MSG_INVALID_JSON}: a request "
                                          f"may hold at most {self.max_message} characters"),
                       None)  # fmt: skip
-            return
-        try:
-            self._handle(raw)
-        except Exception:  # a bug must cost this message an error reply, not the socket
-            log.exception("ws-api request failed")
-            self.fail(None, BinanceError(errors.UNKNOWN, errors.MSG_UNKNOWN_ERROR, 500), None)
-
-    def _handle(self, raw: str | bytes) -> None:
+            return None
         try:
             msg = parse_request(raw)
         except (ValueError, RecursionError):
-            self.fail(None, BinanceError(errors.INVALID_JSON, MSG_INVALID_JSON), None)
-            return
+            msg = None
         if not isinstance(msg, dict):
             self.fail(None, BinanceError(errors.INVALID_JSON, MSG_INVALID_JSON), None)
-            return
+            return None
         msg_id = msg.get("id")
         if not _valid_id(msg_id):
             self.fail(None, errors.invalid_parameter("id"), None)
-            return
+            return None
         method = msg.get("method")
         if not isinstance(method, str) or not method:
             self.fail(msg_id, errors.mandatory("method"), None)
-            return
+            return None
         if method.startswith("v3/"):
             method = method[3:]
         if method not in WEIGHTS:
             self.fail(msg_id, BinanceError(errors.UNSUPPORTED_OPERATION,
                                            errors.MSG_UNSUPPORTED), None)  # fmt: skip
-            return
+            return None
         raw_params = msg.get("params", {})
         if raw_params is None:
             raw_params = {}
         if not isinstance(raw_params, dict):
             self.fail(msg_id, errors.invalid_parameter("params"), None)
-            return
+            return None
         params: dict[str, str] = {}
         for name, value in raw_params.items():
             try:
                 text = _text(value)
             except ValueError:
                 self.fail(msg_id, errors.invalid_parameter(name), None)
-                return
+                return None
             if text is not None:
                 params[name] = text
         show = self.return_rate_limits
         if "returnRateLimits" in params:
             show = params["returnRateLimits"] != "false"
+        weight = WEIGHTS[method]
+        cost = weight(params) if callable(weight) else weight
+        return Request(msg_id, method, params, cost, show)
+
+    def _run(self, req: Request) -> None:
+        """One request, alone."""
+        msg_id, method, params, show = req.msg_id, req.method, req.params, req.show
         limits: list[dict[str, Any]] | None = None
         try:
-            weight = WEIGHTS[method]
-            cost = weight(params) if callable(weight) else weight
             if method in SIGNED:
-                key, limits = self.authorize(method, params, cost)
+                key, limits = self.authorize(method, params, req.cost)
             else:
-                key, limits = None, self.count(cost)
+                key, limits = None, self.count(req.cost)
             self.call(method, msg_id, key, params, limits if show else None)
         except Limited as exc:
             self._limited(msg_id, exc, show)
         except BinanceError as exc:
             self.fail(msg_id, exc, limits if show else None)
         except Overloaded:
-            self.fail(msg_id, BinanceError(errors.SERVER_BUSY, errors.MSG_BUSY, 503),
-                      limits if show else None)  # fmt: skip
+            self.fail(msg_id, BUSY, limits if show else None)
         except (redis.RedisError, OSError) as exc:
             log.warning("redis unavailable for a ws-api request: %s", exc)
-            self.fail(msg_id, BinanceError(errors.DISCONNECTED, errors.MSG_INTERNAL, 503),
-                      limits if show else None)  # fmt: skip
+            self.fail(msg_id, UNAVAILABLE, limits if show else None)
+
+    def _place_run(self, run: list[Request]) -> None:
+        """``order.place`` requests of known keys: checked here, counted in one round trip,
+        journaled in one more; each answered as :meth:`_run` would."""
+        if len(run) == 1:
+            self._run(run[0])
+            return
+        keyed: list[tuple[Request, ApiKey, BinanceError | None, Any]] = []
+        for req in run:
+            key, signed = self._known_key(req.params)  # type: ignore[misc]
+            problem = self._check(key, req.params, TRADE, signed)
+            plan = None if self.limiter is None else self._checks(
+                req.cost, key.key_hash, key.account if problem is None else None)  # fmt: skip
+            keyed.append((req, key, problem, plan))
+        try:
+            judged = self._count_all([plan for *_, plan in keyed])
+        except (redis.RedisError, OSError) as exc:
+            log.warning("redis unavailable for ws-api requests: %s", exc)
+            for req, *_ in keyed:
+                self.fail(req.msg_id, UNAVAILABLE, None)
+            return
+        st = self.st
+        inbox = st.journal(0 if not st.partitions else st.partitions[0]).inbox
+        ready = inbox.wait_ready(2.0)
+        items: list[tuple[Any, dict[str, Any]]] = []
+        waiting: list[tuple[Request, Any, str | None, Callable[[], None], Any]] = []
+        for (req, key, problem, _), outcome in zip(keyed, judged, strict=True):
+            shown = outcome.rate_limits if isinstance(outcome, Limited) else outcome
+            limits = shown if req.show else None
+            if isinstance(outcome, Limited):
+                self._limited(req.msg_id, outcome, req.show)
+                continue
+            if problem is not None:
+                self.fail(req.msg_id, problem, limits)
+                continue
+            try:
+                placed = trading.place(key.account, {k: v for k, v in req.params.items()
+                                                     if k not in ENVELOPE})  # fmt: skip
+            except BinanceError as exc:
+                self.fail(req.msg_id, exc, limits)
+                continue
+            replied, unanswered = self._answers(req.msg_id, limits, placed)
+            token = inbox.expect_call(replied) if ready else None
+            if token is not None:
+                placed.wire["reply_to"] = token
+            items.append((st.journal(placed.partition), placed.wire))
+            waiting.append((req, placed, token, unanswered, limits))
+        if not items:
+            return
+        try:
+            results = append_all(st.connections, items)  # type: ignore[arg-type]
+        except (redis.RedisError, OSError) as exc:
+            log.warning("redis unavailable for ws-api appends: %s", exc)
+            for req, _, token, _, limits in waiting:
+                if token is not None:
+                    inbox.forget(token)
+                self.fail(req.msg_id, UNAVAILABLE, limits)
+            return
+        deadline = time.monotonic() + st.reply_timeout
+        for (req, _, token, unanswered, limits), result in zip(waiting, results, strict=True):
+            if isinstance(result, Exception):
+                if token is not None:
+                    inbox.forget(token)
+                self.fail(req.msg_id, BUSY if isinstance(result, Overloaded) else UNAVAILABLE,
+                          limits)  # fmt: skip
+            elif token is None:  # the inbox is not subscribed: no reply will come
+                unanswered()
+            else:
+                self.pending.append((deadline, token, unanswered))
+
+    def _known_key(self, params: dict[str, str]) -> tuple[ApiKey, bool] | None:
+        """(the key, signed?) of a request whose key this socket has read already."""
+        api_key = params.get("apiKey")
+        if api_key is None:
+            if self.session is not None and "signature" not in params:
+                return self.session[1], False
+            return None
+        key = self.keys.get(api_key)
+        return None if key is None else (key, True)
 
     def _limited(self, msg_id: Any, exc: Limited, show: bool = True) -> None:
         """Binance's refusal: ``retryAfter`` (epoch ms) when the request may be sent again."""
@@ -333,23 +461,56 @@ class ApiConnection(Connection):
         limiter = self.limiter
         if limiter is None:
             reply = self.st.connections.call(*first) if first else None  # type: ignore[union-attr]
-            return ([] if first is None else (reply, []))
+            return [] if first is None else (reply, [])
+        plan = self._checks(weight, key_hash, account)
+        reply, counts, (banned,) = limiter.count(plan[0], first,
+                                                 [("GET", limiter.binance.ban_key(self.ip))])
+        shown = self._judge(plan, counts, banned)
+        return shown if first is None else (reply, shown)
+
+    def _count_all(self, plans: list[Any]) -> list[list[dict[str, Any]] | Limited]:
+        """Several requests' counters in one round trip: each one's ``rateLimits``, or the
+        :class:`Limited` that refuses it."""
+        limiter = self.limiter
+        if limiter is None:
+            return [[] for _ in plans]
+        checks = [check for plan in plans for check in plan[0]]
+        _, counts, (banned,) = limiter.count(checks, None,
+                                             [("GET", limiter.binance.ban_key(self.ip))])
+        out: list[list[dict[str, Any]] | Limited] = []
+        at = 0
+        for plan in plans:
+            n = len(plan[0])
+            try:
+                out.append(self._judge(plan, counts[at : at + n], banned))
+            except Limited as exc:
+                out.append(exc)
+            at += n
+        return out
+
+    def _checks(self, weight: int, key_hash: str | None, account: str | None) -> Any:
+        """(checks, native, address, ORDERS rules): the counters one request adds to."""
+        limiter = self.limiter
         bn = limiter.binance
         ip = self.ip
         checks: list[Any] = [(item, ip, lim.IP_SCOPE, 1) for item in limiter.ip_limits]
         if key_hash is not None:
             checks += [(item, key_hash, lim.KEY_SCOPE, 1) for item in limiter.key_limits]
         native = len(checks)
-        rules: list[Any] = []
         if bn.weight is not None:
             checks.append((bn.weight.item, ip, lim.WEIGHT_SCOPE, weight))
         if bn.raw is not None:
             checks.append((bn.raw.item, ip, lim.RAW_SCOPE, 1))
         address = len(checks)
-        if account is not None:
-            rules = list(bn.orders)
-            checks += [(rule.item, account, lim.ORDERS_SCOPE, 1) for rule in rules]
-        reply, counts, (banned,) = limiter.count(checks, first, [("GET", bn.ban_key(ip))])
+        rules = list(bn.orders) if account is not None else []
+        checks += [(rule.item, account, lim.ORDERS_SCOPE, 1) for rule in rules]
+        return checks, native, address, rules
+
+    def _judge(self, plan: Any, counts: list[int], banned: Any) -> list[dict[str, Any]]:
+        """``rateLimits`` of a counted request; :class:`Limited` if a limit refuses it."""
+        checks, native, address, rules = plan
+        limiter = self.limiter
+        bn = limiter.binance
         shown: list[dict[str, Any]] = []
         if bn.weight is not None:
             shown.append({**bn.weight.described(), "count": counts[native]})
@@ -360,19 +521,19 @@ class ApiConnection(Connection):
             for check, n in zip(checks[:native], counts[:native], strict=True):
                 if n > check[0].amount:
                     raise lim.RateLimited(check[:3], limiter.retry_after(check))
-            bn.check_address(limiter, ip, checks[native:address], counts[native:address])
+            bn.check_address(limiter, self.ip, checks[native:address], counts[native:address])
             for rule, check, n in zip(rules, checks[address:], counts[address:], strict=True):
                 if n > rule.limit:
                     raise lim.BinanceLimited(429, errors.TOO_MANY_ORDERS,
-                                         f"Too many new orders; current limit is {rule.limit} "
-                                         f"orders per {rule.per}.",
-                                         limiter.retry_after(check))  # fmt: skip
+                                             f"Too many new orders; current limit is "
+                                             f"{rule.limit} orders per {rule.per}.",
+                                             limiter.retry_after(check))  # fmt: skip
         except lim.BinanceLimited as exc:
             raise Limited(exc.status, exc.code, exc.msg, exc.retry_after, shown) from None
         except lim.RateLimited as exc:
             raise Limited(429, errors.TOO_MANY_REQUESTS, exc.message, exc.retry_after,
                           shown) from None  # fmt: skip
-        return shown if first is None else (reply, shown)
+        return shown
 
     # -- signed requests ------------------------------------------------------------------------
     def authorize(self, method: str, params: dict[str, str], weight: int
@@ -449,14 +610,11 @@ class ApiConnection(Connection):
              limits: list[dict[str, Any]] | None) -> None:  # fmt: skip
         args = {k: v for k, v in params.items() if k not in ENVELOPE}
         if method == "order.place":
-            placed = trading.place(key.account, args)  # type: ignore[union-attr]
-            wire = placed.wire
-            self._journaled(placed.partition, wire, msg_id, limits,
-                            lambda reply: placed.answer(wire.get("id") or 0, reply))  # fmt: skip
+            self._journaled(trading.place(key.account, args), msg_id,  # type: ignore[union-attr]
+                            limits)  # fmt: skip
         elif method in ("order.cancel", "openOrders.cancelAll"):
             op = trading.cancel if method == "order.cancel" else trading.cancel_all
-            cancel = op(key.account, args)  # type: ignore[union-attr]
-            self._journaled(cancel.partition, cancel.wire, msg_id, limits, cancel.answer)
+            self._journaled(op(key.account, args), msg_id, limits)  # type: ignore[union-attr]
         elif method == "order.test":
             self.send(msg_id, 200, trading.test_order(args), rate_limits=limits)
         elif method == "order.status":
@@ -527,20 +685,32 @@ class ApiConnection(Connection):
         self.offer(_frame({"subscriptionId": sid,
                            "event": {"e": "eventStreamTerminated", "E": now_ms()}}))  # fmt: skip
 
-    def _journaled(self, partition: int, wire: dict[str, Any], msg_id: Any,
-                   limits: list[dict[str, Any]] | None,
-                   answer: Callable[[dict[str, Any] | None], Any]) -> None:  # fmt: skip
-        """Append ``wire``; its reply (or its absence, after the reply timeout) is answered
-        by ``answer`` without this greenlet waiting for it."""
+    def _answers(self, msg_id: Any, limits: list[dict[str, Any]] | None, op: Any
+                 ) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:  # fmt: skip
+        """The two ways a journaled request is answered: with the worker's reply (in the inbox
+        reader, in journal order) or without one, after the reply timeout."""
+        if isinstance(op, trading.Placement):
+            wire = op.wire
 
-        def replied(reply: dict[str, Any]) -> None:  # in the inbox reader, in journal order
+            def answer(reply: dict[str, Any] | None) -> Any:
+                return op.answer(wire.get("id") or 0, reply)
+        else:
+            answer = op.answer
+
+        def replied(reply: dict[str, Any]) -> None:
             self._answer(msg_id, limits, lambda: answer(reply))
 
         def unanswered() -> None:
             self._answer(msg_id, limits, lambda: answer(None))
 
+        return replied, unanswered
+
+    def _journaled(self, op: Any, msg_id: Any, limits: list[dict[str, Any]] | None) -> None:
+        """Append ``op``'s wire command; its reply (or its absence, after the reply timeout)
+        is answered without this greenlet waiting for it."""
+        replied, unanswered = self._answers(msg_id, limits, op)
         st = self.st
-        _, token = st.journal(partition).send_call(wire, replied)
+        _, token = st.journal(op.partition).send_call(op.wire, replied)
         if token is None:  # the inbox is not subscribed: no reply will come
             unanswered()
             return
@@ -569,7 +739,13 @@ def serve(ws: Any) -> None:
             while not conn.done.is_set():
                 data = ws.receive(timeout=conn.next_wait())
                 if data is not None:
-                    conn.handle(data)
+                    frames = [data]
+                    while len(frames) < BATCH:  # what else has arrived: handled together
+                        more = ws.receive(timeout=0)
+                        if more is None:
+                            break
+                        frames.append(more)
+                    conn.handle_many(frames)
                 if conn.pending:
                     conn.sweep()
     except ConnectionClosed:
