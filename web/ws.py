@@ -46,9 +46,9 @@ _WS_IP = "fairbook.ws_ip"  # environ: the address whose socket count this reques
 
 
 def is_websocket_path(path: str) -> bool:
-    """The native ``/ws`` and the Binance-compatible ``/ws/<streams>``, ``/stream``, ``/ws-api/v3``:
-    every upgrade gets the same handshake checks, socket caps and socket set-up."""
-    return path in ("/ws", "/stream") or path.startswith(("/ws/", "/ws-api/"))
+    """The native ``/ws`` and the Binance-compatible ``/ws/<streams>``, ``/stream[/<streams>]``,
+    ``/ws-api/v3``: every upgrade gets the same handshake checks, socket caps and socket set-up."""
+    return path in ("/ws", "/stream") or path.startswith(("/ws/", "/ws-api/", "/stream/"))
 OPS = ("subscribe", "unsubscribe", "ping", "auth")
 
 #: name -> (default, help); read from app.config, then the environment.
