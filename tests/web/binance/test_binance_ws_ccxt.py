@@ -3,8 +3,10 @@
 Every REST URL points at the stack as in ``test_binance_ccxt``; the WebSocket URLs too:
 ``urls.api.ws.spot`` = ``ws://<stack>/ws`` (ccxt opens ``/ws/<n>`` per watch and SUBSCRIBEs)
 and ``urls.api.ws["ws-api"].spot`` = ``ws://<stack>/ws-api/v3`` (order entry and, for spot, the
-user data stream through ``userDataStream.subscribe.signature``). What ccxt sends and reads is in
-the contract note of issue 16 (``ccxt-pro.md``). ccxt is asyncio: each test runs one event loop.
+user data stream through ``userDataStream.subscribe.signature``, not a listen key: ccxt 4.5.90's
+``authenticate`` does so for spot). What ccxt sends and reads is its ``ccxt/pro/binance.py``;
+docs/DESIGN.md (Binance-compatible WebSocket) what we serve. ccxt is asyncio: each test runs one
+event loop.
 
 The order book is checked twice: ccxt itself raises ``ChecksumError`` when a ``depthUpdate``'s
 ``U`` is not the previous ``u`` + 1, and the test records every event it got (a subclass that
