@@ -8,7 +8,7 @@ import argparse
 
 import pytest
 
-from bench.e2e import BINANCE_BENCH_ENV, SHIPPED_GUNICORN, run_bench
+from bench.e2e import SHIPPED_GUNICORN, WS_BENCH_ENV, run_bench
 from web.binance.vault import new_key_text
 
 pytestmark = pytest.mark.e2e
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 def test_ws_run_places_and_cancels_without_errors(tmp_path) -> None:
     opts = argparse.Namespace(
-        api="ws", env={**BINANCE_BENCH_ENV, "FAIRBOOK_SECRET_KEY": new_key_text()},
+        api="ws", env={**WS_BENCH_ENV, "FAIRBOOK_SECRET_KEY": new_key_text()},
         clients=3, ws_connections=2, ws_inflight=2, seconds=1.0, warmup=0.3, rate=None, seed=7,
         gunicorn=SHIPPED_GUNICORN, reply_timeout=2.0,
     )  # fmt: skip
