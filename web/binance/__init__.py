@@ -6,7 +6,10 @@ Modules, one job each: :mod:`vault` (the server key that seals HMAC secrets), :m
 check on the raw bytes), :mod:`errors` (``{"code", "msg"}`` with Binance's codes and texts),
 :mod:`translate` (Binance parameters and objects <-> native ones), :mod:`routes` (the endpoints),
 :mod:`weights` (each endpoint's request weight, for the limits of ``web.limits``),
-:mod:`streams` (the market streams ``/ws/<streams>`` and ``/stream``).
+:mod:`streams` (the market streams ``/ws/<streams>`` and ``/stream``),
+:mod:`trading` (placing, cancelling and reading orders: the one implementation REST and the
+WebSocket API share), :mod:`userdata` (user data events, the ``/ws/<listenKey>`` stream),
+:mod:`wsapi` (the WebSocket API, ``/ws-api/v3``).
 """
 
 from __future__ import annotations

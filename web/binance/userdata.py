@@ -55,7 +55,12 @@ def now_ms() -> int:
 
 
 def _dec(text: Any) -> Decimal:
-    return Decimal(text) if text not in (None, "") else Decimal(0)
+    """A decimal of a worker message (0 for a missing or unreadable one: the message is the
+    worker's, so this is only a guard against a bug turning into an escaping exception)."""
+    try:
+        return Decimal(text) if text not in (None, "") else Decimal(0)
+    except (ArithmeticError, TypeError, ValueError):
+        return Decimal(0)
 
 
 class AccountEvents:

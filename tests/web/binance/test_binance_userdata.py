@@ -156,6 +156,16 @@ def test_recheck_keys_keeps_live_signed_keys_and_closes_dead_ones(redis_url, red
     assert socks[signed].closed and not socks[native].closed
 
 
+def test_the_upgrade_routes_refuse_a_request_that_is_no_websocket_handshake(bn_client):
+    for path in ("/ws-api/v3", "/ws/" + "a" * 60):
+        plain = bn_client.get(path)
+        assert plain.status_code == 400 and plain.get_json()["error"]["code"] == "bad_handshake"
+        old = bn_client.get(path, headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                           "Sec-WebSocket-Version": "8",
+                                           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert old.status_code == 426 and old.headers["Sec-WebSocket-Version"] == "13"
+
+
 # -- the listen key stream ----------------------------------------------------------------------
 
 
