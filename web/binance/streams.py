@@ -268,7 +268,7 @@ class StreamHub:
                 st = self.symbols.get(symbol)
                 if st is not None:
                     self._market(st, body, slow)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except Exception:  # any unusable message (a bad decimal too) costs this message only
             log.exception("a Binance stream could not encode a %s message", symbol[:40])
         self._drop(slow)
         return True  # one socket's trouble is its own (_drop), never the listener's
