@@ -166,7 +166,7 @@ class StreamHub:
 
     account: str | None = None  # web.hub.Listener
 
-    def __init__(self, app: Flask, hub: Hub) -> None:
+    def __init__(self, app: Flask, hub: Hub, timer: bool = True) -> None:
         self.app = app
         self.hub = hub
         self.lock = threading.RLock()
@@ -176,7 +176,8 @@ class StreamHub:
         self.binance: dict[str, str] = dict(names)
         self.natives = {b.lower(): n for n, b in names.items()}
         self._thread = threading.Thread(target=self._run, name="binance-streams", daemon=True)
-        self._thread.start()
+        if timer:  # (tests drive _tick themselves)
+            self._thread.start()
 
     # -- subscriptions (socket threads) ---------------------------------------------------------
     def subscribe(self, conn: StreamConnection, specs: list[StreamName], reply: bytes | None
@@ -267,7 +268,7 @@ class StreamHub:
                 st = self.symbols.get(symbol)
                 if st is not None:
                     self._market(st, body, slow)
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except Exception:  # any unusable message (a bad decimal too) costs this message only
             log.exception("a Binance stream could not encode a %s message", symbol[:40])
         self._drop(slow)
         return True  # one socket's trouble is its own (_drop), never the listener's
@@ -312,12 +313,12 @@ class StreamHub:
         if bbo and int(bbo.get("sequence") or 0) > st.bbo_seq:
             st.bbo_seq = int(bbo["sequence"])
             zero_p, zero_q = st.market.format_price(0), st.market.format_qty(0)
-            for stream in st.of_kind("bookTicker"):
+            bid, ask = bbo.get("bid_price"), bbo.get("ask_price")
+            for stream in st.of_kind("bookTicker"):  # an empty side: zeros, as REST's
                 _fanout(stream, {"u": st.book_seq if st.book_seq is not None else st.bbo_seq,
-                                 "s": st.binance, "b": bbo.get("bid_price") or zero_p,
-                                 "B": bbo.get("bid_qty") or zero_q,
-                                 "a": bbo.get("ask_price") or zero_p,
-                                 "A": bbo.get("ask_qty") or zero_q}, slow)  # fmt: skip
+                                 "s": st.binance, "b": bid or zero_p,
+                                 "B": bbo.get("bid_qty") if bid else zero_q, "a": ask or zero_p,
+                                 "A": bbo.get("ask_qty") if ask else zero_q}, slow)  # fmt: skip
             for stream in st.of_kind("ticker"):
                 stream.dirty = True
 

@@ -27,9 +27,9 @@ import websocket
 
 from bench.stack import Stack
 from tests.web.funding import fund
+from web.binance.streams import StreamHub, parse_stream
+from web.hub import ChannelError, Hub
 from web.journal import Journal
-
-pytestmark = pytest.mark.e2e
 
 SYMBOL = "BTC-USDT"
 
@@ -227,6 +227,7 @@ class LocalBook:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_depth_sync_procedure_reproduces_rest_depth_while_orders_flow(stack, accounts, journal):
     rng = random.Random(16)
     flow(journal, accounts, rng, 4)  # a book before anyone listens
@@ -312,6 +313,7 @@ TICKER = {"e", "E", "s", "p", "P", "w", "x", "c", "Q", "b", "B", "a", "A", "o", 
 MINI = {"e", "E", "s", "c", "o", "h", "l", "v", "q"}
 
 
+@pytest.mark.e2e
 def test_each_stream_has_binance_fields_and_agrees_with_rest(stack, accounts, journal):
     names = ["ethusdt@trade", "ethusdt@aggTrade", "ethusdt@bookTicker", "ethusdt@kline_1m",
              "ethusdt@kline_1s", "ethusdt@ticker", "ethusdt@miniTicker", "ethusdt@depth5"]
@@ -386,6 +388,7 @@ def test_each_stream_has_binance_fields_and_agrees_with_rest(stack, accounts, jo
     s.close()
 
 
+@pytest.mark.e2e
 def test_requests_and_error_replies_keep_the_socket_usable(stack):
     s = Socket(stack, "/ws/btcusdt@bookTicker")
     assert s.request("LIST_SUBSCRIPTIONS", None, 1) == {"result": ["btcusdt@bookTicker"], "id": 1}
@@ -444,12 +447,14 @@ def test_requests_and_error_replies_keep_the_socket_usable(stack):
     s.close()
 
 
+@pytest.mark.e2e
 def test_a_listen_key_path_is_not_a_market_stream(stack):
     s = Socket(stack, "/ws/" + "Ab1" * 20)  # a listen key that does not exist
     code, _ = s.close_frame(10)  # user data (web.binance.userdata) refuses it, or is missing
     assert code >= 1000
 
 
+@pytest.mark.e2e
 def test_slow_consumer_is_closed_4008_and_others_get_everything(stack, accounts, journal):
     start = rest(stack, "trades", symbol="SOLUSDT", limit=1)
     first = start[0]["id"] + 1 if start else 1
@@ -490,6 +495,7 @@ def capped(tmp_path_factory) -> Iterator[Stack]:
         yield s
 
 
+@pytest.mark.e2e
 def test_caps_streams_messages_and_connection_attempts(capped):
     s = Socket(capped, "/ws/btcusdt@trade/btcusdt@depth")
     s.send({"method": "SUBSCRIBE", "params": ["ethusdt@trade", "ethusdt@depth"], "id": 1})
@@ -520,3 +526,95 @@ def test_caps_streams_messages_and_connection_attempts(capped):
             statuses.append(exc.status_code)
             assert exc.resp_headers.get("retry-after", "").isdigit()
     assert statuses == [101, 101, 101, 101, 429, 429]
+
+
+# -- the registry in-process: no sockets, messages fed as the hub would ------------------------
+
+
+class FakeConn:
+    """What the registry needs of a socket: offer (False once ``room`` frames are queued)."""
+
+    def __init__(self, combined: bool = False, room: int = 1000) -> None:
+        self.combined = combined
+        self.room = room
+        self.frames: list[Any] = []
+        self.streams: dict[str, Any] = {}
+        self.closed = False
+
+    def offer(self, frame: bytes) -> bool:
+        if len(self.frames) >= self.room:
+            return False
+        self.frames.append(json.loads(frame[frame.index(b"{"):]))
+        return True
+
+    def send_frame(self, frame: bytes) -> None:
+        self.offer(frame)
+
+    def slow_consumer(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def registry(bn_app):
+    st = bn_app.extensions["fairbook"]
+    hub = Hub(lambda: st.redis, st.markets, st.namespace)
+    hub.ready.set()
+    return StreamHub(bn_app, hub, timer=False)
+
+
+def _sub(registry: StreamHub, conn: FakeConn, *names: str) -> None:
+    registry.subscribe(conn, [parse_stream(n, registry.natives) for n in names], None)
+
+
+def _inc(prev: int, seq: int, bids=(), asks=()) -> dict[str, Any]:
+    return {"symbol": SYMBOL, "trades": [], "bbo": None,
+            "book": {"prev_sequence": prev, "sequence": seq, "bids": [list(b) for b in bids],
+                     "asks": [list(a) for a in asks]}}  # fmt: skip
+
+
+def test_stream_names_are_binances(registry):
+    natives = registry.natives
+    assert parse_stream("btcusdt@depth@1000ms", natives).name == "btcusdt@depth"
+    assert parse_stream("btcusdt@depth20@100ms", natives).levels == 20
+    assert parse_stream("ethbtc@kline_1M", natives).period == 2000
+    assert parse_stream("ethbtc@kline_1s", natives).period == 1000
+    for bad in ("btcusdt@depth15", "btcusdt@kline_2m", "BTCUSDT@trade", "btcusdt@trade@100ms",
+                "btc-usdt@trade", "btcusdt", "", "x" * 100, None, ["btcusdt@trade"]):
+        with pytest.raises(ChannelError):
+            parse_stream(bad, natives)
+
+
+def test_diff_events_merge_only_while_increments_chain(registry):
+    conn = FakeConn()
+    _sub(registry, conn, "btcusdt@depth")
+    registry.on_market(SYMBOL, _inc(10, 12, bids=[("100.00", "1.00000")]))
+    registry.on_market(SYMBOL, _inc(12, 13, bids=[("100.00", "0.50000"), ("99.00", "2.00000")]))
+    registry.on_market(SYMBOL, _inc(15, 16, asks=[("101.00", "3.00000")]))  # 14, 15 were lost
+    registry.on_market(SYMBOL, _inc(16, 18, asks=[("101.00", "0")]))
+    with registry.app.app_context():
+        registry._tick(time.monotonic() + 10)
+    events = [(f["U"], f["u"], f["b"], f["a"]) for f in conn.frames]
+    assert events == [(11, 13, [["100.00", "0.50000"], ["99.00", "2.00000"]], []),
+                      (16, 18, [], [["101.00", "0"]])]  # fmt: skip
+    assert all(f["e"] == "depthUpdate" and f["s"] == "BTCUSDT" for f in conn.frames)
+
+
+def test_a_full_queue_closes_that_socket_alone(registry):
+    slow, fast, combined = FakeConn(room=2), FakeConn(), FakeConn(combined=True)
+    for conn in (slow, fast, combined):
+        _sub(registry, conn, "btcusdt@trade", "btcusdt@bookTicker")
+    trades = [{"trade_id": i, "price": "100.00", "quantity": "0.01000", "timestamp": 5,
+               "aggressor_side": "buy", "taker_order_id": 9} for i in (1, 2, 3)]  # fmt: skip
+    bbo = {"sequence": 4, "bid_price": None, "bid_qty": "0", "ask_price": "100.00",
+           "ask_qty": "1.00000"}  # fmt: skip
+    assert registry.on_market(SYMBOL, {"symbol": SYMBOL, "trades": trades, "bbo": bbo,
+                                       "book": {"prev_sequence": 0, "sequence": 7,
+                                                "bids": [], "asks": []}})  # fmt: skip
+    assert slow.closed and not slow.streams and not fast.closed
+    assert [f["t"] for f in fast.frames[:3]] == [1, 2, 3]
+    assert fast.frames[3] == {"u": 7, "s": "BTCUSDT", "b": "0.00", "B": "0.00000",
+                              "a": "100.00", "A": "1.00000"}  # fmt: skip
+    assert [f["stream"] for f in combined.frames] == ["btcusdt@trade"] * 3 + ["btcusdt@bookTicker"]
+    assert combined.frames[0]["data"] == fast.frames[0]
+    registry.on_market(SYMBOL, {"symbol": SYMBOL, "trades": trades[:1]})
+    assert len(slow.frames) == 2 and len(fast.frames) == 5  # the slow one is gone
