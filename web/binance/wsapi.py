@@ -45,7 +45,7 @@ from web.binance import errors, signing, trading
 from web.binance.errors import BinanceError
 from web.binance.keys import ApiKey, parse_record, record_fields, vault_of
 from web.binance.userdata import AccountEvents, account_events, close_after, now_ms
-from web.hub import Hub
+from web.hub import Hub, frame
 from web.journal import Overloaded, append_all
 from web.ws import POLICY_VIOLATION, Connection, LockedSocket, get_hub, setting
 
@@ -188,7 +188,7 @@ class ApiConnection(Connection):
         if sid is None:  # never another account's events
             return True
         for event in self.subscriptions[sid][1].events(body):
-            if not self.offer(_frame({"subscriptionId": sid, "event": event})):
+            if not self.offer(frame({"subscriptionId": sid, "event": event})):
                 return False
         return True
 
@@ -682,7 +682,7 @@ class ApiConnection(Connection):
         self.subscriptions.pop(sid, None)
         self.subscribed.pop(account, None)
         self.hub.unlisten_account(self, account)
-        self.offer(_frame({"subscriptionId": sid,
+        self.offer(frame({"subscriptionId": sid,
                            "event": {"e": "eventStreamTerminated", "E": now_ms()}}))  # fmt: skip
 
     def _answers(self, msg_id: Any, limits: list[dict[str, Any]] | None, op: Any
@@ -715,12 +715,6 @@ class ApiConnection(Connection):
             unanswered()
             return
         self.pending.append((time.monotonic() + st.reply_timeout, token, unanswered))
-
-
-def _frame(obj: Any) -> bytes:
-    from web.hub import frame
-
-    return frame(obj)
 
 
 def serve(ws: Any) -> None:
