@@ -8,7 +8,8 @@ check on the raw bytes), :mod:`errors` (``{"code", "msg"}`` with Binance's codes
 :mod:`weights` (each endpoint's request weight, for the limits of ``web.limits``),
 :mod:`trading` (placing, cancelling and reading orders: the one implementation REST and the
 WebSocket API share), :mod:`userdata` (user data events, the ``/ws/<listenKey>`` stream),
-:mod:`wsapi` (the WebSocket API, ``/ws-api/v3``).
+:mod:`wsapi` (the WebSocket API, ``/ws-api/v3``), :mod:`streams` (the market streams
+``/ws/<streams>`` and ``/stream``, which hands listen keys to :mod:`userdata`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    """Register ``/api/v3`` (both blueprints), its error shape and the key CLI."""
-    from web.binance import errors, keys, routes, weights, wsapi
+    """Register ``/api/v3`` (both blueprints), its error shape, the key CLI, the market streams
+    and the WebSocket API."""
+    from web.binance import errors, keys, routes, streams, weights, wsapi
     from web.limits import binance_limits
 
     limits = binance_limits(app)
@@ -27,10 +29,5 @@ def init_app(app: Flask) -> None:
     routes.init_app(app)
     errors.init_app(app)
     keys.init_app(app)
+    streams.init_app(app)  # after web.ws: its handshake checks run first
     wsapi.init_app(app)  # the WebSocket API, /ws-api/v3
-    try:  # the market streams' /ws/<path> serves listen keys too
-        from web.binance import streams  # noqa: F401
-    except ImportError:
-        from web.binance import userdata
-
-        userdata.init_fallback(app)
