@@ -511,7 +511,14 @@ def test_depth_streams_survive_a_redis_restart(stack, accounts):
     stack.redis_server.stop()  # SHUTDOWN: the AOF keeps the book key
     stack.redis_server.start()
     stack.wait_worker()
-    flow(Journal(stack.redis(), 0), accounts, rng, 10)
+    # the web's hub must be subscribed again (its two patterns) before the flow publishes:
+    # what is published before that is lost to it, and no later event would show the gap
+    client = stack.redis()
+    deadline = time.monotonic() + 30
+    while client.pubsub_numpat() < 2:
+        assert time.monotonic() < deadline, "the web's hub never subscribed again"
+        time.sleep(0.05)
+    flow(Journal(client, 0), accounts, rng, 10)
     wait_idle(stack)
     final = rest(stack, "depth", symbol="BTCUSDT", limit=1000)
     deadline = time.monotonic() + 10
