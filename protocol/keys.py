@@ -27,6 +27,7 @@ class Keys:
     __slots__ = (
         "partition", "namespace", "prefix", "stream", "next_id", "applied", "applied_count",
         "trades", "snapshots", "lease", "accounts", "next_account", "control", "rate_limits",
+        "audits", "audit_latest", "cron_lock",
     )  # fmt: skip
 
     def __init__(self, partition: int, namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -48,6 +49,10 @@ class Keys:
         self.control = f"{namespace}:control"
         # prefix of the rate-limit counters (web.limits): "<ns>:rate_limits:LIMITER/..."
         self.rate_limits = f"{namespace}:rate_limits"
+        # operator jobs (jobs/): audit results, newest first, and the latest per partition
+        self.audits = f"{namespace}:audits"
+        self.audit_latest = f"{namespace}:audit_latest"  # hash partition -> result JSON
+        self.cron_lock = f"{namespace}:jobs:cron_lock"  # the one cron scheduler that enqueues
 
     def order(self, order_id: int | str) -> str:
         return f"{self.prefix}order:{order_id}"
@@ -108,6 +113,17 @@ class Keys:
         """Hash of one signed (Binance-style) API key: account, kind, permissions, sealed
         secret or public key (``web.binance.keys``)."""
         return f"{self.namespace}:api_key:{key_hash}"
+
+    def export(self, export_id: str) -> str:
+        """Hash of one account statement (``jobs.exports``): owner, kind, format, range,
+        file; its TTL is the export's expiry."""
+        return f"{self.namespace}:export:{export_id}"
+
+    def job_queue(self, kind: str) -> str:
+        """The RQ queue name of one kind of operator job (``archive``, ``audit``,
+        ``exports``): RQ's own keys are ``rq:queue:<this>``, so deployments sharing a Redis
+        never take each other's jobs."""
+        return f"{self.namespace}.{kind}"
 
     def md_channel(self, symbol: str) -> str:
         return f"{self.namespace}:md:{symbol}"
