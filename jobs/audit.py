@@ -25,7 +25,6 @@ from rq import get_current_job
 from jobs.queues import job_connection, namespace_name
 from protocol.config import PARTITIONS_ENV, load_markets
 from protocol.keys import Keys, Namespace
-from worker.replay import ReplayResult, replay_partition
 
 #: audit results kept in ``<ns>:audits``
 KEEP = 200
@@ -33,6 +32,8 @@ KEEP = 200
 
 def audit_partition(partition: int, namespace: str | None = None) -> dict[str, Any]:
     """Replay ``partition`` of ``namespace`` from genesis and keep the verdict (the job)."""
+    from worker.replay import ReplayResult, replay_partition  # the job worker's code only
+
     client = job_connection()
     ns = namespace_name(namespace)
     markets = load_markets()
@@ -50,9 +51,10 @@ def audit_partition(partition: int, namespace: str | None = None) -> dict[str, A
     return record
 
 
-def result_record(result: ReplayResult, partition: int, started_at: int, finished_at: int,
+def result_record(result: Any, partition: int, started_at: int, finished_at: int,
                   job_id: str | None) -> dict[str, Any]:  # fmt: skip
-    """One audit as stored and served: the replay's counts and verdict, times in ms."""
+    """One audit as stored and served: the replay's counts and verdict (a
+    ``worker.replay.ReplayResult``), times in ms."""
     return {
         "partition": partition, "ok": result.ok, "difference": result.difference,
         "entries": result.entries, "trades": result.trades,

@@ -36,10 +36,9 @@ import redis
 from rq import get_current_job
 
 from engine.markets import Market
-from jobs.queues import EXPORTS, enqueue, job_connection, namespace_name
+from jobs.queues import EXPORT_JOB, EXPORTS, enqueue, job_connection, namespace_name
 from protocol.config import PARTITIONS_ENV, load_markets
 from protocol.keys import Keys, Namespace
-from worker.processor import Processor
 
 FILLS, LEDGER, ORDERS = "fills", "ledger", "orders"
 KINDS = (FILLS, LEDGER, ORDERS)
@@ -109,7 +108,7 @@ def request_export(client: redis.Redis, rq_connection: redis.Redis, namespace: s
     pipe.hset(key, mapping=record)
     pipe.expire(key, ttl)
     pipe.execute()
-    enqueue(rq_connection, EXPORTS, export_statement,
+    enqueue(rq_connection, EXPORTS, EXPORT_JOB,
             {"export_id": export_id, "namespace": namespace}, namespace, job_id=export_id,
             result_ttl=ttl, failure_ttl=ttl,
             description=f"{kind} statement of account {account}")  # fmt: skip
@@ -200,7 +199,7 @@ class _Statement:
                     self.orders[int(record["order_id"])] = record
         return rows
 
-    def partition_done(self, partition: int, proc: Processor) -> list[dict[str, Any]]:
+    def partition_done(self, partition: int, proc: Any) -> list[dict[str, Any]]:
         """The orders of the partition (oldest first); for a ledger, the final check."""
         if self.kind == LEDGER and proc.engine.ledger is not None:
             for asset, (available, locked) in proc.engine.ledger.balances(self.account).items():
@@ -292,6 +291,8 @@ def _progress(client: redis.Redis, key: str, done: int, total: int, rows: int) -
 
 def export_statement(export_id: str, namespace: str | None = None) -> dict[str, Any]:
     """Write one statement (the job). Returns the record's final fields."""
+    from worker.processor import Processor  # the job worker's code only (the web enqueues)
+
     client = job_connection()
     ns = namespace_name(namespace)
     key = Keys(0, ns).export(export_id)

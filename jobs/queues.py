@@ -135,21 +135,22 @@ def enqueue(connection: redis.Redis, kind: str, func: Callable[..., Any] | str,
     )  # fmt: skip
 
 
-def enqueue_audit(connection: redis.Redis, partition: int, namespace: str | None = None) -> Job:
-    from jobs.audit import audit_partition
+# By name, not by function: the web enqueues them without importing the worker's code.
+AUDIT_JOB = "jobs.audit.audit_partition"
+ARCHIVE_JOB = "jobs.archive.archive_partition"
+EXPORT_JOB = "jobs.exports.export_statement"
 
+
+def enqueue_audit(connection: redis.Redis, partition: int, namespace: str | None = None) -> Job:
     ns = namespace_name(namespace)
-    return enqueue(connection, AUDIT, audit_partition, {"partition": partition, "namespace": ns},
+    return enqueue(connection, AUDIT, AUDIT_JOB, {"partition": partition, "namespace": ns},
                    ns, description=f"audit {ns} partition {partition}")  # fmt: skip
 
 
 def enqueue_archive(connection: redis.Redis, partition: int, namespace: str | None = None) -> Job:
-    from jobs.archive import archive_partition
-
     ns = namespace_name(namespace)
-    return enqueue(connection, ARCHIVE, archive_partition,
-                   {"partition": partition, "namespace": ns}, ns,
-                   description=f"archive {ns} partition {partition}")  # fmt: skip
+    return enqueue(connection, ARCHIVE, ARCHIVE_JOB, {"partition": partition, "namespace": ns},
+                   ns, description=f"archive {ns} partition {partition}")  # fmt: skip
 
 
 # -- schedules ----------------------------------------------------------------------------------
