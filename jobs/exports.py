@@ -290,21 +290,40 @@ def _progress(client: redis.Redis, key: str, done: int, total: int, rows: int) -
 
 
 def export_statement(export_id: str, namespace: str | None = None) -> dict[str, Any]:
-    """Write one statement (the job). Returns the record's final fields."""
-    from worker.processor import Processor  # the job worker's code only (the web enqueues)
-
+    """Write one statement (the job). Returns the record's final fields. A failure is
+    recorded for its owner (``status`` failed, ``error``), then raised: RQ retries it or
+    keeps it in its failed registry."""
     client = job_connection()
     ns = namespace_name(namespace)
     key = Keys(0, ns).export(export_id)
     spec = load_export(client, ns, export_id)
     if spec is None:  # expired (or never made) before a worker took it: nothing to do
         return {"export_id": export_id, "status": "expired"}
+    _update(client, key, {"status": RUNNING, "started_at": int(time.time() * 1000)})
+    try:
+        result = _write(client, ns, export_id, spec)
+    except Exception as exc:
+        _update(client, key, {"status": FAILED, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    if not client.exists(key):  # expired while it ran: nobody may download it
+        file_path(ns, export_id, spec["format"]).unlink(missing_ok=True)
+        return {"export_id": export_id, "status": "expired"}
+    client.hset(key, mapping=result)
+    return {"export_id": export_id, **result}
+
+
+def _write(client: redis.Redis, ns: str, export_id: str, spec: dict[str, str]) -> dict[str, Any]:
+    """Replay every partition's journal and write the account's rows; the final fields."""
+    from worker.processor import Processor  # the job worker's code only (the web enqueues)
+
+    key = Keys(0, ns).export(export_id)
     kind, fmt, account = spec["kind"], spec["format"], spec["account"]
+    if kind not in KINDS or fmt not in FORMATS:
+        raise ValueError(f"cannot write a {kind!r} statement as {fmt!r}")
     start = int(spec["from"]) if spec.get("from") else None
     end = int(spec["to"]) if spec.get("to") else None
     markets = load_markets()
     names = Namespace(ns, markets, os.environ.get(PARTITIONS_ENV))
-    _update(client, key, {"status": RUNNING, "started_at": int(time.time() * 1000)})
     plan: list[tuple[int, Keys, str, dict[str, Market]]] = []
     total = 0
     for partition in names.partitions:
@@ -337,22 +356,16 @@ def export_statement(export_id: str, namespace: str | None = None) -> dict[str, 
                 writer.write(statement.batch_rows(partition, proc.process(chunk)))
                 done += len(chunk)
             writer.write(statement.partition_done(partition, proc))
-    except Exception as exc:  # recorded for the owner, then RQ retries or keeps it failed
+    except BaseException:
         writer.close()
         part.unlink(missing_ok=True)
-        _update(client, key, {"status": FAILED, "error": f"{type(exc).__name__}: {exc}"})
         raise
     writer.close()
     os.replace(part, final)
-    result = {"status": DONE, "rows_done": done, "rows_total": max(total, done),
-              "rows": writer.rows, "size": final.stat().st_size,
-              "sha256": writer.sha.hexdigest(), "finished_at": int(time.time() * 1000)}  # fmt: skip
     _progress(client, key, done, max(total, done), writer.rows)
-    if not client.exists(key):  # expired while it ran: nobody may download it
-        final.unlink(missing_ok=True)
-        return {"export_id": export_id, "status": "expired"}
-    client.hset(key, mapping=result)
-    return {"export_id": export_id, **result}
+    return {"status": DONE, "rows_done": done, "rows_total": max(total, done),
+            "rows": writer.rows, "size": final.stat().st_size,
+            "sha256": writer.sha.hexdigest(), "finished_at": int(time.time() * 1000)}  # fmt: skip
 
 
 def remove_expired(namespace: str | None = None, min_age_s: float = 60.0) -> dict[str, int]:

@@ -273,7 +273,9 @@ def _dashboard_app(rq_client: redis.Redis, url: str) -> Flask:
     """rq-dashboard's blueprint in an app of its own, so its routes stay out of ours."""
     import rq_dashboard
 
-    inner = Flask("fairbook_rq_dashboard")
+    # its templates ask the app's own "static" endpoint (the favicon): the package's files
+    folder = Path(rq_dashboard.__file__).with_name("static")
+    inner = Flask("fairbook_rq_dashboard", static_folder=str(folder))
     inner.config.from_object(rq_dashboard.default_settings)
     inner.config["RQ_DASHBOARD_REDIS_URL"] = (url,)
     inner.register_blueprint(rq_dashboard.blueprint)
@@ -300,6 +302,17 @@ def _dashboard_app(rq_client: redis.Redis, url: str) -> Flask:
         return response
 
     @inner.errorhandler(Exception)
+    def _bug(exc: Exception):
+        current_app.logger.exception("rq-dashboard failed on %s", request.path)
+        return _inner_error(500, "internal_error", "internal error")
+
+    @inner.errorhandler(redis.exceptions.ResponseError)
+    def _no_key(exc: Exception):  # RQ's Queue.compact() of an empty queue: RENAME no such key
+        return _inner_error(404, "not_found", "no such queue")
+
+    @inner.errorhandler(ValueError)
+    @inner.errorhandler(TypeError)
+    @inner.errorhandler(NameError)
     def _malformed(exc: Exception):
         # the dashboard's routes parse their path segments unchecked (int(), registry names):
         # a path it cannot serve is not a page of it
