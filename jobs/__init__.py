@@ -1,0 +1,1 @@
+"""Operator jobs run by RQ beside the matching path (archive, audits, statements)."""
