@@ -21,7 +21,15 @@ import redis
 
 from engine.markets import Market
 from protocol import wire
-from protocol.archive import JOURNAL, TRADES, ArchiveStore, Entry, genesis_complete, history
+from protocol.archive import (
+    JOURNAL,
+    TRADES,
+    ArchiveCorrupt,
+    ArchiveStore,
+    Entry,
+    genesis_complete,
+    history,
+)
 from protocol.candles import BASE, BASE_SPANS, RETENTION
 from protocol.keys import DEFAULT_NAMESPACE, Keys
 from protocol.wire import parse_order_record
@@ -113,7 +121,16 @@ def replay_partition(
 ) -> ReplayResult:
     """Replay partition ``partition`` (its markets only) up to ``until`` (default: ``applied``);
     ``archive``: where the archive job put what it trimmed (used only once Redis's streams
-    were trimmed: an untrimmed journal is whole by itself)."""
+    were trimmed: an untrimmed journal is whole by itself). A damaged archive segment is a
+    failed audit naming the file."""
+    try:
+        return _replay(client, partition, markets, namespace, until, archive)
+    except ArchiveCorrupt as exc:
+        return ReplayResult(ok=False, difference=f"the archive is damaged: {exc}")
+
+
+def _replay(client: redis.Redis, partition: int, markets: dict[str, Market], namespace: str,
+            until: str | None, archive: ArchiveStore | None) -> ReplayResult:  # fmt: skip
     started = time.monotonic()
     keys = Keys(partition, namespace)
     result = ReplayResult()
