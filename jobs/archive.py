@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partition", type=int, default=None,
                         help="this partition only (default: every partition in use)")
     parser.add_argument("--namespace", default=None, help=f"default: ${NAMESPACE_ENV} or fb")
+    parser.add_argument("--redis-url", default=None, help="default: $REDIS_URL (better: a "
+                        "password there is not shown by ps)")
     parser.add_argument("--archive", default=None, help="archive directory (default: "
                         "$FAIRBOOK_ARCHIVE, else ./var/archive)")
     parser.add_argument("--segment", type=int, default=None,
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         for partition in partitions:
             try:
-                result = archive_partition(partition, names.name, None, args.archive,
+                result = archive_partition(partition, names.name, args.redis_url, args.archive,
                                            args.segment, args.min_age_ms)  # fmt: skip
             except (ArchiveConflict, ArchiveCorrupt) as exc:
                 log.error("partition %d: %s", partition, exc)
