@@ -2,11 +2,11 @@
 
 Why the worker's own replay (``worker.replay.replay_partition``) and nothing new: "the audit
 passed" must mean exactly what the CLI means (trades, books, balances, candles and order records
-against a rebuild from the journal with the worker's processor). A difference is a result, not
-a job failure (retrying would find it again): the job finishes and records ``ok: false`` with
-the first difference, which ``/healthz`` reports and ``GET /api/v1/admin/audits`` lists. An
-error (Redis gone, a corrupt archive) raises, so RQ retries it and keeps it in its failed
-registry.
+against a rebuild from the journal, archive + stream, with the worker's processor). A
+difference is a result, not a job failure (retrying would find it again): the job finishes and
+records ``ok: false`` with the first difference, which ``/healthz`` reports and
+``GET /api/v1/admin/audits`` lists. An error (Redis gone) raises, so RQ retries it and keeps it
+in its failed registry.
 
 Results: ``<ns>:audits`` (list, newest first, the newest :data:`KEEP`) and ``<ns>:audit_latest``
 (hash partition -> the newest result), JSON objects as :func:`result_record` makes them.
@@ -32,6 +32,7 @@ KEEP = 200
 
 def audit_partition(partition: int, namespace: str | None = None) -> dict[str, Any]:
     """Replay ``partition`` of ``namespace`` from genesis and keep the verdict (the job)."""
+    from protocol.archive import ArchiveStore
     from worker.replay import ReplayResult, replay_partition  # the job worker's code only
 
     client = job_connection()
@@ -43,7 +44,8 @@ def audit_partition(partition: int, namespace: str | None = None) -> dict[str, A
     if not mine:
         result = ReplayResult(ok=False, difference=f"partition {partition} has no symbols")
     else:
-        result = replay_partition(client, partition, mine, ns)
+        archive = ArchiveStore(None, ns, partition)  # FAIRBOOK_ARCHIVE, as the archive job's
+        result = replay_partition(client, partition, mine, ns, archive=archive)
     job = get_current_job()
     record = result_record(result, partition, started, int(time.time() * 1000),
                            job.id if job is not None else None)  # fmt: skip

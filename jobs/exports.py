@@ -126,22 +126,23 @@ def load_export(client: redis.Redis, namespace: str, export_id: str) -> dict[str
 # -- the job ------------------------------------------------------------------------------------
 
 
+class IncompleteHistory(Exception):
+    """The journal was trimmed and the archive does not hold it from genesis: a statement
+    would silently miss rows, so the job fails instead."""
+
+
 def _journal(client: redis.Redis, namespace: str, partition: int, keys: Keys,
              upto: str) -> Iterator[Any]:  # fmt: skip
     """The partition's journal from genesis up to ``upto``: the archive, then the stream."""
-    try:
-        from protocol.archive import ArchiveStore, history
-    except ImportError:  # the archive module lands with the archive job
-        last = "-"
-        while True:
-            chunk = client.xrange(keys.stream, min=last, max=upto, count=CHUNK)
-            if not chunk:
-                return
-            yield from chunk
-            last = "(" + _text(chunk[-1][0])
-    else:
-        store = ArchiveStore(namespace=namespace, partition=partition)
-        yield from history(client, store, keys.stream, upto=upto, chunk=CHUNK)
+    from protocol.archive import ArchiveStore, genesis_complete, history
+    from worker.snapshots import stream_was_trimmed
+
+    store = ArchiveStore(None, namespace, partition)  # FAIRBOOK_ARCHIVE, as the archive job's
+    if stream_was_trimmed(client, keys.stream) and not genesis_complete(client, store,
+                                                                         keys.stream):
+        raise IncompleteHistory(f"partition {partition}: {keys.stream} was trimmed and the "
+                                f"archive ({store.dir}) does not hold it from genesis")
+    yield from history(client, store, keys.stream, upto=upto, chunk=CHUNK)
 
 
 def _journal_size(client: redis.Redis, namespace: str, partition: int, keys: Keys) -> int:
