@@ -65,3 +65,59 @@ class FakeExchange:
             self.flow.record(wire, cmd_id)
         self.drain()
         return self.flow
+
+
+# -- end to end: a real job worker process --------------------------------------------------------
+
+
+class JobWorker:
+    """``python -m jobs run`` (an RQ worker forking a work horse per job, with RQ's scheduler)
+    as a process of its own, against a real redis-server; stopped with SIGTERM (RQ's warm
+    shutdown)."""
+
+    def __init__(self, url: str, env: dict[str, str], log_path: Any, cron: bool = False) -> None:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parents[2]
+        args = [sys.executable, "-m", "jobs", "--log-level", "INFO", "run"]
+        if not cron:
+            args.append("--no-cron")
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args, cwd=root, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(root), "REDIS_URL": url, **env},
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return open(self.log_path, errors="replace").read()[-4000:]
+
+    def wait(self, job: Any, timeout: float = 60.0) -> Any:
+        """Block until the RQ job is finished or failed (the worker must be alive)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = job.get_status(refresh=True)
+            if status in ("finished", "failed"):
+                return status
+            assert self.proc.poll() is None, f"the job worker died:\n{self.log()}"
+            time.sleep(0.05)
+        raise AssertionError(f"job {job.id} still {job.get_status()}:\n{self.log()}")
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
