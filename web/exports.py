@@ -263,8 +263,9 @@ def dashboard(filename: str):
         # a page of another site posting with the browser's remembered credentials
         return error_response(403, FORBIDDEN, "cross-site requests are refused")
     environ = dict(request.environ)
-    environ["SCRIPT_NAME"] = request.script_root + DASHBOARD
-    environ["PATH_INFO"] = "/" + filename
+    raw = environ.get("PATH_INFO", "")  # WSGI's latin-1 text of the raw bytes, as received
+    environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + DASHBOARD
+    environ["PATH_INFO"] = raw[len(DASHBOARD):] if raw.startswith(DASHBOARD) else "/" + filename
     inner = current_app.extensions["fairbook_rq_dashboard"]
     return Response.from_app(inner, environ, buffered=True)
 
@@ -291,8 +292,12 @@ def _dashboard_app(rq_client: redis.Redis, url: str) -> Flask:
 
     @inner.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        return _inner_error(exc.code or 500, "not_found" if exc.code == 404 else "http_error",
-                            exc.description or exc.name)  # fmt: skip
+        response = _inner_error(exc.code or 500,
+                                "not_found" if exc.code == 404 else "http_error",
+                                exc.description or exc.name)  # fmt: skip
+        if exc.code == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
 
     @inner.errorhandler(redis.exceptions.ConnectionError)
     @inner.errorhandler(redis.exceptions.TimeoutError)

@@ -273,6 +273,7 @@ def test_the_dashboard_is_for_operators_only(client, web_app, people):
     static = client.get("/admin/rq/static/js/jquery-3.5.1.min.js", headers=ops["headers"])
     assert static.status_code == 200
     for path in ("/admin/rq/0/view/job/nope", "/admin/rq/9/view", "/admin/rq/nowhere",
+                 "/admin/rq/%13%F2%B1%AD%8A", "/admin/rq/0/view/job/%F2%B1",
                  "/admin/rq/0/data/jobs/fb.audit/queued/x/asc/1.json"):
         assert client.get(path, headers=ops["headers"]).status_code == 404, path
     # rq 3.0.0 under rq-dashboard 0.9.0: its pages and data of finished and failed jobs
