@@ -46,6 +46,9 @@ FORMATS = ("csv", "jsonl")
 MEDIA_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 EXPORTS_DIR_ENV = "FAIRBOOK_EXPORTS"
 EXPORT_TTL_ENV = "FAIRBOOK_EXPORT_TTL"
+#: unfinished statements an account may have at once (each is a replay of the whole journal)
+MAX_UNFINISHED_ENV = "FAIRBOOK_EXPORTS_UNFINISHED"
+DEFAULT_MAX_UNFINISHED = 3
 DEFAULT_EXPORTS_DIR = "./var/exports"
 DEFAULT_EXPORT_TTL = 24 * 3600
 #: journal entries per processor batch (and per progress update)
@@ -76,6 +79,14 @@ def export_ttl(env: Any = None) -> int:
     return int(raw)
 
 
+def max_unfinished(env: Any = None) -> int:
+    env = os.environ if env is None else env
+    raw = env.get(MAX_UNFINISHED_ENV) or str(DEFAULT_MAX_UNFINISHED)
+    if not str(raw).isdigit():
+        raise SystemExit(f"fairbook: {MAX_UNFINISHED_ENV} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
 def exports_dir(namespace: str, env: Any = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get(EXPORTS_DIR_ENV) or DEFAULT_EXPORTS_DIR) / namespace
@@ -103,16 +114,32 @@ def request_export(client: redis.Redis, rq_connection: redis.Redis, namespace: s
               "from": "" if start is None else str(start), "to": "" if end is None else str(end),
               "created_at": str(now), "expires_at": str(now + ttl * 1000), "status": QUEUED,
               "rows_done": "0", "rows_total": "0", "rows": "0"}  # fmt: skip
-    key = Keys(0, namespace).export(export_id)
+    keys = Keys(0, namespace)
+    key = keys.export(export_id)
+    mine = keys.exports_of(account)
     pipe = client.pipeline(transaction=True)
     pipe.hset(key, mapping=record)
     pipe.expire(key, ttl)
+    pipe.zadd(mine, {export_id: now})
+    pipe.zremrangebyscore(mine, "-inf", now - ttl * 1000)  # expired ones
+    pipe.expire(mine, ttl)
     pipe.execute()
     enqueue(rq_connection, EXPORTS, EXPORT_JOB,
             {"export_id": export_id, "namespace": namespace}, namespace, job_id=export_id,
             result_ttl=ttl, failure_ttl=ttl,
             description=f"{kind} statement of account {account}")  # fmt: skip
     return {"export_id": export_id, **record}
+
+
+def unfinished(rq_connection: redis.Redis, namespace: str, account: str) -> int:
+    """The account's statements whose job is still to run (queued, running or waiting for a
+    retry), by RQ's own job status."""
+    from rq.job import Job, JobStatus
+
+    ids = [_text(i) for i in rq_connection.zrange(Keys(0, namespace).exports_of(account), 0, -1)]
+    waiting = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+    jobs = Job.fetch_many(ids, connection=rq_connection) if ids else []
+    return sum(1 for job in jobs if job is not None and job.get_status(refresh=False) in waiting)
 
 
 def load_export(client: redis.Redis, namespace: str, export_id: str) -> dict[str, str] | None:

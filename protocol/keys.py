@@ -122,6 +122,11 @@ class Keys:
         file; its TTL is the export's expiry."""
         return f"{self.namespace}:export:{export_id}"
 
+    def exports_of(self, account: str) -> str:
+        """Zset of an account's statement ids (score = creation ms), to bound its unfinished
+        ones; expires with its newest statement."""
+        return f"{self.namespace}:exports_of:{account}"
+
     def job_queue(self, kind: str) -> str:
         """The RQ queue name of one kind of operator job (``archive``, ``audit``,
         ``exports``): RQ's own keys are ``rq:queue:<this>``, so deployments sharing a Redis

@@ -56,6 +56,13 @@ DASHBOARD_CSP = (
 _EXPORT_ID = re.compile(r"[0-9a-f]{32}")
 
 dashboard_routes = Blueprint("rq_dashboard_mount", __name__)
+#: Retry-After of a 429 too_many_exports: statements take seconds to minutes
+EXPORTS_RETRY_AFTER = 10
+
+
+class TooManyExports(Exception):
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"at most {cap} statements may be queued or running at once")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -156,6 +163,9 @@ def create_export():
     """Ask for a statement: 202 ``{export_id, ...}``; the job worker writes it."""
     kind, fmt, start, end = _export_request(json_body())
     st = state()
+    cap = exports.max_unfinished()
+    if cap and exports.unfinished(_rq(), st.namespace.name, g.account) >= cap:
+        raise TooManyExports(cap)
     record = exports.request_export(st.redis, _rq(), st.namespace.name, g.account, kind, fmt,
                                     start, end)  # fmt: skip
     export_id = record["export_id"]
@@ -342,6 +352,13 @@ def _dashboard_headers(response: Response) -> Response:
 def init_app(app: Flask) -> None:
     """The RQ client (bytes mode, same server), the dashboard, and its headers (registered
     after ``web.headers``: Flask runs the later after-request hook first)."""
+
+    @app.errorhandler(TooManyExports)
+    def _too_many(exc: TooManyExports):
+        response = error_response(429, "too_many_exports", str(exc))
+        response.headers["Retry-After"] = str(EXPORTS_RETRY_AFTER)
+        return response
+
     st = app.extensions["fairbook"]
     url = redis_url(app.config.get("REDIS_URL"))
     client = queues.rq_client_like(st.redis)

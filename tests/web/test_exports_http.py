@@ -311,3 +311,18 @@ def test_dashboard_posts_are_same_origin_only(client, web_app, people):
     assert evil.status_code == 403
     ok = client.post(path, headers={**ops["headers"], "Origin": "http://localhost"})
     assert ok.status_code == 200 and ok.get_json() == {"status": "OK"}
+
+
+def test_unfinished_statements_are_bounded_per_account(client, web_app, people, exchange,
+                                                       monkeypatch):  # fmt: skip
+    exchange.feed(50, seed=3, accounts=4)
+    monkeypatch.setenv("FAIRBOOK_EXPORTS_UNFINISHED", "2")
+    alice, bob = people["alice"], people["bob"]
+    for _ in range(2):
+        assert post_export(client, alice, kind="ledger").status_code == 202
+    refused = post_export(client, alice, kind="fills")
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "10"
+    assert refused.get_json()["error"]["code"] == "too_many_exports"
+    assert post_export(client, bob, kind="fills").status_code == 202  # per account
+    run_jobs(web_app)
+    assert post_export(client, alice, kind="fills").status_code == 202
