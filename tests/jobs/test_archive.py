@@ -193,3 +193,24 @@ def test_a_second_run_at_once_skips(client: Any, store: ArchiveStore) -> None:
         assert held
         assert run(client, store)["skipped"]
     assert client.xlen(K.stream) == 100
+
+
+def test_order_records_go_round_robin(client: Any, store: ArchiveStore,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Each run looks at a bounded share of ``archive:orders``, from where the last one
+    stopped, so a big set of open orders costs every run the same, and each goes once."""
+    import jobs.archive as job
+
+    monkeypatch.setattr(job, "ORDER_SCAN", 7)
+    monkeypatch.setattr(job, "ORDER_CHUNK", 3)
+    build(client, n=41, snapshots=(40,))
+    for i in range(40):
+        client.set(K.order(i << 8), record(i << 8, "a0", "filled" if i % 4 else "new"))
+    looked = []
+    for _ in range(8):
+        out = run(client, store)["orders"]
+        looked.append(out["looked_at"])
+    assert max(looked) <= 9  # whole chunks: up to ORDER_SCAN + ORDER_CHUNK - 1
+    archived = [oid for oid, _ in store.order_records()]
+    assert sorted(archived) == [i << 8 for i in range(40) if i % 4]  # all, each once
+    assert client.zcard(K.archive_orders) == 10  # the open ones wait
