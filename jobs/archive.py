@@ -329,22 +329,20 @@ class Archiver:
     def _look_at(self, ids: list[int], ready: list[Entry], out: dict[str, Any]) -> None:
         """Add to ``ready`` the records of ``ids`` that may go; drop ids without a record."""
         pending = self.keys.archive_orders
-        pipe = self.redis.pipeline(transaction=False)
-        for oid in ids:
-            pipe.get(self.keys.order(oid))
-        raws = pipe.execute()
+        raws = self.redis.mget([self.keys.order(oid) for oid in ids])  # one slot: {pN}
         gone = [oid for oid, raw in zip(ids, raws, strict=True) if raw is None]
-        closed: list[tuple[int, str, bytes]] = []
+        closed: dict[str, list[tuple[int, bytes]]] = {}
         for oid, raw in zip(ids, raws, strict=True):
             parsed = parse_order_record(raw) if raw is not None else None
             if parsed is not None and parsed[1].get("status") in CLOSED_STATUSES:
-                closed.append((oid, parsed[0], raw))
+                closed.setdefault(parsed[0], []).append((oid, raw))
         pipe = self.redis.pipeline(transaction=False)
-        for oid, account, _ in closed:
-            pipe.zscore(self.keys.closed(account), oid)
+        for account, rows in closed.items():
+            pipe.zmscore(self.keys.closed(account), [oid for oid, _ in rows])
         listed = pipe.execute() if closed else []
         ready += [(str(oid).encode(), {b"r": raw})
-                  for (oid, _, raw), score in zip(closed, listed, strict=True)
+                  for rows, scores in zip(closed.values(), listed, strict=True)
+                  for (oid, raw), score in zip(rows, scores, strict=True)
                   if score is None]  # fmt: skip
         if gone:
             self.redis.zrem(pending, *gone)
@@ -365,10 +363,9 @@ class Archiver:
         ids = [int(e[0]) for e in entries]
         if unless_done and self.redis.zscore(pending, ids[0]) is None:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for oid in ids:
-            pipe.get(self.keys.order(oid))
-        raws = pipe.execute()
+        raws: list[Any] = []
+        for i in range(0, len(ids), ORDER_CHUNK):
+            raws += self.redis.mget([self.keys.order(oid) for oid in ids[i : i + ORDER_CHUNK]])
         for (raw_id, fields), raw in zip(entries, raws, strict=True):
             if raw is not None and raw != fields[b"r"]:
                 raise ArchiveConflict(f"{self.keys.order(_text(raw_id))} differs from its "
