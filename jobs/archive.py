@@ -49,7 +49,8 @@ from protocol.archive import (
     parse_id,
     stream_counts,
 )
-from protocol.config import NAMESPACE_ENV, load_markets, redis_url
+from protocol.config import NAMESPACE_ENV, load_markets
+from protocol.config import redis_url as resolve_url
 from protocol.keys import DEFAULT_NAMESPACE, Keys, Namespace
 from protocol.wire import parse_order_record
 
@@ -90,7 +91,8 @@ def archive_partition(partition: int, namespace: str | None = None,
     seg_n = segment_entries or int(os.environ.get(SEGMENT_ENV) or DEFAULT_SEGMENT)
     age = min_age_ms if min_age_ms is not None else int(
         os.environ.get(MIN_AGE_ENV) or DEFAULT_MIN_AGE_MS)  # fmt: skip
-    client = redis.Redis.from_url(_url(redis_url), socket_timeout=60, socket_connect_timeout=5)
+    client = redis.Redis.from_url(resolve_url(redis_url), socket_timeout=60,
+                                  socket_connect_timeout=5)
     try:
         return Archiver(client, Keys(partition, ns), ArchiveStore(root, ns, partition), seg_n,
                         age).run()  # fmt: skip
@@ -103,10 +105,6 @@ def archive_all(namespace: str | None = None, redis_url: str | None = None,
     """Every partition in use (``FAIRBOOK_SYMBOLS`` / ``FAIRBOOK_PARTITIONS``), in turn."""
     names = Namespace.from_env(load_markets(), namespace)
     return [archive_partition(p, names.name, redis_url, root) for p in names.partitions]
-
-
-def _url(explicit: str | None) -> str:
-    return redis_url(explicit)
 
 
 class Archiver:
