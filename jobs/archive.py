@@ -49,7 +49,8 @@ from protocol.archive import (
     parse_id,
     stream_counts,
 )
-from protocol.config import NAMESPACE_ENV, load_markets, redis_url
+from protocol.config import NAMESPACE_ENV, load_markets
+from protocol.config import redis_url as resolve_url
 from protocol.keys import DEFAULT_NAMESPACE, Keys, Namespace
 from protocol.wire import parse_order_record
 
@@ -58,13 +59,16 @@ log = logging.getLogger("jobs.archive")
 SEGMENT_ENV = "FAIRBOOK_ARCHIVE_SEGMENT"
 MIN_AGE_ENV = "FAIRBOOK_ARCHIVE_MIN_AGE_MS"
 DEFAULT_SEGMENT = 100_000
-DEFAULT_MIN_AGE_MS = 10_000
+DEFAULT_MIN_AGE_MS = 5_000
 #: entries per XRANGE (a segment is read in chunks: no huge reply)
 READ_CHUNK = 5000
 #: members per ZADD / DEL inside one trim transaction
 WRITE_CHUNK = 10_000
 #: ``archive:orders`` members looked at per round trip
 ORDER_CHUNK = 1000
+#: ``archive:orders`` members looked at per run at most (round robin from a cursor): the open
+#: and still-listed orders are looked at again and again, so each run takes a bounded share
+ORDER_SCAN = 20_000
 #: order records per segment at most (their deletion is one transaction)
 ORDER_SEGMENT = 10_000
 
@@ -87,7 +91,8 @@ def archive_partition(partition: int, namespace: str | None = None,
     seg_n = segment_entries or int(os.environ.get(SEGMENT_ENV) or DEFAULT_SEGMENT)
     age = min_age_ms if min_age_ms is not None else int(
         os.environ.get(MIN_AGE_ENV) or DEFAULT_MIN_AGE_MS)  # fmt: skip
-    client = redis.Redis.from_url(_url(redis_url), socket_timeout=60, socket_connect_timeout=5)
+    client = redis.Redis.from_url(resolve_url(redis_url), socket_timeout=60,
+                                  socket_connect_timeout=5)
     try:
         return Archiver(client, Keys(partition, ns), ArchiveStore(root, ns, partition), seg_n,
                         age).run()  # fmt: skip
@@ -100,10 +105,6 @@ def archive_all(namespace: str | None = None, redis_url: str | None = None,
     """Every partition in use (``FAIRBOOK_SYMBOLS`` / ``FAIRBOOK_PARTITIONS``), in turn."""
     names = Namespace.from_env(load_markets(), namespace)
     return [archive_partition(p, names.name, redis_url, root) for p in names.partitions]
-
-
-def _url(explicit: str | None) -> str:
-    return redis_url(explicit)
 
 
 class Archiver:
@@ -293,42 +294,57 @@ class Archiver:
             newest = list(self.store.read(ORDERS, segments=segs[-1:]))
             out["deleted"] += self._finish_segment(newest, unless_done=True)
         ready: list[Entry] = []
-        low: Any = "-inf"
-        while True:
-            ids = [int(m) for m in self.redis.zrangebyscore(pending, low, "+inf", start=0,
-                                                            num=ORDER_CHUNK)]  # fmt: skip
-            if not ids:
-                break
-            low = f"({ids[-1]}"
-            pipe = self.redis.pipeline(transaction=False)
-            for oid in ids:
-                pipe.get(self.keys.order(oid))
-            raws = pipe.execute()
-            gone = [oid for oid, raw in zip(ids, raws, strict=True) if raw is None]
-            closed: list[tuple[int, str, bytes]] = []
-            for oid, raw in zip(ids, raws, strict=True):
-                parsed = parse_order_record(raw) if raw is not None else None
-                if parsed is not None and parsed[1].get("status") in CLOSED_STATUSES:
-                    closed.append((oid, parsed[0], raw))
-            pipe = self.redis.pipeline(transaction=False)
-            for oid, account, _ in closed:
-                pipe.zscore(self.keys.closed(account), oid)
-            listed = pipe.execute() if closed else []
-            ready += [(str(oid).encode(), {b"r": raw})
-                      for (oid, _, raw), score in zip(closed, listed, strict=True)
-                      if score is None]  # fmt: skip
-            if gone:
-                self.redis.zrem(pending, *gone)
-                out["dropped"] += len(gone)
-            if len(ready) >= self.order_segment:
-                out["deleted"] += self._write_orders(ready, out)
-                ready = []
-            if len(ids) < ORDER_CHUNK:
-                break
+        cursor = self.redis.get(self.keys.archive_cursor)
+        start = int(cursor) if cursor else None
+        # from the cursor to the end, then from the start up to the cursor: once round at most
+        passes = [("-inf", "+inf")] if start is None else [(f"({start}", "+inf"), ("-inf", start)]
+        looked = 0
+        stopped_at: int | None = None
+        for low, high in passes:
+            while stopped_at is None:
+                ids = [int(m) for m in self.redis.zrangebyscore(pending, low, high, start=0,
+                                                                num=ORDER_CHUNK)]  # fmt: skip
+                if not ids:
+                    break
+                looked += len(ids)
+                low = f"({ids[-1]}"
+                if looked >= ORDER_SCAN:
+                    stopped_at = ids[-1]  # the next run goes on from here
+                self._look_at(ids, ready, out)
+                if len(ready) >= self.order_segment:
+                    out["deleted"] += self._write_orders(ready, out)
+                    ready = []
         if ready:
             out["deleted"] += self._write_orders(ready, out)
+        if stopped_at is None:
+            self.redis.delete(self.keys.archive_cursor)
+        else:
+            self.redis.set(self.keys.archive_cursor, stopped_at)
+        out["looked_at"] = looked
         out["pending"] = self.redis.zcard(pending)
         return out
+
+    def _look_at(self, ids: list[int], ready: list[Entry], out: dict[str, Any]) -> None:
+        """Add to ``ready`` the records of ``ids`` that may go; drop ids without a record."""
+        pending = self.keys.archive_orders
+        raws = self.redis.mget([self.keys.order(oid) for oid in ids])  # one slot: {pN}
+        gone = [oid for oid, raw in zip(ids, raws, strict=True) if raw is None]
+        closed: dict[str, list[tuple[int, bytes]]] = {}
+        for oid, raw in zip(ids, raws, strict=True):
+            parsed = parse_order_record(raw) if raw is not None else None
+            if parsed is not None and parsed[1].get("status") in CLOSED_STATUSES:
+                closed.setdefault(parsed[0], []).append((oid, raw))
+        pipe = self.redis.pipeline(transaction=False)
+        for account, rows in closed.items():
+            pipe.zmscore(self.keys.closed(account), [oid for oid, _ in rows])
+        listed = pipe.execute() if closed else []
+        ready += [(str(oid).encode(), {b"r": raw})
+                  for rows, scores in zip(closed.values(), listed, strict=True)
+                  for (oid, raw), score in zip(rows, scores, strict=True)
+                  if score is None]  # fmt: skip
+        if gone:
+            self.redis.zrem(pending, *gone)
+            out["dropped"] += len(gone)
 
     def _write_orders(self, ready: list[Entry], out: dict[str, Any]) -> int:
         seg = self.store.write(ORDERS, ready, self.store.end_index(ORDERS))
@@ -345,10 +361,9 @@ class Archiver:
         ids = [int(e[0]) for e in entries]
         if unless_done and self.redis.zscore(pending, ids[0]) is None:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for oid in ids:
-            pipe.get(self.keys.order(oid))
-        raws = pipe.execute()
+        raws: list[Any] = []
+        for i in range(0, len(ids), ORDER_CHUNK):
+            raws += self.redis.mget([self.keys.order(oid) for oid in ids[i : i + ORDER_CHUNK]])
         for (raw_id, fields), raw in zip(entries, raws, strict=True):
             if raw is not None and raw != fields[b"r"]:
                 raise ArchiveConflict(f"{self.keys.order(_text(raw_id))} differs from its "
@@ -426,8 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 log.warning("partition %d: Redis unavailable (%s)", partition, exc)
                 continue
-            if args.every is None:
-                print(orjson.dumps(result).decode())
+            print(orjson.dumps(result).decode(), flush=True)
         if args.every is None:
             return 0
         time.sleep(args.every)

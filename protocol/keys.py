@@ -27,7 +27,7 @@ class Keys:
     __slots__ = (
         "partition", "namespace", "prefix", "stream", "next_id", "applied", "applied_count",
         "trades", "snapshots", "lease", "accounts", "next_account", "control", "rate_limits",
-        "audits", "audit_latest", "cron_lock", "archive_orders",
+        "audits", "audit_latest", "cron_lock", "archive_orders", "archive_cursor",
     )  # fmt: skip
 
     def __init__(self, partition: int, namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -46,6 +46,8 @@ class Keys:
         # zset: order ids whose creating journal entry is archived and whose record is still in
         # Redis (jobs.archive archives and deletes the record once closed and out of its index)
         self.archive_orders = p + "archive:orders"
+        # string: the order id the archive job's last look at ``archive:orders`` ended at
+        self.archive_cursor = p + "archive:cursor"
         self.accounts = f"{namespace}:accounts"  # sha256(api key) -> account id
         self.next_account = f"{namespace}:next_account"
         # channel: {"type": "resync"} (worker), {"type": "revoked", "key": sha256} (key CLI)

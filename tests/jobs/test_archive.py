@@ -193,3 +193,50 @@ def test_a_second_run_at_once_skips(client: Any, store: ArchiveStore) -> None:
         assert held
         assert run(client, store)["skipped"]
     assert client.xlen(K.stream) == 100
+
+
+def test_order_records_go_round_robin(client: Any, store: ArchiveStore,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Each run looks at a bounded share of ``archive:orders``, from where the last one
+    stopped, so a big set of open orders costs every run the same, and each goes once."""
+    import jobs.archive as job
+
+    monkeypatch.setattr(job, "ORDER_SCAN", 7)
+    monkeypatch.setattr(job, "ORDER_CHUNK", 3)
+    build(client, n=41, snapshots=(40,))
+    for i in range(40):
+        client.set(K.order(i << 8), record(i << 8, "a0", "filled" if i % 4 else "new"))
+    looked = []
+    for _ in range(8):
+        out = run(client, store)["orders"]
+        looked.append(out["looked_at"])
+    assert max(looked) <= 9  # whole chunks: up to ORDER_SCAN + ORDER_CHUNK - 1
+    archived = [oid for oid, _ in store.order_records()]
+    assert sorted(archived) == [i << 8 for i in range(40) if i % 4]  # all, each once
+    assert client.zcard(K.archive_orders) == 10  # the open ones wait
+
+
+def test_as_an_rq_job_in_a_real_worker(redis_server, redis_client, tmp_path: Path) -> None:
+    """Enqueued by name with RQ's Retry and run by a real ``rq worker`` process (RQ forks a
+    work horse per job): the result is kept, the progress is in the job's meta."""
+    import os
+    import subprocess
+    import sys
+
+    from rq import Queue, Retry
+
+    build(redis_client)
+    root = tmp_path / "archive"
+    queue = Queue("fb.archive-test", connection=redis_client)
+    job = queue.enqueue("jobs.archive.archive_partition", 0, root=str(root), segment_entries=20,
+                        min_age_ms=0, retry=Retry(max=2, interval=1))  # fmt: skip
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "REDIS_URL": redis_server.url}  # the job's
+    subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_server.url,
+                    "fb.archive-test"], cwd=repo, env=env, check=True, capture_output=True,
+                   timeout=60)  # fmt: skip
+    job.refresh()
+    assert job.get_status() == "finished", job.exc_info
+    assert job.return_value()["journal"]["archived"] == 50, job.return_value()
+    assert job.meta["progress"]["kind"] == TRADES
+    assert redis_client.xlen(K.stream) == 50 and ArchiveStore(root, "fb", 0).count(JOURNAL) == 50
