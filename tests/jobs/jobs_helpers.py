@@ -121,3 +121,8 @@ class JobWorker:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def always_fails(note: str = "") -> None:
+    """A job that fails every time (the retry and failed-registry tests)."""
+    raise RuntimeError(f"this job always fails {note}".strip())

@@ -108,3 +108,35 @@ def test_schedules_follow_the_settings(r):
     assert archive.cron == "*/5 * * * *" and archive.queue_name == "fb.archive"
     assert archive.func_name == "jobs.archive.archive_partition"
     assert archive.retry is None and archive.next_enqueue_time is not None
+
+
+def test_backoff_and_the_failed_registry_with_a_real_job_worker(redis_client, redis_url,
+                                                                tmp_path):  # fmt: skip
+    """The same through ``python -m jobs``: RQ's scheduler (started by the worker) enqueues
+    each retry when its delay is over; out of retries, the job stays in the failed registry."""
+    import os
+
+    from tests.jobs.jobs_helpers import JobWorker
+
+    jobs = JobWorker(redis_url, {}, tmp_path / "jobs.log")
+    rq = queues.connect(redis_url)
+    old = os.environ.get(queues.RETRY_ENV)
+    os.environ[queues.RETRY_ENV] = "1,1"
+    try:
+        job = queues.enqueue(rq, queues.AUDIT, "tests.jobs.jobs_helpers.always_fails",
+                             {"note": "e2e"}, "fb")  # fmt: skip
+        assert jobs.wait(job, timeout=60) == "failed", jobs.log()
+        failed = FailedJobRegistry(queues.queue(rq, queues.AUDIT, "fb").name, connection=rq)
+        assert failed.get_job_ids() == [job.id]
+        job.refresh()
+        assert job.retries_left == 0
+        assert "this job always fails e2e" in job.latest_result().exc_string
+        log = jobs.log()
+        assert log.count("fb.audit: tests.jobs.jobs_helpers.always_fails(") == 3, log
+        assert "scheduled for retry" in log and ", 0 remaining" in log  # RQ's back-off
+    finally:
+        if old is None:
+            os.environ.pop(queues.RETRY_ENV, None)
+        else:
+            os.environ[queues.RETRY_ENV] = old
+        assert jobs.stop() == 0, jobs.log()
