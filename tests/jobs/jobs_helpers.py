@@ -93,7 +93,8 @@ class JobWorker:
         )  # fmt: skip
 
     def log(self) -> str:
-        return open(self.log_path, errors="replace").read()[-4000:]
+        with open(self.log_path, errors="replace") as fh:
+            return fh.read()
 
     def wait(self, job: Any, timeout: float = 60.0) -> Any:
         """Block until the RQ job is finished or failed (the worker must be alive)."""
