@@ -1,7 +1,7 @@
 """End-to-end benchmark: HTTP clients -> gunicorn (web) -> Redis journal -> worker -> reply.
 
 ``python -m bench e2e [--json PATH] [--clients N] [--seconds S] [--rate R] [--gunicorn ARGS]``
-``[--ab-env NAME=VALUE | --api binance] [--pairs N]``
+``[--ab-env NAME=VALUE | --api binance | --api ws [--ws-connections K]] [--pairs N]``
 
 The headline is a ratio measured in one run: Fairbook's requests/s at its unpaced maximum over
 those of the minimal Flask + XADD app of ``bench baseline`` (gunicorn sync -w 2), driven by the
@@ -46,6 +46,26 @@ orders/s p99 168 ms, binance 235.0 orders/s p99 241 ms, 0.747x (every pair 0.67-
 per request 1.34x: the Binance path makes 3 Redis round trips per request to the native 2 (the
 account's order counts after the signature check; a cancel reads the order record first) and ~2x
 the Redis commands (weight, raw, key, address and order counters).
+
+``--api ws [--ws-connections K] [--ws-inflight D] [--pairs N]`` measures WebSocket order entry
+against REST: N pairs of unpaced runs of the same seeded flow by the same clients (one account
+and HMAC key each), Binance's signed REST ``POST /api/v3/order`` (A: one keep-alive HTTP
+connection per client, one request at a time, as above) and the WebSocket API's signed
+``order.place`` / ``order.cancel`` on ``/ws-api/v3`` (B: the clients share K connections, default
+4, pipelined: each client keeps D requests in flight, default 4, written as they are made and
+answered by ``id``), interleaved A B B A ... on fresh stacks. Both sides get the environment of
+``--api binance`` plus the per-address limit out of reach (every client shares one address, and
+WebSocket order entry passes its 3,000 requests/s). It prints both orders/s and request->answer
+p50/p99 (means of the runs), the ws/rest ratio (target >= 3x) and the web's CPU per request
+(each side's CPU per request of every component is in the JSON). ``--ws-inflight 1`` compares
+at the same concurrency. WebSocket requests are signed as Binance's WebSocket API documents
+(params sorted by name, ``apiKey`` and ``timestamp`` among them, HMAC-SHA256 hex), with
+``newOrderRespType=RESULT``. First measured (2 CPUs shared with other test runs, load 4-6,
+defaults, ``--pairs 5``): REST 560.6 orders/s p99 147 ms, WebSocket 1,203 orders/s p99 245 ms
+(4x the requests in flight), 2.15x (pairs 1.8-2.4x; 2.2-3.7x over other runs that hour, higher
+the quieter the machine); the web's CPU per order 0.37x REST's and the whole stack's (web,
+worker, Redis, load generator, all on the same 2 cores) 0.47x, which is what bounds the ratio.
+At the same concurrency (``--ws-inflight 1``): 1.7x, p99 103 against 177 ms.
 """
 
 from __future__ import annotations
@@ -55,6 +75,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -67,6 +88,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import redis
 
 from bench.stack import Stack
@@ -278,7 +300,12 @@ class BinanceClient(Client):
 
     def record(self, method: str, kind: str, status: int, raw: bytes, start: float,
                elapsed: float) -> None:  # fmt: skip
-        answer = json.loads(raw) if raw else {}
+        self.record_answer(method, kind, status, json.loads(raw) if raw else {}, start, elapsed)
+
+    def record_answer(self, method: str, kind: str, status: int, answer: dict[str, Any],
+                      start: float, elapsed: float) -> None:  # fmt: skip
+        """One answer, REST's or the WebSocket API's (``result`` or ``error``): the same
+        outcomes, as Binance gives both the same bodies."""
         code = answer.get("code") if status != 200 else None
         if method == "DELETE":
             if status == 200 or code == CANCEL_REJECTED:  # -2011: it filled meanwhile
@@ -302,6 +329,164 @@ class BinanceClient(Client):
             self.accepted_202 += 1
         else:
             self.error(f"{status} {code}")
+
+
+class WsConn:
+    """One WebSocket connection to ``/ws-api/v3`` shared by several clients, pipelined: each
+    request is written as soon as its client makes it, answers are matched by ``id`` (so many
+    are in flight at once). A minimal RFC 6455 client on asyncio streams, like :class:`Conn`
+    for HTTP: the load generator shares the machine, so it must be cheap (masking is one
+    big-int XOR; no permessage-deflate offered, so the figures are the protocol's, not zlib's).
+    Reconnects on the next request after the server closed it."""
+
+    def __init__(self, host: str, port: int, path: str = "/ws-api/v3") -> None:
+        self.host = host
+        self.port = port
+        self.path = path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.ids = itertools.count(1)
+        self.opening: asyncio.Lock | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.opened = 0  # connections made (1 unless the server closed one)
+
+    async def _open(self) -> None:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        writer.write((f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                      ).encode("ascii"))  # fmt: skip
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode("ascii")).digest())
+        if status != b"101" or accept not in head:
+            writer.close()
+            raise ConnectionError(f"WebSocket upgrade refused: {head[:200]!r}")
+        self.reader, self.writer = reader, writer
+        self.opened += 1
+        self.task = asyncio.ensure_future(self._read_loop(reader, writer))
+
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
+        """A masked client frame (RFC 6455 5.2): FIN, opcode, length, mask, masked payload."""
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x80 | opcode, 0x80 | n))
+        elif n < 65536:
+            head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+        mask = random.getrandbits(32).to_bytes(4, "big")
+        keystream = (mask * (n // 4 + 1))[:n]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(
+            n, "big")
+        return head + mask + masked
+
+    async def _read_loop(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:  # fmt: skip
+        """Server frames (never masked, never fragmented by simple-websocket) until the end;
+        then every request still waiting fails with ConnectionError."""
+        try:
+            while True:
+                b0, b1 = await reader.readexactly(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    n = int.from_bytes(await reader.readexactly(2), "big")
+                elif n == 127:
+                    n = int.from_bytes(await reader.readexactly(8), "big")
+                payload = await reader.readexactly(n) if n else b""
+                opcode = b0 & 0x0F
+                if opcode == 1:
+                    answer = orjson.loads(payload)
+                    future = self.pending.pop(answer.get("id"), None)
+                    if future is not None and not future.done():
+                        future.set_result(answer)
+                elif opcode == 9:  # ping: the server closes sockets that do not pong
+                    writer.write(self._frame(10, payload))
+                elif opcode == 8:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            if self.writer is writer:
+                self.reader = self.writer = None
+            writer.close()
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("WebSocket closed"))
+            self.pending.clear()
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send ``{id, method, params}`` and wait for the answer with that id."""
+        if self.writer is None:
+            if self.opening is None:
+                self.opening = asyncio.Lock()
+            async with self.opening:
+                if self.writer is None:
+                    await self._open()
+        assert self.writer is not None
+        request_id = next(self.ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        self.writer.write(self._frame(1, orjson.dumps(
+            {"id": request_id, "method": method, "params": params})))
+        return await future
+
+    def close(self) -> None:
+        """Nothing: the connection is shared; :meth:`shutdown` ends it after the run."""
+
+    def shutdown(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.task is not None:
+            self.task.cancel()
+        self.reader = self.writer = None
+
+
+class WsClient(BinanceClient):
+    """The same flow and answers as :class:`BinanceClient` through the WebSocket API
+    (``order.place`` / ``order.cancel`` on a shared :class:`WsConn`): params signed as Binance's
+    WebSocket API documents (sorted by name, ``name=value`` joined by ``&``, HMAC-SHA256 hex),
+    ``apiKey`` in the params, ``newOrderRespType=RESULT``. ``inflight`` requests at once per
+    client (what a connection that needs no answer before the next request allows; the REST
+    client has one)."""
+
+    def __init__(self, index: int, seed: int, conn: WsConn, api_key: str, secret: str,
+                 inflight: int = 1) -> None:  # fmt: skip
+        super().__init__(index, seed, conn, secret)  # type: ignore[arg-type]
+        self.ws = conn
+        self.api_key = api_key
+        #: requests of this client in flight at once (``drive`` runs this many lanes)
+        self.inflight = inflight
+
+    def signed_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        params["apiKey"] = self.api_key
+        params["timestamp"] = int(time.time() * 1000)
+        payload = "&".join(f"{name}={params[name]}" for name in sorted(params))
+        mac = self.mac.copy()
+        mac.update(payload.encode("ascii"))
+        params["signature"] = mac.hexdigest()
+        return params
+
+    async def one(self) -> None:
+        action = self.next_order()
+        if isinstance(action, int):
+            verb, kind, method = "DELETE", "cancel", "order.cancel"
+            params: dict[str, Any] = {"symbol": BINANCE_SYMBOL, "orderId": action}
+        else:
+            verb, method = "POST", "order.place"
+            kind, side, price, qty, tif = action
+            params = {"symbol": BINANCE_SYMBOL, "side": side.upper(), "type": "LIMIT",
+                      "timeInForce": tif or "GTC", "quantity": qty, "price": price,
+                      "newOrderRespType": "RESULT"}  # fmt: skip
+        start = time.monotonic()
+        answer = await self.ws.call(method, self.signed_params(params))
+        elapsed = (time.monotonic() - start) * 1000
+        status = answer.get("status", 0)
+        body = answer.get("result") if status == 200 else answer.get("error")
+        self.record_answer(verb, kind, status, body or {}, start, elapsed)
 
 
 async def drive(
@@ -333,9 +518,10 @@ async def drive(
                 await asyncio.sleep(0.01)
 
     spread = (1.0 / per_client) if per_client else 0.0
-    await asyncio.gather(
-        *(run(c, spread * i / len(clients)) for i, c in enumerate(clients))
-    )
+    await asyncio.gather(  # a client with ``inflight`` n runs n lanes of its flow at once
+        *(run(c, spread * i / len(clients))
+          for i, c in enumerate(clients) for _ in range(getattr(c, "inflight", 1)))
+    )  # fmt: skip
     return loop_start, time.monotonic()
 
 
@@ -448,21 +634,31 @@ BINANCE_BENCH_ENV = {name: BINANCE_BENCH_LIMIT for name in (
 
 
 def setup_clients(stack: Stack, count: int, seed: int, api: str = "native",
-                  server_key: str | None = None) -> list[Client]:  # fmt: skip
-    """One funded account per connection; ``api="binance"``: each with a signed HMAC key,
-    issued as ``create-api-key`` does, sealed with the stack's ``FAIRBOOK_SECRET_KEY``."""
+                  server_key: str | None = None, ws_connections: int = 4,
+                  ws_inflight: int = 1) -> list[Client]:  # fmt: skip
+    """One funded account per client; ``api="binance"`` or ``"ws"``: each with a signed HMAC
+    key, issued as ``create-api-key`` does, sealed with the stack's ``FAIRBOOK_SECRET_KEY``.
+    ``binance``: one HTTP connection per client; ``ws``: the clients share ``ws_connections``
+    WebSocket API connections (client i on connection i mod n), ``ws_inflight`` requests in
+    flight per client."""
     port = stack.web_port
-    vault = Vault(base64.urlsafe_b64decode(server_key)) if api == "binance" and server_key else None
+    signed = api in ("binance", "ws")
+    vault = Vault(base64.urlsafe_b64decode(server_key)) if signed and server_key else None
+    sockets = [WsConn("127.0.0.1", port) for _ in range(ws_connections)] if api == "ws" else []
     out: list[Client] = []
     rdb = stack.redis()
     try:
         for i in range(count):
             acct = stack.create_account(f"bench{i}")
             stack.fund(acct["account_id"])  # every order needs funds: deposits journaled first
-            if api == "binance":
-                assert vault is not None, "the binance API needs the stack's server key"
+            if signed:
+                assert vault is not None, f"the {api} API needs the stack's server key"
                 issued = create_api_key(rdb, vault, acct["account_id"],
                                         stack.namespace.global_keys)  # fmt: skip
+            if api == "ws":
+                out.append(WsClient(i, seed, sockets[i % len(sockets)], issued["api_key"],
+                                    issued["secret"], ws_inflight))  # fmt: skip
+            elif api == "binance":
                 conn = Conn("127.0.0.1", port, issued["api_key"], key_header="X-MBX-APIKEY",
                             content_type="application/x-www-form-urlencoded")  # fmt: skip
                 out.append(BinanceClient(i, seed, conn, issued["secret"]))
@@ -478,7 +674,7 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
     gunicorn_args = shlex.split(opts.gunicorn)
     api = getattr(opts, "api", "native") or "native"
     env = dict(getattr(opts, "env", None) or {})
-    if api == "binance":
+    if api in ("binance", "ws"):
         env.setdefault("FAIRBOOK_SECRET_KEY", new_key_text())
     stack = Stack(gunicorn_args=gunicorn_args, reply_timeout=opts.reply_timeout,
                   env=env or None, jobs=bool(getattr(opts, "with_jobs", False)))  # fmt: skip
@@ -493,8 +689,11 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError("the pub/sub fill listener did not subscribe within 60 s")
     rdb = redis.Redis.from_url(stack.redis_url)
     try:
+        ws_connections = min(opts.clients, getattr(opts, "ws_connections", 4) or 4)
+        ws_inflight = getattr(opts, "ws_inflight", 1) or 1
         clients = setup_clients(stack, opts.clients, opts.seed, api,
-                                env.get("FAIRBOOK_SECRET_KEY"))  # fmt: skip
+                                env.get("FAIRBOOK_SECRET_KEY"), ws_connections,
+                                ws_inflight)  # fmt: skip
 
         async def warm_and_drive() -> tuple[float, float]:
             try:
@@ -512,6 +711,8 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
             finally:
                 for c in clients:  # connections belong to this event loop
                     c.conn.close()
+                    if isinstance(c, WsClient):
+                        c.ws.shutdown()
 
         cpu_before: dict[str, float] = {}
         commits_before: list[int] = []
@@ -551,6 +752,8 @@ def run_bench(opts: argparse.Namespace) -> dict[str, Any]:
             "config": {
                 "api": api,
                 "clients": opts.clients,
+                **({"ws_connections": ws_connections, "ws_inflight": ws_inflight}
+                   if api == "ws" else {}),
                 "seconds": opts.seconds,
                 "warmup": opts.warmup,
                 "rate": opts.rate,
@@ -742,6 +945,12 @@ def _api_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_p50_ms": round(statistics.fmean(p50), 3),
         "mean_p99_ms": round(statistics.fmean(p99), 3),
         "web_cpu_ms_per_request": [r["cpu_ms_per_request"]["web"] for r in runs],
+        # where the CPU goes (the machine's cores are shared by all four): means of the runs
+        "mean_cpu_ms_per_request": {
+            name: round(statistics.fmean(r["cpu_ms_per_request"][name] for r in runs), 3)
+            for name in runs[0]["cpu_ms_per_request"]},
+        "mean_entries_per_commit": round(statistics.fmean(r["entries_per_commit"]
+                                                          for r in runs), 2),
         "orders_202": sum(r["orders_202"] for r in runs),
         "orders_insufficient_funds": sum(r["orders_insufficient_funds"] for r in runs),
         "errors": errors,
@@ -788,6 +997,65 @@ def api_line(r: dict[str, Any]) -> str:
     )
 
 
+#: ``--api ws``: what WebSocket order entry must buy over REST (ws/rest orders/s)
+WS_TARGET_RATIO = 3.0
+#: ``--api ws``: both sides' stacks get this: :data:`BINANCE_BENCH_ENV`, and the per-address
+#: limit (3,000 requests/s by default) counting but out of reach, since every client of the
+#: benchmark comes from one address and WebSocket order entry goes past it (the per-key limit,
+#: 300/s, stays: no client comes near it)
+WS_BENCH_ENV = {**BINANCE_BENCH_ENV, "FAIRBOOK_RATE_LIMIT_IP": f"{BINANCE_BENCH_LIMIT} per second"}
+#: ``--api ws``: requests a WebSocket client keeps in flight (a REST client has 1)
+WS_INFLIGHT = 4
+
+
+def run_ws(opts: argparse.Namespace) -> dict[str, Any]:
+    """``--api ws``: Binance's signed REST ``/api/v3/order`` (A, one HTTP connection per client)
+    and the WebSocket API's ``order.place`` / ``order.cancel`` (B, the same clients over
+    ``--ws-connections`` pipelined connections), the same flow, interleaved
+    (:func:`interleaved`) on fresh stacks with the same environment (:data:`WS_BENCH_ENV`).
+    Ratios are ws over rest."""
+    env = {**WS_BENCH_ENV, "FAIRBOOK_SECRET_KEY": new_key_text()}
+    both = interleaved(opts, {"api": "binance", "env": env}, {"api": "ws", "env": env},
+                       {"A": "REST /api/v3/order",
+                        "B": f"WebSocket /ws-api/v3 order.place over {opts.ws_connections} "
+                             f"connections, {opts.ws_inflight} in flight per client"})  # fmt: skip
+    rest, ws = _api_figures(both["A"]), _api_figures(both["B"])
+    pair_ratios = _ratios(ws["orders_per_s"], rest["orders_per_s"])
+    ratio = ws["mean_orders_per_s"] / max(rest["mean_orders_per_s"], 1e-9)
+    cpu_ratio = (statistics.fmean(ws["web_cpu_ms_per_request"])
+                 / max(statistics.fmean(rest["web_cpu_ms_per_request"]), 1e-9))  # fmt: skip
+    return {
+        "bench": "e2e-ws",
+        "config": {**both["A"][0]["config"], "api": "rest vs ws", "pairs": opts.pairs,
+                   "ws_connections": both["B"][0]["config"]["ws_connections"],
+                   "ws_inflight": both["B"][0]["config"]["ws_inflight"]},
+        "env": WS_BENCH_ENV,
+        "rest": rest,
+        "ws": ws,
+        "ratio_orders_per_s": round(ratio, 3),
+        "pair_ratios": [round(x, 3) for x in pair_ratios],
+        "median_pair_ratio": round(statistics.median(pair_ratios), 3),
+        "p50_ratio": round(ws["mean_p50_ms"] / max(rest["mean_p50_ms"], 1e-9), 3),
+        "p99_ratio": round(ws["mean_p99_ms"] / max(rest["mean_p99_ms"], 1e-9), 3),
+        "web_cpu_ratio": round(cpu_ratio, 3),
+        "target_min_ratio": WS_TARGET_RATIO,
+        "runs": {"rest": both["A"], "ws": both["B"]},
+    }
+
+
+def ws_line(r: dict[str, Any]) -> str:
+    a, b = r["rest"], r["ws"]
+    return (
+        f"bench e2e --api ws ({r['config']['pairs']} pairs, {r['config']['clients']} clients; "
+        f"ws over {r['config']['ws_connections']} connections, {r['config']['ws_inflight']} in "
+        f"flight per client): REST {a['mean_orders_per_s']:,} "
+        f"orders/s p50 {a['mean_p50_ms']} p99 {a['mean_p99_ms']} ms; WebSocket "
+        f"{b['mean_orders_per_s']:,} orders/s p50 {b['mean_p50_ms']} p99 {b['mean_p99_ms']} ms; "
+        f"ws/rest = {r['ratio_orders_per_s']}x (target >= {WS_TARGET_RATIO}x; per pair "
+        f"{r['pair_ratios']}), p99 {r['p99_ratio']}x, web CPU per request {r['web_cpu_ratio']}x"
+    )
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench e2e", description=__doc__,
@@ -814,9 +1082,14 @@ def main(argv: list[str]) -> int:
                     help="measure the cost of a setting instead: interleaved unpaced runs as "
                          "configured (A) and with NAME=VALUE (B); prints the A/B ratio")
     ap.add_argument("--pairs", type=int, default=3, help="A/B pairs for --ab-env and --api")
-    ap.add_argument("--api", choices=("native", "binance"), default="native",
+    ap.add_argument("--api", choices=("native", "binance", "ws"), default="native",
                     help="binance: interleaved runs of the native API and of signed "
-                         "/api/v3/order requests; prints both and the ratio")  # fmt: skip
+                         "/api/v3/order requests; ws: of signed /api/v3/order and of the "
+                         "WebSocket API's order.place; prints both and the ratio")  # fmt: skip
+    ap.add_argument("--ws-connections", type=int, default=4,
+                    help="--api ws: WebSocket API connections the clients share (pipelined)")
+    ap.add_argument("--ws-inflight", type=int, default=WS_INFLIGHT,
+                    help="--api ws: requests in flight per WebSocket client (REST: 1)")
     ap.add_argument("--jobs", action="store_true",
                     help="the job worker's cost: interleaved runs without and with "
                          "python -m jobs (tight archive and audit schedules); prints the ratio")
@@ -825,14 +1098,16 @@ def main(argv: list[str]) -> int:
         ap.error("--clients must be >= 1 and --seconds > 0")
     if opts.rate is not None and opts.rate <= 0:
         ap.error("--rate must be > 0")
-    if opts.api == "binance":
+    if opts.api in ("binance", "ws"):
         if opts.ab_env or opts.pairs < 1 or opts.rate is not None:
-            ap.error("--api binance takes --pairs >= 1, and neither --ab-env nor --rate")
+            ap.error(f"--api {opts.api} takes --pairs >= 1, and neither --ab-env nor --rate")
+        if opts.ws_connections < 1 or opts.ws_inflight < 1:
+            ap.error("--ws-connections and --ws-inflight must be >= 1")
         opts.gunicorn = opts.gunicorn or [SHIPPED_GUNICORN]
-        result = run_api(opts)
+        result = run_api(opts) if opts.api == "binance" else run_ws(opts)
         text = json.dumps(result, indent=2)
         print(text)
-        print(api_line(result))
+        print(api_line(result) if opts.api == "binance" else ws_line(result))
         if opts.json:
             with open(opts.json, "w") as fh:
                 fh.write(text + "\n")

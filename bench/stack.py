@@ -37,6 +37,23 @@ DEFAULT_GUNICORN_ARGS = ("-k", "gevent", "-w", "1")
 DEFAULT_WORKER_CMD = (sys.executable, "-m", "worker")
 
 
+def journal_deposits(client: redis.Redis, namespace: Namespace, account_id: str,
+                     amounts: dict[str, str], partitions: list[int], tag: str) -> list[int]:
+    """Journal one deposit per asset of ``amounts`` (asset -> decimal) into each partition,
+    pipelined (one round trip per partition), references ``fund-<tag>-p<N>-<account>-<asset>``
+    (unique per partition and call): the deposits' command ids. No reply is asked for: journal
+    order puts them before anything journaled afterwards. The one funding path of the
+    benchmarks and the tests (tests/web/funding.py)."""
+    ids: list[int] = []
+    for partition in partitions:
+        ids += Journal(client, namespace.keys(partition)).append_many([
+            {"op": "deposit", "account": account_id, "asset": asset, "amount": amount,
+             "deposit_id": f"fund-{tag}-p{partition}-{account_id}-{asset}"}
+            for asset, amount in amounts.items()
+        ])  # fmt: skip
+    return ids
+
+
 def _die_with_parent() -> None:  # runs in the child before exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -252,11 +269,16 @@ class Stack:
         partition trade (default: every partition), journaled like :meth:`deposit`; the
         deposits' command ids. Orders journaled afterwards are never short of funds."""
         ids = []
-        for partition in self.partition_ids() if partitions is None else partitions:
-            markets = [self.markets[s] for s in self.namespace.symbols_of(partition)]
-            assets = {m.base_asset for m in markets} | {m.quote_asset for m in markets}
-            for asset in sorted(assets):
-                ids.append(self.deposit(account_id, asset, str(amount), partition))
+        client = self.redis()
+        try:
+            for partition in self.partition_ids() if partitions is None else partitions:
+                markets = [self.markets[s] for s in self.namespace.symbols_of(partition)]
+                assets = {m.base_asset for m in markets} | {m.quote_asset for m in markets}
+                ids += journal_deposits(client, self.namespace, account_id,
+                                        {a: str(amount) for a in sorted(assets)}, [partition],
+                                        f"stack{next(self._deposits)}")  # fmt: skip
+        finally:
+            client.close()
         return ids
 
     def log_tail(self, name: str, lines: int = 40) -> str:

@@ -306,9 +306,14 @@ class Hub:
             hashes = list(self.key_subs)
         if not hashes:
             return
-        found = self.client.hmget(self.namespace.global_keys.accounts, hashes)
-        for key_hash, account in zip(hashes, found, strict=True):
-            if account is None:
+        keys = self.namespace.global_keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(keys.accounts, hashes)  # native keys
+        for key_hash in hashes:  # signed (Binance) keys live in their own records
+            pipe.exists(keys.api_key(key_hash))
+        found, *signed = pipe.execute()
+        for key_hash, account, alive in zip(hashes, found, signed, strict=True):
+            if account is None and not alive:
                 self.revoke(key_hash)
 
     def remove(self, sub: Subscriber) -> None:
@@ -560,7 +565,9 @@ class Hub:
             subs = self.acct_subs.get(account)
             if not subs:
                 return
-            events = [(e.get("event", "order"), wire.dumps(e)) for e in body.get("events") or []]
+            # "transfer" events (a deposit's or withdrawal's delta) are the Binance adapter's
+            events = [(e.get("event", "order"), wire.dumps(e)) for e in body.get("events") or []
+                      if e.get("event") != "transfer"]  # fmt: skip
             for sub in subs:
                 if sub.account != account:  # never another account's data
                     continue

@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -184,7 +184,8 @@ class Inbox:
     def _reset(self) -> None:
         self.id = secrets.token_hex(8)
         self.channels = [k.inbox(self.id) for k in self.keys]
-        self.waiting: dict[str, ReplyWaiter] = {}
+        #: token -> the waiter of a blocked request, or the callback of a pipelined one
+        self.waiting: dict[str, ReplyWaiter | Callable[[dict[str, Any]], None]] = {}
         self._count = itertools.count(1)
         self.ready.clear()
         self.settled.clear()
@@ -217,6 +218,21 @@ class Inbox:
         waiter = self.waiting[token] = ReplyWaiter()
         return token, waiter
 
+    def expect_call(self, callback: Callable[[dict[str, Any]], None]) -> str:
+        """A fresh ``reply_to`` token whose reply is handed to ``callback`` in the reader
+        thread, in journal order (so a connection with many commands in flight answers them
+        in the order the worker decided them, without a waiting greenlet per command). The
+        callback must not block; whoever claims the token first (the reader, or a
+        caller giving up) owns it."""
+        self.start()
+        token = wire.reply_token(self.id, next(self._count))
+        self.waiting[token] = callback
+        return token
+
+    def claim(self, token: str) -> bool:
+        """Take ``token`` away from the reader (a timeout): True if its reply had not come."""
+        return self.waiting.pop(token, None) is not None
+
     def forget(self, token: str) -> None:
         self.waiting.pop(token, None)
 
@@ -240,8 +256,14 @@ class Inbox:
                 self.stats["unclaimed"] += 1
                 continue
             self.stats["replies"] += 1
-            waiter.reply = reply
-            waiter.event.set()
+            if isinstance(waiter, ReplyWaiter):
+                waiter.reply = reply
+                waiter.event.set()
+                continue
+            try:
+                waiter(reply)
+            except Exception:  # one failing callback must not cost the batch's other replies
+                log.exception("inbox %s: a reply callback failed", self.id)
 
     def _resubscribed(self) -> None:
         self.stats["reconnects"] += 1
@@ -354,6 +376,14 @@ class Journal:
         command["id"] = cmd_id
         return cmd_id
 
+    def append_args(self, command: dict[str, Any]) -> tuple[Any, ...]:
+        """The EVAL of :meth:`append` for ``command``, for :func:`append_all`."""
+        body = wire.dumps({k: v for k, v in command.items() if k != "id"})
+        bound = self.max_backlog if command.get("op") in BOUNDED_OPS else 0
+        k = self.keys
+        return ("EVAL", APPEND_LUA, 4, k.next_id, k.stream, k.applied_count, k.applied,
+                self.partition, body, bound)  # fmt: skip
+
     def append_many(self, commands: Iterable[dict[str, Any]]) -> list[int]:
         """Pipelined :meth:`append` for tools and tests (one round trip for the lot)."""
         commands = list(commands)
@@ -383,6 +413,24 @@ class Journal:
             inbox.forget(token)
             raise
 
+    def send_call(self, command: dict[str, Any], callback: Callable[[dict[str, Any]], None]
+                  ) -> tuple[int, str | None]:  # fmt: skip
+        """Journal a command whose reply goes to ``callback`` (:meth:`Inbox.expect_call`);
+        returns the id and the token (None: journaled untagged, the inbox is not subscribed,
+        no reply will come). Never waits for the inbox's first subscription beyond its
+        first attempt; the caller times the token out with :meth:`Inbox.claim`."""
+        inbox = self.inbox
+        if not inbox.wait_ready(2.0):
+            command.pop("reply_to", None)
+            return self.append(command), None
+        token = inbox.expect_call(callback)
+        command["reply_to"] = token
+        try:
+            return self.append(command), token
+        except BaseException:
+            inbox.forget(token)
+            raise
+
     def wait(self, command: dict[str, Any], waiter: ReplyWaiter | None, timeout_s: float
              ) -> dict[str, Any] | None:  # fmt: skip
         """The reply for a :meth:`send`, or None if none came within ``timeout_s``."""
@@ -403,3 +451,22 @@ class Journal:
         deadline = time.monotonic() + timeout_s
         cmd_id, waiter = self.send(command, ready_s=timeout_s)
         return cmd_id, self.wait(command, waiter, max(0.0, deadline - time.monotonic()))
+
+
+def append_all(connections: DirectConnections, items: list[tuple[Journal, dict[str, Any]]]
+               ) -> list[int | Exception]:  # fmt: skip
+    """:meth:`Journal.append` of several commands (any partitions) in ONE round trip, in
+    order: each one's id (also set in it), or its :class:`Overloaded` / error reply. A failed
+    connection raises for the lot (outcome unknown, as for one append: nothing is resent)."""
+    replies = connections.pipeline([journal.append_args(command) for journal, command in items])
+    out: list[int | Exception] = []
+    for (journal, command), reply in zip(items, replies, strict=True):
+        if isinstance(reply, Exception):
+            text = str(reply)
+            if text.startswith("OVERLOADED"):
+                reply = Overloaded(journal.partition, int(text.split()[-1]))
+            out.append(reply)
+            continue
+        command["id"] = int(reply)
+        out.append(command["id"])
+    return out

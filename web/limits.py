@@ -77,7 +77,11 @@ DEFAULTS: dict[str, str] = {
     "FAIRBOOK_BINANCE_ORDERS_1D": "200000",
     "FAIRBOOK_BINANCE_BAN_AFTER": "10",
     "FAIRBOOK_BINANCE_BAN_S": "120",
+    # Binance's market streams: connection attempts per address per 5 minutes (0 = no limit)
+    "FAIRBOOK_BINANCE_WS_CONNECTS_5M": "300",
 }
+#: the bucket of Binance stream connection attempts (per address)
+CONNECTS_SCOPE = "binance_ws_connects"
 KEY_SCOPE = "api_key"  # the per-key limit's bucket, shared by every private route
 IP_SCOPE = "address"  # the per-address limit's bucket, shared by every route
 #: blueprints whose routes count the request themselves, with their key, in the key lookup
@@ -181,6 +185,8 @@ class RateLimiter:
         self.in_memory: FixedWindowRateLimiter | None = None
         self.redis_down_until = 0.0
         self.binance: BinanceLimits | None = None
+        #: Binance stream connection attempts per address (None: not limited)
+        self.stream_connects: RateLimitItem | None = None
 
     def _strategy(self) -> FixedWindowRateLimiter:
         if time.monotonic() < self.redis_down_until:
@@ -307,6 +313,17 @@ def count_request(key_hash: str | None = None, first: tuple[Any, ...] | None = N
             raise RateLimited(check[:3], limiter.retry_after(check))
     bn.check_address(limiter, ip, weighed[len(checks) :], counts[len(checks) :])
     return reply
+
+
+def count_stream_connection() -> int | None:
+    """Count one Binance stream connection attempt of the request's address (Binance: 300
+    per 5 minutes per IP); None, or the seconds until the window resets when beyond it."""
+    limiter = current_app.extensions.get("fairbook_rate_limiter")
+    item = limiter.stream_connects if limiter is not None else None
+    if item is None:
+        return None
+    _, breached = limiter.hit([(item, request.remote_addr or "-", CONNECTS_SCOPE)])
+    return None if breached is None else breached[1]
 
 
 def count_order(account: str) -> None:
@@ -535,6 +552,9 @@ def init_app(app: Flask, client: Any, connections: Any, rate_limits_prefix: str)
         ip_limits=parse_many(_limit_setting(config, "FAIRBOOK_RATE_LIMIT_IP")),
     )  # fmt: skip
     app.extensions["fairbook_rate_limiter"].binance = _binance_limits(config, rate_limits_prefix)
+    connects = _count_setting(config, "FAIRBOOK_BINANCE_WS_CONNECTS_5M")
+    if connects:
+        app.extensions["fairbook_rate_limiter"].stream_connects = parse(f"{connects}/5 minutes")
 
     @app.before_request
     def _count_request() -> None:

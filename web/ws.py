@@ -46,9 +46,9 @@ _WS_IP = "fairbook.ws_ip"  # environ: the address whose socket count this reques
 
 
 def is_websocket_path(path: str) -> bool:
-    """The native ``/ws`` and the Binance-compatible ``/ws/<streams>``, ``/stream``, ``/ws-api/v3``:
-    every upgrade gets the same handshake checks, socket caps and socket set-up."""
-    return path in ("/ws", "/stream") or path.startswith(("/ws/", "/ws-api/"))
+    """The native ``/ws`` and the Binance-compatible ``/ws/<streams>``, ``/stream[/<streams>]``,
+    ``/ws-api/v3``: every upgrade gets the same handshake checks, socket caps and socket set-up."""
+    return path in ("/ws", "/stream") or path.startswith(("/ws/", "/ws-api/", "/stream/"))
 OPS = ("subscribe", "unsubscribe", "ping", "auth")
 
 #: name -> (default, help); read from app.config, then the environment.
@@ -59,6 +59,12 @@ SETTINGS: dict[str, tuple[float, str]] = {
     "FAIRBOOK_WS_SNDBUF": (0, "SO_SNDBUF of WebSocket sockets in bytes (0 = kernel default)"),
     "FAIRBOOK_WS_MAX_MESSAGE": (65536, "largest client message (longer: an error reply; past 16x "
                                 "it the socket is closed 1009)"),
+    "FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK": (60, "seconds at most between a listen-key stream's "
+                                             "checks of its listen key and API key"),
+    # Binance's market streams (web.binance.streams), Binance's own figures
+    "FAIRBOOK_BINANCE_WS_MAX_STREAMS": (1024, "streams one Binance stream socket may listen to"),
+    "FAIRBOOK_BINANCE_WS_MESSAGES_PER_S": (5, "messages a Binance stream socket may send per "
+                                           "second (more: closed 1008; 0 = no cap)"),
 }
 
 

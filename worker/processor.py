@@ -427,12 +427,14 @@ class Processor:
         if not work.emit:
             return
         fmt = self.assets[asset].format if asset in self.assets else str
-        obj = wire.dumps(wire.transfer_object(original_id, kind, account, asset, fmt(amount),
-                                              reference, status, reason, self.partition,
-                                              original_ts))  # fmt: skip
+        transfer = wire.transfer_object(original_id, kind, account, asset, fmt(amount),
+                                        reference, status, reason, self.partition, original_ts)
+        obj = wire.dumps(transfer)
         outcome.transfer = obj
         if original_id != command_id:
             return  # a repeated reference: answered with the first outcome, nothing changed
+        if status == COMPLETED:  # the delta of a Binance balanceUpdate (native /ws skips it)
+            work.account_event(account, wire.dumps({"event": "transfer", **transfer}))
         rows = work.transfers.get((account, kind))
         if rows is None:
             work.transfers[(account, kind)] = [obj]

@@ -1,9 +1,8 @@
 """Funding test accounts: every order now needs the money it may spend (pre-trade risk).
 
-``fund`` journals one deposit per asset and partition, as an operator's deposit is journaled
-(``{"op": "deposit", ...}`` on the partition's stream, one pipelined round trip). A partition's
-journal is applied in order, so orders journaled after it find the money there without waiting
-for the worker; no reply is asked for.
+``fund`` journals one deposit per asset and partition with the benchmarks' own funding path
+(``bench.stack.journal_deposits``). A partition's journal is applied in order, so orders
+journaled after it find the money there without waiting for the worker; no reply is asked for.
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ from typing import Any
 
 import redis
 
+from bench.stack import journal_deposits
 from engine.markets import assets_of
 from protocol.config import load_markets
-from protocol.keys import Keys, Namespace
-from web.journal import Journal
+from protocol.keys import Namespace
 
 #: far beyond what any test order spends (10**9 of each asset; 8 decimals stay < 10**18 units)
 GENEROUS = "1000000000"
@@ -26,14 +25,6 @@ GENEROUS = "1000000000"
 def asset_codes() -> list[str]:
     """Every asset the shipped symbols file trades."""
     return list(assets_of(load_markets()))
-
-
-def deposit_commands(account: str, amounts: Mapping[str, str], tag: str) -> list[dict[str, Any]]:
-    return [
-        {"op": "deposit", "account": account, "asset": asset, "amount": amount,
-         "deposit_id": f"fund-{tag}-{account}-{asset}"}
-        for asset, amount in amounts.items()
-    ]  # fmt: skip
 
 
 def fund(
@@ -58,14 +49,12 @@ def fund(
         client = own = redis.Redis.from_url(target, decode_responses=True, socket_timeout=30)
     else:
         client = target
-    name = namespace or (ns.name if ns is not None else "fb")
     if partitions is None:
         partitions = ns.partitions if ns is not None else [0]
-    tag = secrets.token_hex(4)  # deposit ids are unique per partition: one tag per call
-    try:
-        for partition in partitions:
-            journal = Journal(client, Keys(partition, name))
-            journal.append_many(deposit_commands(account, amounts, f"{tag}-p{partition}"))
+    if ns is None or namespace is not None:
+        ns = Namespace(namespace or "fb")
+    try:  # deposit ids are unique per partition: one tag per call
+        journal_deposits(client, ns, account, amounts, list(partitions), secrets.token_hex(4))
     finally:
         if own is not None:
             own.close()

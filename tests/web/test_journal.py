@@ -110,6 +110,48 @@ def test_inbox_routes_each_reply_to_its_waiter_only(redis_client) -> None:
     other.stop()
 
 
+def test_reply_callbacks_run_in_journal_order_and_a_claimed_token_is_dropped(redis_client):
+    """Pipelined requests (the WebSocket API) hand their replies to callbacks, in the order of
+    the worker's message; a token claimed by its caller (a timeout) gets no callback, and a
+    failing callback costs no other reply."""
+    journal = Journal(redis_client, 0)
+    inbox = journal.inbox
+    assert inbox.wait_ready(5)
+    got: list[tuple[str, dict]] = []
+    done = threading.Event()
+
+    def failing(reply: dict) -> None:
+        raise RuntimeError("a bug in one answer")
+
+    tokens = [inbox.expect_call(lambda r, n=n: got.append((f"t{n}", r))) for n in range(3)]
+    bad = inbox.expect_call(failing)
+    last = inbox.expect_call(lambda r: done.set())
+    assert inbox.claim(tokens[1]) and not inbox.claim(tokens[1])
+    message = {tokens[2]: {"n": 2}, tokens[0]: {"n": 0}, tokens[1]: {"n": 1}, bad: {"n": 3},
+               last: {}}  # fmt: skip
+    redis_client.publish(journal.keys.inbox(inbox.id), json.dumps(message))
+    assert done.wait(5)
+    assert got == [("t2", {"n": 2}), ("t0", {"n": 0})]
+    assert not inbox.claim(tokens[0]) and inbox.waiting == {}
+    inbox.stop()
+
+
+def test_append_all_journals_in_order_in_one_round_trip(redis_client) -> None:
+    from web.journal import DirectConnections, Overloaded, append_all
+
+    k0, k1 = Keys(0), Keys(1)
+    j0, j1 = Journal(redis_client, k0), Journal(redis_client, k1, max_backlog=1)
+    conns = DirectConnections(redis_client)
+    cmds = [{"op": "cancel", "account": "1", "order_id": 5}, {"op": "new", "n": 1},
+            {"op": "new", "n": 2}, {"op": "new", "n": 3}]  # fmt: skip
+    out = append_all(conns, [(j0, cmds[0]), (j1, cmds[1]), (j0, cmds[2]), (j1, cmds[3])])
+    assert out[:3] == [cmds[0]["id"], cmds[1]["id"], cmds[2]["id"]]
+    assert [i & 0xFF for i in out[:3]] == [0, 1, 0] and out[0] < out[2]
+    assert isinstance(out[3], Overloaded) and "id" not in cmds[3]  # partition 1 at its bound
+    entries = [json.loads(f[b"c"]) for _, f in redis_client.xrange(k0.stream)]
+    assert [e["id"] for e in entries] == [out[0], out[2]]
+
+
 def test_inbox_resubscribes_after_losing_its_connection(redis_client) -> None:
     journal = Journal(redis_client, 0)
     inbox = journal.inbox

@@ -5,7 +5,11 @@ Modules, one job each: :mod:`vault` (the server key that seals HMAC secrets), :m
 (signed API keys in the shared key store, the CLI), :mod:`signing` (Binance's signed-request
 check on the raw bytes), :mod:`errors` (``{"code", "msg"}`` with Binance's codes and texts),
 :mod:`translate` (Binance parameters and objects <-> native ones), :mod:`routes` (the endpoints),
-:mod:`weights` (each endpoint's request weight, for the limits of ``web.limits``).
+:mod:`weights` (each endpoint's request weight, for the limits of ``web.limits``),
+:mod:`trading` (placing, cancelling and reading orders: the one implementation REST and the
+WebSocket API share), :mod:`userdata` (user data events, the ``/ws/<listenKey>`` stream),
+:mod:`wsapi` (the WebSocket API, ``/ws-api/v3``), :mod:`streams` (the market streams
+``/ws/<streams>`` and ``/stream``, which hands listen keys to :mod:`userdata`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    """Register ``/api/v3`` (both blueprints), its error shape and the key CLI."""
-    from web.binance import errors, keys, routes, weights
+    """Register ``/api/v3`` (both blueprints), its error shape, the key CLI, the market streams
+    and the WebSocket API."""
+    from web.binance import errors, keys, routes, streams, weights, wsapi
     from web.limits import binance_limits
 
     limits = binance_limits(app)
@@ -24,3 +29,5 @@ def init_app(app: Flask) -> None:
     routes.init_app(app)
     errors.init_app(app)
     keys.init_app(app)
+    streams.init_app(app)  # after web.ws: its handshake checks run first
+    wsapi.init_app(app)  # the WebSocket API, /ws-api/v3

@@ -12,46 +12,33 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
 from decimal import Decimal
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 
-from engine.commands import partition_of_id
-from engine.markets import Market, assets_of
-from engine.units import SchemaError
-from engine.validation import validate_order_request
+from engine.markets import Market
 from protocol.candles import INTERVALS
-from protocol.wire import parse_balances, parse_order_record
 from web import candles
-from web.app import Fairbook, state
-from web.binance import errors, signing, translate
+from web.app import Fairbook, config_float, state
+from web.binance import errors, signing, trading, translate
 from web.binance.errors import BinanceError
+from web.binance.trading import READ, TRADE, symbols
+from web.binance.trading import int_param as _int
+from web.binance.trading import now_ms as _now_ms
+from web.binance.trading import orders as _orders
+from web.binance.trading import rate as _rate
 from web.binance.translate import Symbols
 from web.limits import binance_limits, count_order, order_counts
 
 public = Blueprint("binance_public", __name__, url_prefix="/api/v3")
 signed = Blueprint("binance_signed", __name__, url_prefix="/api/v3")
 
-READ = "read"
-TRADE = "trade"
 DEFAULT_DEPTH = 100
 BOOK_LEVELS = 500  # what the book key holds per side
 MAX_TRADES = 1000  # what recent:<symbol> holds
 DEFAULT_LIMIT = 500
-#: open orders read per partition at most for one answer (the closed index is trimmed to 1,000)
-MAX_SCAN = 5000
 AVG_PRICE_MINS = 5
-_INTEGER = re.compile(r"[0-9]{1,19}")
-
-
-def symbols() -> Symbols:
-    return current_app.extensions["fairbook_binance_symbols"]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _public_params() -> dict[str, str]:
@@ -59,20 +46,6 @@ def _public_params() -> dict[str, str]:
     if not query.isascii():
         raise BinanceError(errors.ILLEGAL_CHARS, errors.MSG_ILLEGAL)
     return signing.parse(query)
-
-
-def _int(params: dict[str, str], name: str, default: int | None, low: int = 1,
-         high: int | None = None) -> int | None:  # fmt: skip
-    """An integer parameter: -1100 if it is not one, clamped to ``high``, -1130 below ``low``."""
-    text = params.get(name)
-    if text is None or text == "":
-        return default
-    if not _INTEGER.fullmatch(text):
-        raise errors.illegal(name, errors.INTEGER_RANGE)
-    value = int(text)
-    if value < low:
-        raise errors.invalid_parameter(name)
-    return min(value, high) if high is not None else value
 
 
 def _market(native: str) -> Market:
@@ -385,47 +358,16 @@ def avg_price():
 # -- signed: orders -----------------------------------------------------------------------------
 
 
-def _validated(params: dict[str, str]) -> tuple[dict[str, Any], str, str, str]:
-    """(native wire command, native symbol, Binance type, response type) of a new order."""
-    native = symbols().to_native(params.get("symbol"))
-    body, kind, response_type = translate.order_request(params, native)
-    try:
-        wire, _ = validate_order_request(body, state().markets)
-    except SchemaError as exc:
-        raise errors.from_schema(exc, params, kind == "MARKET") from None
-    return wire, native, kind, response_type
-
-
-def _timeout() -> BinanceError:
-    return BinanceError(errors.TIMEOUT, errors.MSG_TIMEOUT, 503)
-
-
 @signed.post("/order")
 def new_order():
     """Place an order: translated, validated and journaled exactly as a native one. An
     engine rejection is an error as on Binance (-2010 ...); ``ACK`` answers once journaled."""
     s = signing.verify(TRADE)
     count_order(s.account)  # every verified attempt counts, valid or not
-    wire, native, _, response_type = _validated(s.params)
-    wire["account"] = s.account
+    placed = trading.place(s.account, s.params)
     st = state()
-    partition = st.namespace.partition(native)
-    order_id, reply = st.journal(partition).submit(wire, st.reply_timeout)
-    bsym = symbols().binance[native]
-    if reply is None:
-        if response_type != "ACK":
-            raise _timeout()
-        return jsonify({"symbol": bsym, "orderId": order_id, "orderListId": -1,
-                        "clientOrderId": wire["client_order_id"],
-                        "transactTime": _now_ms()})  # fmt: skip
-    if not reply.get("ok"):
-        error = reply.get("error") or {}
-        raise errors.rejected(str(error.get("code") or ""))
-    order = reply["order"]
-    if order.get("status") == "rejected":
-        raise errors.rejected(order.get("reject_reason"))
-    stp = translate.stp_name(wire.get("stp"))
-    return jsonify(translate.new_order_response(order, _market(native), bsym, response_type, stp))
+    order_id, reply = st.journal(placed.partition).submit(placed.wire, st.reply_timeout)
+    return jsonify(placed.answer(order_id, reply))
 
 
 @signed.post("/order/test")
@@ -433,147 +375,41 @@ def test_order():
     """Everything ``POST /order`` checks, nothing journaled: ``{}`` (or the commission rates
     with ``computeCommissionRates=true``)."""
     s = signing.verify(TRADE)
-    _, native, _, _ = _validated(s.params)
-    if s.params.get("computeCommissionRates") != "true":
-        return jsonify({})
-    market = _market(native)
-    return jsonify({
-        "standardCommissionForOrder": {"maker": _rate(market.maker_fee_rate),
-                                       "taker": _rate(market.taker_fee_rate)},
-        "specialCommissionForOrder": {"maker": _rate(Decimal(0)), "taker": _rate(Decimal(0))},
-        "taxCommissionForOrder": {"maker": _rate(Decimal(0)), "taker": _rate(Decimal(0))},
-        "discount": {"enabledForAccount": False, "enabledForSymbol": False,
-                     "discountAsset": None, "discount": _rate(Decimal(0))},
-    })  # fmt: skip
-
-
-def _amount(value: Decimal, decimals: int) -> str:
-    """An amount with exactly the asset's decimals (as the balance records write them)."""
-    return format(value.quantize(Decimal(1).scaleb(-decimals)), "f")
-
-
-def _rate(rate: Decimal) -> str:
-    return format(rate.quantize(Decimal("0.00000001")), "f")
-
-
-def _record(st: Fairbook, order_id: int) -> tuple[str, dict[str, Any]] | None:
-    partition = partition_of_id(order_id)
-    if partition not in st.partitions:
-        return None
-    return parse_order_record(st.get(st.keys(partition).order(order_id)))
-
-
-def _listed(order: dict[str, Any], symbol: str | None) -> bool:
-    """Whether ``/api/v3`` shows the order: a rejected one never was an order on Binance (the
-    request failed with -2010), so it is not found, listed or traded."""
-    return order.get("status") != "rejected" and (symbol is None or order.get("symbol") == symbol)
-
-
-def _orders(st: Fairbook, partition: int, account: str, kinds: tuple[str, ...],
-            symbol: str | None) -> list[dict[str, Any]]:  # fmt: skip
-    """The account's orders of the partition's ``open``/``closed`` indexes (newest first per
-    index), optionally of one symbol, rejected ones left out."""
-    k = st.keys(partition)
-    out: list[dict[str, Any]] = []
-    for kind in kinds:
-        key = k.open(account) if kind == "open" else k.closed(account)
-        ids = st.redis.zrevrange(key, 0, MAX_SCAN - 1)
-        for start in range(0, len(ids), 500):
-            chunk = [k.order(i) for i in ids[start : start + 500]]
-            for raw in st.redis.mget(chunk):
-                record = parse_order_record(raw)
-                if record is not None and _listed(record[1], symbol):
-                    out.append(record[1])
-    return out
-
-
-def _find_order(s: signing.Signed, native: str, open_only: bool) -> dict[str, Any] | None:
-    """The caller's order of ``symbol`` by ``orderId`` or ``origClientOrderId``: None when it
-    is missing, another account's or another symbol's (one answer for all three)."""
-    st = state()
-    order_id = _int(s.params, "orderId", None, 1)
-    client_id = s.params.get("origClientOrderId") or None
-    if order_id is None and client_id is None:
-        raise BinanceError(errors.MANDATORY_PARAM, "Param 'origClientOrderId' or 'orderId' "
-                           "must be sent, but both were empty/null!")  # fmt: skip
-    if order_id is not None:
-        if order_id >= 2**63:
-            return None
-        record = _record(st, order_id)
-        if record is None or record[0] != s.account or not _listed(record[1], native):
-            return None
-        order = record[1]
-        if client_id is not None and order.get("client_order_id") != client_id:
-            return None
-        return order
-    kinds = ("open",) if open_only else ("open", "closed")
-    for order in _orders(st, st.namespace.partition(native), s.account, kinds, native):
-        if order.get("client_order_id") == client_id:
-            return order  # open first, then the newest closed one
-    return None
+    return jsonify(trading.test_order(s.params))
 
 
 @signed.get("/order")
 def query_order():
     """One own order of ``symbol`` by ``orderId`` or ``origClientOrderId`` (-2013 if none)."""
     s = signing.verify(READ)
-    native = symbols().to_native(s.params.get("symbol"))
-    order = _find_order(s, native, open_only=False)
-    if order is None:
-        raise errors.no_such_order()
-    return jsonify(translate.order_object(order, _market(native), symbols().binance[native]))
+    return jsonify(trading.query_order(s.account, s.params))
+
+
+def _journaled_cancel(cancel: trading.Cancel):
+    st = state()
+    _, reply = st.journal(cancel.partition).submit(cancel.wire, st.reply_timeout)
+    return jsonify(cancel.answer(reply))
 
 
 @signed.delete("/order")
 def cancel_order():
     """Cancel one own open order (-2011 "Unknown order sent." if there is none such)."""
     s = signing.verify(TRADE)
-    native = symbols().to_native(s.params.get("symbol"))
-    order = _find_order(s, native, open_only=True)
-    if order is None:
-        raise errors.unknown_order()
-    st = state()
-    oid = order["order_id"]
-    wire = {"op": "cancel", "account": s.account, "order_id": oid}
-    _, reply = st.journal(partition_of_id(oid)).submit(wire, st.reply_timeout)
-    if reply is None:
-        raise _timeout()
-    if not reply.get("ok"):
-        raise errors.unknown_order()
-    return jsonify(translate.cancel_response(reply["order"], _market(native),
-                                             symbols().binance[native]))  # fmt: skip
+    return _journaled_cancel(trading.cancel(s.account, s.params))
 
 
 @signed.get("/openOrders")
 def open_orders():
     """Own open orders, of ``symbol`` or of every symbol, oldest first."""
     s = signing.verify(READ)
-    st = state()
-    chosen = s.params.get("symbol")
-    native = symbols().to_native(chosen) if chosen else None
-    partitions = [st.namespace.partition(native)] if native else list(st.partitions)
-    orders = [o for p in partitions for o in _orders(st, p, s.account, ("open",), native)]
-    orders.sort(key=lambda o: o.get("order_id") or 0)
-    names = symbols().binance
-    return jsonify([translate.order_object(o, st.markets[o["symbol"]], names[o["symbol"]])
-                    for o in orders if o.get("symbol") in names])  # fmt: skip
+    return jsonify(trading.open_orders(s.account, s.params))
 
 
 @signed.delete("/openOrders")
 def cancel_open_orders():
     """Cancel every own open order of ``symbol`` (one journaled cancel_all); -2011 if none."""
     s = signing.verify(TRADE)
-    native = symbols().to_native(s.params.get("symbol"))
-    st = state()
-    wire = {"op": "cancel_all", "account": s.account, "symbol": native}
-    _, reply = st.journal(st.namespace.partition(native)).submit(wire, st.reply_timeout)
-    if reply is None:
-        raise _timeout()
-    cancelled = (reply.get("cancelled") or []) if reply.get("ok") else []
-    if not cancelled:
-        raise errors.unknown_order()
-    market, bsym = _market(native), symbols().binance[native]
-    return jsonify([translate.cancel_response(o, market, bsym) for o in cancelled])
+    return _journaled_cancel(trading.cancel_all(s.account, s.params))
 
 
 def _window(items: list[dict[str, Any]], params: dict[str, str], id_name: str, id_field: str,
@@ -647,42 +483,7 @@ def account():
     """Balances (free = available, locked, summed over the partitions), commission rates
     (the markets' own when they agree, else the highest of them) and the key's permissions."""
     s = signing.verify(READ)
-    omit_zero = s.params.get("omitZeroBalances") == "true"
-    st = state()
-    assets = assets_of(st.markets)
-    totals = {name: [Decimal(0), Decimal(0)] for name in assets}
-    for partition in st.partitions:
-        raw = st.redis.hgetall(st.keys(partition).balances(s.account))
-        for row in parse_balances(raw):
-            if row["asset"] in totals:
-                totals[row["asset"]][0] += Decimal(row["available"])
-                totals[row["asset"]][1] += Decimal(row["locked"])
-    markets = list(st.markets.values())
-    maker = max((m.maker_fee_rate for m in markets), default=Decimal(0))
-    taker = max((m.taker_fee_rate for m in markets), default=Decimal(0))
-    perms = s.key.permissions
-    return jsonify({
-        "makerCommission": int(maker * 10000),
-        "takerCommission": int(taker * 10000),
-        "buyerCommission": 0,
-        "sellerCommission": 0,
-        "commissionRates": {"maker": _rate(maker), "taker": _rate(taker),
-                            "buyer": _rate(Decimal(0)), "seller": _rate(Decimal(0))},
-        "canTrade": TRADE in perms,
-        "canWithdraw": "withdraw" in perms,
-        "canDeposit": False,
-        "brokered": False,
-        "requireSelfTradePrevention": False,
-        "preventSor": False,
-        "updateTime": _now_ms(),
-        "accountType": "SPOT",
-        "balances": [{"asset": name, "free": _amount(free, assets[name].decimals),
-                      "locked": _amount(locked, assets[name].decimals)}
-                     for name, (free, locked) in totals.items()
-                     if not (omit_zero and free == 0 and locked == 0)],
-        "permissions": ["SPOT"],
-        "uid": int(s.account) if s.account.isdigit() else 0,
-    })  # fmt: skip
+    return jsonify(trading.account_info(s.key, s.params))
 
 
 @signed.get("/account/commission")
@@ -716,7 +517,13 @@ def rate_limit_order():
 
 # -- user data stream (legacy listenKey; the stream itself is served by the WebSocket side) -----
 #: Binance: a listen key lives 60 minutes unless kept alive by a PUT
+#: (``FAIRBOOK_BINANCE_LISTEN_KEY_TTL`` seconds: shorter for tests)
 LISTEN_KEY_TTL_S = 3600
+
+
+def listen_key_ttl() -> int:
+    return max(1, int(config_float(current_app.config, "FAIRBOOK_BINANCE_LISTEN_KEY_TTL",
+                                   LISTEN_KEY_TTL_S)))  # fmt: skip
 _LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -733,8 +540,8 @@ def user_data_stream_open():
         listen_key = "".join(secrets.choice(_ALPHABET) for _ in range(60))
     pipe = r.pipeline(transaction=True)
     pipe.hset(keys.listen_key(listen_key), mapping={"account": key.account, "key": key.key_hash})
-    pipe.expire(keys.listen_key(listen_key), LISTEN_KEY_TTL_S)
-    pipe.set(keys.listen_key_of(key.key_hash), listen_key, ex=LISTEN_KEY_TTL_S)
+    pipe.expire(keys.listen_key(listen_key), listen_key_ttl())
+    pipe.set(keys.listen_key_of(key.key_hash), listen_key, ex=listen_key_ttl())
     pipe.execute()
     return jsonify({"listenKey": listen_key})
 
@@ -759,7 +566,7 @@ def _own_listen_key() -> str:
 def user_data_stream_keepalive():
     listen_key = _own_listen_key()
     keys = state().namespace.global_keys
-    state().redis.expire(keys.listen_key(listen_key), LISTEN_KEY_TTL_S)
+    state().redis.expire(keys.listen_key(listen_key), listen_key_ttl())
     return jsonify({})
 
 

@@ -102,7 +102,9 @@ def request_params(signed_body: bool = True) -> tuple[dict[str, str], bytes, byt
     return params, query, body
 
 
-def _check_time(params: dict[str, str], now_ms: float) -> None:
+def check_time(params: dict[str, str], now_ms: float) -> None:
+    """``timestamp`` within ``recvWindow`` of ``now_ms`` and not 1 s ahead of it (else -1021;
+    -1102 without one, -1130 / -1131 for a bad ``recvWindow``)."""
     stamp = params.get("timestamp")
     if stamp is None or not _TIMESTAMP.fullmatch(stamp):
         raise errors.mandatory("timestamp")
@@ -163,7 +165,7 @@ def verify(permission: str) -> Signed:
     """Check the current request as Binance does; the account is also put in ``g.account``."""
     key = identify()
     params, query, body = request_params()  # a form body counts for every method
-    _check_time(params, time.time() * 1000.0)
+    check_time(params, time.time() * 1000.0)
     signature = params.pop("signature", None)
     if not signature:
         raise errors.mandatory("signature")

@@ -8,7 +8,7 @@ Symbols lose their dash (``BTC-USDT`` -> ``BTCUSDT``).
 
 from __future__ import annotations
 
-import secrets
+import os
 import string
 from decimal import Decimal
 from typing import Any
@@ -90,8 +90,10 @@ class Symbols:
 
 def client_order_id() -> str:
     """A Binance-like generated id (22 letters and digits) when the client sends none, so
-    every order can be found by ``origClientOrderId``."""
-    return "".join(secrets.choice(_CLIENT_ID_CHARS) for _ in range(22))
+    every order can be found by ``origClientOrderId``. One ``urandom`` read, not 22
+    ``secrets.choice`` calls (that was ~40 us per order); the slight bias of ``% 62`` does
+    not matter for an id that only has to be unique."""
+    return "".join([_CLIENT_ID_CHARS[b % 62] for b in os.urandom(22)])
 
 
 def order_request(params: dict[str, str], symbol: str) -> tuple[dict[str, Any], str, str]:
