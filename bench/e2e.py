@@ -889,7 +889,11 @@ JOBS_ENV = {"FAIRBOOK_ARCHIVE_SCHEDULE": "2", "FAIRBOOK_AUDIT_SCHEDULE": "5",
 def run_jobs_ab(opts: argparse.Namespace) -> dict[str, Any]:
     """``--jobs``: unpaced runs without (A) and with (B) the job worker (``python -m jobs``,
     archiving every 2 s and auditing every 5 s, :data:`JOBS_ENV`), interleaved; what the jobs
-    cost the matching path: orders/s and POST->result p99 of each, and their ratios."""
+    cost the matching path: orders/s and POST->result p99 of each, and their ratios.
+
+    First figures (2-core shared machine at load average 5-7, 16 clients, 8 s runs, 3 pairs):
+    without 518 / 631 / 494 orders/s, with 533 / 526 / 768, median pair ratio with/without
+    1.03x: no cost the noise lets one see; the job worker used 4-7 % of one core."""
     env = {**(getattr(opts, "env", None) or {}), **JOBS_ENV}
     # snapshots every 2 s in both (the archive cuts at the oldest kept one: with the default
     # 30 s a short run would archive nothing)
