@@ -260,7 +260,10 @@ class ArchiveStore:
         if segs and index != segs[-1].end:
             raise ValueError(f"{kind}: index {index}, the archive ends at {segs[-1].end}")
         folder = self.kind_dir(kind)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():  # a new directory's entry must be durable too
+            folder.mkdir(parents=True, exist_ok=True)
+            for parent in (folder.parent, folder.parent.parent, folder.parent.parent.parent):
+                _fsync_dir(parent)
         final = self.segment_path(kind, seq)
         tmp = folder / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
         header = {"format": FORMAT, "version": VERSION, "kind": kind,
