@@ -149,3 +149,24 @@ def test_history_survives_a_trim_under_it(store: ArchiveStore) -> None:
     client.xtrim("s", minid=next_id(all_entries[29][0].decode()), approximate=False)
     got += list(reader)
     assert got == all_entries
+
+
+def test_history_survives_a_trim_between_archive_and_stream(store: ArchiveStore) -> None:
+    """The job writes a segment and trims just after the reader listed the archive and just
+    before it reads the stream: the reader must notice and take those from the archive."""
+    all_entries = entries(0, 40)
+
+    class Racing(fakeredis.FakeRedis):
+        raced = False
+
+        def xrange(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if not self.raced:
+                self.raced = True
+                store.write(JOURNAL, all_entries[:30], 0)
+                self.xtrim("s", minid=next_id(all_entries[29][0].decode()), approximate=False)
+            return super().xrange(*args, **kwargs)
+
+    client = Racing()
+    for raw_id, fields in all_entries:
+        client.xadd("s", fields, id=raw_id)
+    assert list(history(client, store, "s", chunk=100)) == all_entries
