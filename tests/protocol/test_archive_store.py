@@ -151,22 +151,24 @@ def test_history_survives_a_trim_under_it(store: ArchiveStore) -> None:
     assert got == all_entries
 
 
-def test_history_survives_a_trim_between_archive_and_stream(store: ArchiveStore) -> None:
-    """The job writes a segment and trims just after the reader listed the archive and just
-    before it reads the stream: the reader must notice and take those from the archive."""
+def test_history_and_a_trim_after_the_listing(store: ArchiveStore,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The job writes a segment and trims right after the reader listed the archive, before
+    it reads the stream: the reader must notice and take those entries from the archive."""
+    client = fakeredis.FakeRedis()
     all_entries = entries(0, 40)
-
-    class Racing(fakeredis.FakeRedis):
-        raced = False
-
-        def xrange(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            if not self.raced:
-                self.raced = True
-                store.write(JOURNAL, all_entries[:30], 0)
-                self.xtrim("s", minid=next_id(all_entries[29][0].decode()), approximate=False)
-            return super().xrange(*args, **kwargs)
-
-    client = Racing()
     for raw_id, fields in all_entries:
         client.xadd("s", fields, id=raw_id)
+    listing = store.segments
+    raced: list[bool] = []
+
+    def segments_then_race(kind: str) -> list:
+        found = listing(kind)
+        if not raced:
+            raced.append(True)
+            store.write(JOURNAL, all_entries[:30], 0)
+            client.xtrim("s", minid=next_id(all_entries[29][0].decode()), approximate=False)
+        return found
+
+    monkeypatch.setattr(store, "segments", segments_then_race)
     assert list(history(client, store, "s", chunk=100)) == all_entries
