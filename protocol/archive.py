@@ -260,7 +260,10 @@ class ArchiveStore:
         if segs and index != segs[-1].end:
             raise ValueError(f"{kind}: index {index}, the archive ends at {segs[-1].end}")
         folder = self.kind_dir(kind)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():  # a new directory's entry must be durable too
+            folder.mkdir(parents=True, exist_ok=True)
+            for parent in (folder.parent, folder.parent.parent, folder.parent.parent.parent):
+                _fsync_dir(parent)
         final = self.segment_path(kind, seq)
         tmp = folder / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
         header = {"format": FORMAT, "version": VERSION, "kind": kind,
@@ -431,15 +434,15 @@ def history(client: Any, store: ArchiveStore, stream_key: str, kind: str = JOURN
     last = after
     high = upto or "+"
     while True:
-        for entry in store.read(kind, after=last, upto=upto):
+        segs = store.segments(kind)  # what we read: a segment after this listing is re-checked
+        for entry in store.read(kind, after=last, upto=upto, segments=segs):
             yield entry
             last = entry[0].decode()
         if upto is not None and last is not None and parse_id(last) >= parse_id(upto):
             return
-        seen = len(store.segments(kind))
         entries = client.xrange(stream_key, min="(" + last if last else "-", max=high, count=chunk)
-        if len(store.segments(kind)) != seen:
-            continue  # archived (and maybe trimmed) while we read: take it from the archive
+        if len(store.segments(kind)) != len(segs):
+            continue  # archived (and maybe trimmed) since we listed: take it from the archive
         if not entries:
             return
         archived = store.last_id(kind)

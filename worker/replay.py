@@ -100,6 +100,26 @@ def _stream(client: redis.Redis, key: str, after: str | None = None,
         low = "(" + (_text(chunk[-1][0]) or "")
 
 
+def _archive_applies(client: redis.Redis, archive: ArchiveStore | None, key: str,
+                     kind: str) -> bool:  # fmt: skip
+    """Read ``key`` through the archive? Yes when the archive is this stream's: empty beside a
+    whole stream (a first segment written while we read is still seen by ``history``), or
+    holding it from genesis
+    and either the stream was trimmed or the archive starts with the stream's first entry. A
+    stray archive beside an untrimmed stream (another deployment's, a test's) is ignored."""
+    if archive is None:
+        return False
+    segs = archive.segments(kind)
+    if not segs:
+        return not stream_was_trimmed(client, key)
+    if not genesis_complete(client, archive, key, kind):
+        return False
+    if stream_was_trimmed(client, key):
+        return True
+    first = client.xrange(key, count=1)
+    return bool(first) and _text(first[0][0]) == segs[0].first
+
+
 def _chunks(entries: Iterator[Entry], size: int = CHUNK) -> Iterator[list[Entry]]:
     chunk: list[Entry] = []
     for entry in entries:
@@ -146,35 +166,32 @@ def _replay(client: redis.Redis, partition: int, markets: dict[str, Market], nam
     full = limit == applied
 
     proc: Processor | None = None
-    from_archive = False
-    if stream_was_trimmed(client, keys.stream):
-        if archive is not None and genesis_complete(client, archive, keys.stream):
-            from_archive = True
-            proc = Processor(markets, partition, namespace=namespace)
-        else:
-            store = SnapshotStore(client, keys)
-            for sid in store.ids():  # oldest first: the stream is kept from the oldest on
-                blob = store.load(sid)
-                if blob is not None:
-                    proc = Processor.from_blob(markets, blob, partition, namespace=namespace)
-                    result.start = f"snapshot {sid}"
-                    break
-            if archive is not None:
-                result.notes.append(f"the archive ({archive.dir}) does not hold the trimmed "
-                                    "journal from genesis: audited from a snapshot")  # fmt: skip
-            if proc is None:
-                result.ok = False
-                result.difference = "the journal was trimmed and no snapshot is left to start from"
-                return result
+    from_archive = _archive_applies(client, archive, keys.stream, JOURNAL)
+    if stream_was_trimmed(client, keys.stream) and not from_archive:
+        store = SnapshotStore(client, keys)
+        for sid in store.ids():  # oldest first: the stream is kept from the oldest on
+            blob = store.load(sid)
+            if blob is not None:
+                proc = Processor.from_blob(markets, blob, partition, namespace=namespace)
+                result.start = f"snapshot {sid}"
+                break
+        if archive is not None:
+            result.notes.append(f"the archive ({archive.dir}) does not hold the trimmed "
+                                "journal from genesis: audited from a snapshot")  # fmt: skip
+        if proc is None:
+            result.ok = False
+            result.difference = "the journal was trimmed and no snapshot is left to start from"
+            return result
     else:
         proc = Processor(markets, partition, namespace=namespace)
-    if stream_was_trimmed(client, keys.trades) and archive is not None:
-        if result.start == "genesis" and not genesis_complete(client, archive, keys.trades, TRADES):
-            result.ok = False
-            result.difference = (f"{keys.trades} was trimmed and the archive ({archive.dir}) "
-                                 "does not hold its trades from genesis")  # fmt: skip
-            return result
+    if _archive_applies(client, archive, keys.trades, TRADES):
+        assert archive is not None
         trade_entries = history(client, archive, keys.trades, TRADES)
+    elif result.start == "genesis" and stream_was_trimmed(client, keys.trades):
+        result.ok = False
+        result.difference = (f"{keys.trades} was trimmed and the archive does not hold its "
+                             "trades from genesis")  # fmt: skip
+        return result
     else:
         trade_entries = _stream(client, keys.trades)
     recorded = _recorded_trades(trade_entries, proc.trade_no)

@@ -149,3 +149,26 @@ def test_history_survives_a_trim_under_it(store: ArchiveStore) -> None:
     client.xtrim("s", minid=next_id(all_entries[29][0].decode()), approximate=False)
     got += list(reader)
     assert got == all_entries
+
+
+def test_history_and_a_trim_after_the_listing(store: ArchiveStore,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The job writes a segment and trims right after the reader listed the archive, before
+    it reads the stream: the reader must notice and take those entries from the archive."""
+    client = fakeredis.FakeRedis()
+    all_entries = entries(0, 40)
+    for raw_id, fields in all_entries:
+        client.xadd("s", fields, id=raw_id)
+    listing = store.segments
+    raced: list[bool] = []
+
+    def segments_then_race(kind: str) -> list:
+        found = listing(kind)
+        if not raced:
+            raced.append(True)
+            store.write(JOURNAL, all_entries[:30], 0)
+            client.xtrim("s", minid=next_id(all_entries[29][0].decode()), approximate=False)
+        return found
+
+    monkeypatch.setattr(store, "segments", segments_then_race)
+    assert list(history(client, store, "s", chunk=100)) == all_entries
