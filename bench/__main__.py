@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("all", "baseline", "core", "worker", "e2e", "fanout", "slowclients")
+BENCHES = ("all", "baseline", "core", "worker", "e2e", "fanout", "slowclients", "archive")
 #: names whose module is called otherwise (``all`` would shadow the builtin)
 MODULES = {"all": "suite"}
 

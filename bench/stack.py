@@ -76,11 +76,13 @@ class Stack:
         appendfsync: str = "everysec",
         namespace: str = "fb",
         redis_server: TestsRedisServer | None = None,
+        jobs: bool = False,
     ) -> None:
         self.gunicorn_args = list(gunicorn_args)
         self.reply_timeout = reply_timeout
         self.partitions = partitions
         self.want_worker = worker
+        self.want_jobs = jobs  # ``python -m jobs`` too (the job worker: archive, audits, ...)
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="fb-stack-"))
         #: a server of its own, or one shared with another stack (then not stopped by us)
         self.shared_redis = redis_server is not None
@@ -92,6 +94,7 @@ class Stack:
         self._deposits = itertools.count(1)
         self.web_port = free_port()
         self.worker_proc: subprocess.Popen | None = None
+        self.jobs_proc: subprocess.Popen | None = None
         self.web_proc: subprocess.Popen | None = None
         self.extra_env = dict(env or {})
         self._logs: list[Any] = []
@@ -137,8 +140,17 @@ class Stack:
             self.redis_server.start()
         if self.want_worker:
             self.start_worker()
+        if self.want_jobs:
+            self.start_jobs()
         self.start_web()
         return self
+
+    def start_jobs(self) -> None:
+        """``python -m jobs``, its archive and exports in the stack's log directory (unless
+        the stack's env says otherwise)."""
+        self.extra_env.setdefault("FAIRBOOK_ARCHIVE", str(self.log_dir / "archive"))
+        self.extra_env.setdefault("FAIRBOOK_EXPORTS", str(self.log_dir / "exports"))
+        self.jobs_proc = self._spawn("jobs", [sys.executable, "-m", "jobs"])
 
     def start_worker(self, wait: bool = True) -> None:
         """``python -m worker``; waits until every partition's lease is held."""
@@ -207,6 +219,8 @@ class Stack:
     def stop(self) -> None:
         self._stop_proc(self.web_proc, 15)
         self.web_proc = None
+        self._stop_proc(self.jobs_proc, 30)  # RQ's warm shutdown lets a running job finish
+        self.jobs_proc = None
         self.stop_worker()
         if not self.shared_redis:
             self.redis_server.stop()

@@ -27,6 +27,7 @@ class Keys:
     __slots__ = (
         "partition", "namespace", "prefix", "stream", "next_id", "applied", "applied_count",
         "trades", "snapshots", "lease", "accounts", "next_account", "control", "rate_limits",
+        "audits", "audit_latest", "cron_lock", "archive_orders", "archive_cursor",
     )  # fmt: skip
 
     def __init__(self, partition: int, namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -42,12 +43,21 @@ class Keys:
         self.trades = p + "trades"
         self.snapshots = p + "snapshots"
         self.lease = p + "lease"
+        # zset: order ids whose creating journal entry is archived and whose record is still in
+        # Redis (jobs.archive archives and deletes the record once closed and out of its index)
+        self.archive_orders = p + "archive:orders"
+        # string: the order id the archive job's last look at ``archive:orders`` ended at
+        self.archive_cursor = p + "archive:cursor"
         self.accounts = f"{namespace}:accounts"  # sha256(api key) -> account id
         self.next_account = f"{namespace}:next_account"
         # channel: {"type": "resync"} (worker), {"type": "revoked", "key": sha256} (key CLI)
         self.control = f"{namespace}:control"
         # prefix of the rate-limit counters (web.limits): "<ns>:rate_limits:LIMITER/..."
         self.rate_limits = f"{namespace}:rate_limits"
+        # operator jobs (jobs/): audit results, newest first, and the latest per partition
+        self.audits = f"{namespace}:audits"
+        self.audit_latest = f"{namespace}:audit_latest"  # hash partition -> result JSON
+        self.cron_lock = f"{namespace}:jobs:cron_lock"  # the one cron scheduler that enqueues
 
     def order(self, order_id: int | str) -> str:
         return f"{self.prefix}order:{order_id}"
@@ -108,6 +118,22 @@ class Keys:
         """Hash of one signed (Binance-style) API key: account, kind, permissions, sealed
         secret or public key (``web.binance.keys``)."""
         return f"{self.namespace}:api_key:{key_hash}"
+
+    def export(self, export_id: str) -> str:
+        """Hash of one account statement (``jobs.exports``): owner, kind, format, range,
+        file; its TTL is the export's expiry."""
+        return f"{self.namespace}:export:{export_id}"
+
+    def exports_of(self, account: str) -> str:
+        """Zset of an account's statement ids (score = creation ms), to bound its unfinished
+        ones; expires with its newest statement."""
+        return f"{self.namespace}:exports_of:{account}"
+
+    def job_queue(self, kind: str) -> str:
+        """The RQ queue name of one kind of operator job (``archive``, ``audit``,
+        ``exports``): RQ's own keys are ``rq:queue:<this>``, so deployments sharing a Redis
+        never take each other's jobs."""
+        return f"{self.namespace}.{kind}"
 
     def md_channel(self, symbol: str) -> str:
         return f"{self.namespace}:md:{symbol}"

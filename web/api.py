@@ -8,6 +8,7 @@ reply; reads come from what the worker committed to Redis.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from decimal import Decimal
@@ -20,6 +21,7 @@ from engine.commands import Reason, partition_of_id
 from engine.markets import Market
 from engine.units import ErrorCode
 from engine.validation import shown, validate_amend_request, validate_order_request
+from jobs import audit as audits
 from protocol.candles import INTERVALS, native
 from protocol.keys import Keys
 from protocol.wire import parse_order_record
@@ -500,11 +502,15 @@ def healthz():
     try:
         st.redis.ping()
         partitions = [_partition_health(p, max_lag) for p in st.partitions]
+        audited = audits.latest(st.redis, st.namespace.global_keys)
         operator = _operator_request()
     except Exception as exc:  # noqa: BLE001 - any Redis failure means "down", reported as such
         current_app.logger.warning("healthz: Redis unavailable: %s", exc)  # the address: logs only
         return _quiet_health(False)
     healthy = all(p["lease"] and p["lag"] <= max_lag for p in partitions)
+    failed = audits.first_failure(audited)
+    if failed is not None and _audit_fails_health():
+        healthy = False
     # this process's reply inbox (started with its first order): unsubscribed, every order
     # would be answered 202 however fast the worker is
     inbox = st.inbox
@@ -518,10 +524,27 @@ def healthz():
     market_data = {"poison": hub.stats["poison"]} if hub is not None else None
     response = jsonify(
         {"status": "ok" if healthy else "unavailable", "redis": True, "partitions": partitions,
-         "replies": replies, "market_data": market_data}
+         "replies": replies, "market_data": market_data,
+         "audits": [_audit_health(audited[p]) for p in st.partitions if p in audited],
+         "audit_failure": None if failed is None else _audit_health(failed)}
     )  # fmt: skip
     response.status_code = 200 if healthy else 503
     return response
+
+
+def _audit_fails_health() -> bool:
+    """``FAIRBOOK_HEALTH_AUDIT=fail``: a failed audit makes /healthz 503 (default ``report``:
+    the operator's answer names it, the status stays what the processes' health says, so a
+    load balancer does not take every web process out over a bad record)."""
+    mode = current_app.config.get("FAIRBOOK_HEALTH_AUDIT", os.environ.get("FAIRBOOK_HEALTH_AUDIT"))
+    return mode == "fail"
+
+
+def _audit_health(record: dict[str, Any]) -> dict[str, Any]:
+    """A partition's newest audit as /healthz shows it (the first difference included)."""
+    return {"partition": record.get("partition"), "ok": bool(record.get("ok")),
+            "difference": record.get("difference"), "finished_at": record.get("finished_at"),
+            "job_id": record.get("job_id")}  # fmt: skip
 
 
 def _partition_health(partition: int, max_lag: int) -> dict[str, Any]:

@@ -271,7 +271,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     _register_error_handlers(app)
 
-    from web import accounts, api, headers, limits, money
+    from web import accounts, api, exports, headers, limits, money
 
     # first: its before_request counts every request, even one a later hook refuses
     limits.init_app(app, client, app.extensions["fairbook"].connections,
@@ -280,7 +280,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     headers.init_app(app)  # CSP, X-Frame-Options, nosniff, Referrer-Policy
     app.register_blueprint(api.public)
     money.init_app(app)  # imported above: its routes are on api.private before it is registered
-    app.register_blueprint(api.private)
+    app.register_blueprint(api.private)  # with web.exports' statement and audit routes
+    exports.init_app(app)  # the RQ client and rq-dashboard under /admin/rq
     accounts.init_app(app)
     from web import ws
 

@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+from protocol.archive import ARCHIVE_ENV, DEFAULT_ROOT, ArchiveStore
 from protocol.config import NAMESPACE_ENV, PARTITIONS_ENV, load_markets, redacted_url, redis_url
 from protocol.keys import DEFAULT_NAMESPACE, Namespace
 from worker.replay import replay_partition
@@ -80,17 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay",
         help="rebuild books from the journal in memory and compare with recorded trades",
-        description="Replays the journal (from genesis, or from the oldest snapshot if the "
-        "journal was trimmed) with the worker's own code, in memory, and compares every trade "
-        "with the fb:{pN}:trades stream, the final book keys, the balances and every stored "
-        "candle (fb:{pN}:kline:*). Exit 0 if all agree, 1 with "
-        "the first difference, 2 on errors. Writes nothing.",
+        description="Replays the journal (archive + stream, from genesis; from the oldest "
+        "snapshot if the journal was trimmed and the archive does not hold it) with the "
+        "worker's own code, in memory, and compares every trade with the fb:{pN}:trades "
+        "stream, the final book keys, the balances and every stored candle (fb:{pN}:kline:*). "
+        "Exit 0 if all agree, 1 with the first difference, 2 on errors. Writes nothing.",
     )
     _common(replay)
     replay.add_argument("--partition", type=int, default=None,
                         help="replay only this partition (default: all)")
     replay.add_argument(
         "--until", default=None, help="stop at this journal stream id (default: last applied)"
+    )
+    replay.add_argument(
+        "--archive", default=None,
+        help=f"the journal archive's directory (default: ${ARCHIVE_ENV}, else {DEFAULT_ROOT}); "
+        "read once Redis's journal was trimmed, so the audit still starts at genesis",
     )
     return parser
 
@@ -199,7 +205,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not mine:
             print(f"partition {partition}: no symbols", file=sys.stderr)
             return 2
-        result = replay_partition(client, partition, mine, args.namespace, args.until)
+        archive = ArchiveStore(args.archive, args.namespace, partition)
+        result = replay_partition(client, partition, mine, args.namespace, args.until, archive)
         print(f"partition {partition}: {result.summary()}")
         if not result.ok:
             worst = 1

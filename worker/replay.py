@@ -4,6 +4,11 @@ Uses the worker's own :class:`~worker.processor.Processor` with ``emit=False``, 
 means: the recorded trades stream (ids, records, accounts), the final ``book:<symbol>`` keys and
 the candles (``kline:<symbol>:<interval>``, every member its replay recomputes) are exactly
 what the journal implies. Nothing is written to Redis.
+
+Once the archive job (``jobs.archive``) has trimmed the streams, the journal and the trades
+are read from the archive's segments first, then from Redis (``protocol.archive.history``), so
+the audit still starts at genesis; without a complete archive it starts at the oldest snapshot,
+as with ``python -m worker --trim``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,15 @@ import redis
 
 from engine.markets import Market
 from protocol import wire
+from protocol.archive import (
+    JOURNAL,
+    TRADES,
+    ArchiveCorrupt,
+    ArchiveStore,
+    Entry,
+    genesis_complete,
+    history,
+)
 from protocol.candles import BASE, BASE_SPANS, RETENTION
 from protocol.keys import DEFAULT_NAMESPACE, Keys
 from protocol.wire import parse_order_record
@@ -39,6 +53,7 @@ class ReplayResult:
     balances_checked: int = 0
     candles_checked: int = 0
     start: str = "genesis"
+    archived: int = 0  # journal entries read from the archive
     until: str | None = None
     seconds: float = 0.0
     difference: str | None = None
@@ -46,8 +61,10 @@ class ReplayResult:
 
     def summary(self) -> str:
         head = "replay OK" if self.ok else "replay FAILED"
+        source = f" ({self.archived} of them from the archive)" if self.archived else ""
         text = (
-            f"{head}: {self.entries} journal entries from {self.start} up to {self.until}, "
+            f"{head}: {self.entries} journal entries{source} from {self.start} up to "
+            f"{self.until}, "
             f"{self.trades} trades compared, {self.books_checked} books compared, "
             f"{self.records_checked} order records read, "
             f"{self.balances_checked} balances compared, "
@@ -61,19 +78,57 @@ class ReplayResult:
         return text
 
 
-def _recorded_trades(client: redis.Redis, key: str, skip_upto: int) -> Iterator[tuple[str, dict]]:
-    """The trades stream in order, skipping trade numbers <= ``skip_upto`` (before a snapshot)."""
-    last = "-"
+def _recorded_trades(entries: Iterator[Entry], skip_upto: int) -> Iterator[tuple[str, dict]]:
+    """The trades in order, as text, skipping trade numbers <= ``skip_upto`` (before a
+    snapshot)."""
+    for raw_id, fields in entries:
+        entry_id = _text(raw_id) or ""
+        if parse_stream_id(entry_id)[1] <= skip_upto:
+            continue
+        yield entry_id, {_text(k): _text(v) for k, v in fields.items()}
+
+
+def _stream(client: redis.Redis, key: str, after: str | None = None,
+            upto: str | None = None) -> Iterator[Entry]:  # fmt: skip
+    """A stream's entries in Redis, ``after`` < id <= ``upto``, read in chunks."""
+    low = "(" + after if after else "-"
     while True:
-        chunk = client.xrange(key, min=last, max="+", count=CHUNK)
-        if not chunk:
+        chunk = client.xrange(key, min=low, max=upto or "+", count=CHUNK)
+        yield from chunk
+        if len(chunk) < CHUNK:
             return
-        for raw_id, fields in chunk:
-            entry_id = _text(raw_id) or ""
-            if parse_stream_id(entry_id)[1] <= skip_upto:
-                continue
-            yield entry_id, {_text(k): _text(v) for k, v in fields.items()}
-        last = "(" + (_text(chunk[-1][0]) or "")
+        low = "(" + (_text(chunk[-1][0]) or "")
+
+
+def _archive_applies(client: redis.Redis, archive: ArchiveStore | None, key: str,
+                     kind: str) -> bool:  # fmt: skip
+    """Read ``key`` through the archive? Yes when the archive is this stream's: empty beside a
+    whole stream (a first segment written while we read is still seen by ``history``), or
+    holding it from genesis
+    and either the stream was trimmed or the archive starts with the stream's first entry. A
+    stray archive beside an untrimmed stream (another deployment's, a test's) is ignored."""
+    if archive is None:
+        return False
+    segs = archive.segments(kind)
+    if not segs:
+        return not stream_was_trimmed(client, key)
+    if not genesis_complete(client, archive, key, kind):
+        return False
+    if stream_was_trimmed(client, key):
+        return True
+    first = client.xrange(key, count=1)
+    return bool(first) and _text(first[0][0]) == segs[0].first
+
+
+def _chunks(entries: Iterator[Entry], size: int = CHUNK) -> Iterator[list[Entry]]:
+    chunk: list[Entry] = []
+    for entry in entries:
+        chunk.append(entry)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def replay_partition(
@@ -82,8 +137,20 @@ def replay_partition(
     markets: dict[str, Market],
     namespace: str = DEFAULT_NAMESPACE,
     until: str | None = None,
+    archive: ArchiveStore | None = None,
 ) -> ReplayResult:
-    """Replay partition ``partition`` (its markets only) up to ``until`` (default: ``applied``)."""
+    """Replay partition ``partition`` (its markets only) up to ``until`` (default: ``applied``);
+    ``archive``: where the archive job put what it trimmed (used only once Redis's streams
+    were trimmed: an untrimmed journal is whole by itself). A damaged archive segment is a
+    failed audit naming the file."""
+    try:
+        return _replay(client, partition, markets, namespace, until, archive)
+    except ArchiveCorrupt as exc:
+        return ReplayResult(ok=False, difference=f"the archive is damaged: {exc}")
+
+
+def _replay(client: redis.Redis, partition: int, markets: dict[str, Market], namespace: str,
+            until: str | None, archive: ArchiveStore | None) -> ReplayResult:  # fmt: skip
     started = time.monotonic()
     keys = Keys(partition, namespace)
     result = ReplayResult()
@@ -99,21 +166,35 @@ def replay_partition(
     full = limit == applied
 
     proc: Processor | None = None
-    if stream_was_trimmed(client, keys.stream):
+    from_archive = _archive_applies(client, archive, keys.stream, JOURNAL)
+    if stream_was_trimmed(client, keys.stream) and not from_archive:
         store = SnapshotStore(client, keys)
-        for sid in store.ids():  # oldest first: the stream is kept from the oldest snapshot on
+        for sid in store.ids():  # oldest first: the stream is kept from the oldest on
             blob = store.load(sid)
             if blob is not None:
                 proc = Processor.from_blob(markets, blob, partition, namespace=namespace)
                 result.start = f"snapshot {sid}"
                 break
+        if archive is not None:
+            result.notes.append(f"the archive ({archive.dir}) does not hold the trimmed "
+                                "journal from genesis: audited from a snapshot")  # fmt: skip
         if proc is None:
             result.ok = False
             result.difference = "the journal was trimmed and no snapshot is left to start from"
             return result
     else:
         proc = Processor(markets, partition, namespace=namespace)
-    recorded = _recorded_trades(client, keys.trades, proc.trade_no)
+    if _archive_applies(client, archive, keys.trades, TRADES):
+        assert archive is not None
+        trade_entries = history(client, archive, keys.trades, TRADES)
+    elif result.start == "genesis" and stream_was_trimmed(client, keys.trades):
+        result.ok = False
+        result.difference = (f"{keys.trades} was trimmed and the archive does not hold its "
+                             "trades from genesis")  # fmt: skip
+        return result
+    else:
+        trade_entries = _stream(client, keys.trades)
+    recorded = _recorded_trades(trade_entries, proc.trade_no)
     proc.collect_candles = True
     #: (symbol, interval) -> {open time: member}, trimmed like the worker trims; a snapshot's
     #: newest candles are where the comparison starts (older ones were never recomputed)
@@ -124,14 +205,23 @@ def replay_partition(
                 value = candle_value(markets[symbol], c, BASE_SPANS[i])
                 candles[(symbol, BASE[i])] = {c[0]: value}
 
-    last = proc.last_id or "0-0"
-    while result.ok:
-        entries = client.xrange(keys.stream, min="(" + last, max=limit, count=CHUNK)
-        if not entries:
+    if from_archive:
+        assert archive is not None
+        journal = history(client, archive, keys.stream, JOURNAL, after=proc.last_id, upto=limit,
+                          chunk=CHUNK)  # fmt: skip
+        archived_last = archive.last_id(JOURNAL)
+    else:
+        journal = _stream(client, keys.stream, after=proc.last_id, upto=limit)
+        archived_last = None
+    for entries in _chunks(journal):
+        if not result.ok:
             break
         batch = proc.process(entries, emit=False)
         result.entries += len(entries)
-        last = proc.last_id or last
+        if archived_last is not None:
+            result.archived += sum(
+                1 for e in entries if parse_stream_id(e[0]) <= parse_stream_id(archived_last)
+            )
         for candle in batch.candles:
             kept = candles.setdefault((candle.symbol, candle.interval), {})
             kept[candle.open_time] = candle.value

@@ -189,7 +189,9 @@ def test_healthz_details_for_operators(web_app, client, rdb):
     _healthy(rdb)
     body = client.get("/healthz", headers=headers).get_json()
     assert body["status"] == "ok" and body["replies"] == {"subscribed": None}
-    assert set(body) == {"status", "redis", "partitions", "replies", "market_data"}
+    assert set(body) == {"status", "redis", "partitions", "replies", "market_data", "audits",
+                         "audit_failure"}
+    assert body["audits"] == [] and body["audit_failure"] is None  # never audited yet
 
 
 def test_healthz_redis_down_says_nothing_more():
