@@ -1004,10 +1004,11 @@ def api_line(r: dict[str, Any]) -> str:
 #: ``--api ws``: what WebSocket order entry must buy over REST (ws/rest orders/s)
 WS_TARGET_RATIO = 3.0
 #: ``--api ws``: both sides' stacks get this: :data:`BINANCE_BENCH_ENV`, and the per-address
-#: limit (3,000 requests/s by default) counting but out of reach, since every client of the
-#: benchmark comes from one address and WebSocket order entry goes past it (the per-key limit,
-#: 300/s, stays: no client comes near it)
-WS_BENCH_ENV = {**BINANCE_BENCH_ENV, "FAIRBOOK_RATE_LIMIT_IP": f"{BINANCE_BENCH_LIMIT} per second"}
+#: (3,000 requests/s by default) and per-key (300/s) limits counting but out of reach: every
+#: client of the benchmark comes from one address, and one pipelined WebSocket client goes past
+#: 300 requests/s on a quiet machine
+WS_BENCH_ENV = {**BINANCE_BENCH_ENV, "FAIRBOOK_RATE_LIMIT_IP": f"{BINANCE_BENCH_LIMIT} per second",
+                "FAIRBOOK_RATE_LIMIT_KEY": f"{BINANCE_BENCH_LIMIT} per second"}
 #: ``--api ws``: requests a WebSocket client keeps in flight (a REST client has 1)
 WS_INFLIGHT = 4
 
