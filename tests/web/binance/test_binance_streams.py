@@ -104,11 +104,23 @@ class Socket:
                           and ("result" in m or "error" in m))  # fmt: skip
 
     def close_frame(self, timeout: float = 10.0) -> tuple[int, str]:
+        """The server's close frame as (code, reason), read frame by frame with ``recv_frame``.
+
+        Why not ``recv_data_frame``: it answers a close frame with one of its own *before*
+        returning it, and the server may already have torn the connection down (it does not wait
+        for the answer; data it never read, such as messages sent past a cap, makes its kernel
+        reset the connection): that send then fails with EPIPE although the close frame arrived.
+        """
         self.ws.settimeout(timeout)
         while True:
-            opcode, frame = self.ws.recv_data_frame(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
+            frame = self.ws.recv_frame()
+            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
                 return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode()
+            if frame.opcode == websocket.ABNF.OPCODE_PING:  # the server's keepalive, as before
+                try:
+                    self.ws.pong(frame.data)
+                except (OSError, websocket.WebSocketConnectionClosedException):
+                    pass  # the connection is going: the close frame may still be buffered
 
     def close(self) -> None:
         self.ws.close()
