@@ -440,7 +440,7 @@ class ApiConnection(Connection):
             results = append_all(st.connections, items)  # type: ignore[arg-type]
         except (redis.RedisError, OSError) as exc:
             log.warning("redis unavailable for ws-api appends: %s", exc)
-            for req, _, token, _, limits in waiting:  # fmt: skip
+            for req, _, token, _, limits in waiting:
                 if token is not None:
                     inbox.forget(token)
                 self.fail(req.msg_id, UNAVAILABLE, limits)
