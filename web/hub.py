@@ -93,6 +93,10 @@ class Listener(Protocol):
 
     def revoked(self) -> None: ...
 
+    def failed(self) -> None:
+        """Called (outside the hub lock) after one of its ``on_*`` raised: the hub removed it."""
+        ...
+
     def on_market(self, symbol: str, body: dict[str, Any]) -> bool:
         """One ``<ns>:md:<symbol>`` message (protocol.wire: trades, book increment, bbo)."""
         ...
@@ -146,7 +150,7 @@ class Hub:
         self.account_listeners: dict[str, set[Listener]] = {}
         self.ready = threading.Event()  # pub/sub active (snapshots may be read)
         self.stats = {"messages": 0, "ignored": 0, "poison": 0, "frames": 0, "reconnects": 0,
-                      "overflows": 0}  # fmt: skip
+                      "overflows": 0, "listener_errors": 0}  # fmt: skip
         self._client: redis.Redis | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -504,16 +508,31 @@ class Hub:
         """One message to each raw listener of ``name``; one that fails or overflows is closed
         alone (a bug in one adapter's frame must not stop the native fan-out)."""
         slow: list[Any] = []
+        failed: list[Any] = []
         with self.lock:
             for listener in list(table.get(name) or ()):
-                try:
-                    ok = getattr(listener, method)(name, body)
-                except (ValueError, TypeError, KeyError, AttributeError):
-                    log.exception("a %s listener failed on %s", method, wire_channel(name))
-                    ok = False
-                if not ok:
-                    slow.append(listener)
+                self._call_listener(listener, method, (name, body), slow, failed)
         self._finish(slow)
+        self._finish_failed(failed)
+
+    def _call_listener(self, listener: Listener, method: str, args: tuple[Any, ...],
+                       slow: list[Any], failed: list[Any]) -> None:  # fmt: skip
+        """``listener.<method>(*args)``: False -> ``slow``; any exception -> ``failed`` (a bug
+        of one adapter socket, a bad decimal too, must not restart the reader for everyone)."""
+        try:
+            ok = getattr(listener, method)(*args)
+        except Exception:
+            log.exception("a %s listener failed", method)
+            failed.append(listener)
+            return
+        if not ok:
+            slow.append(listener)
+
+    def _finish_failed(self, failed: list[Any]) -> None:
+        for listener in failed:
+            self.stats["listener_errors"] += 1
+            self.remove(listener)
+            listener.failed()
 
     def _fanout(self, subs: Iterable[Subscriber], data: bytes, slow: list[Subscriber]) -> None:
         for sub in subs:
@@ -583,11 +602,11 @@ class Hub:
     def resync_all(self) -> None:
         """After a lost connection or a worker request: tell clients, then fresh snapshots."""
         slow: list[Any] = []
+        failed: list[Any] = []
         with self.lock:
             for table in (self.market_listeners, self.account_listeners):
                 for listener in {x for subs in table.values() for x in subs}:
-                    if not listener.on_resync():
-                        slow.append(listener)
+                    self._call_listener(listener, "on_resync", (), slow, failed)
             for symbol, subs in self.trade_subs.items():
                 self._fanout(subs, _resync_frame(f"trades:{symbol}"), slow)
             for subs in self.acct_subs.values():
@@ -606,6 +625,7 @@ class Hub:
                     self._fanout(view.subs, _resync_frame(view.channel), slow)
                     self._fanout(view.subs, frame(book.snapshot(view)), slow)
         self._finish(slow)
+        self._finish_failed(failed)
 
 
 def _object(data: Any) -> dict[str, Any]:

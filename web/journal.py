@@ -361,18 +361,10 @@ class Journal:
         sets ``command["id"]``. EVAL, not EVALSHA: no NOSCRIPT round trip after a restart.
         Raises :class:`Overloaded` (nothing journaled) for a new order, an amend, a deposit or a
         withdrawal while the backlog is at ``max_backlog``."""
-        body = wire.dumps({k: v for k, v in command.items() if k != "id"})
-        bound = self.max_backlog if command.get("op") in BOUNDED_OPS else 0
-        k = self.keys
         try:
-            cmd_id = int(self.connections.call("EVAL", APPEND_LUA, 4, k.next_id, k.stream,
-                                               k.applied_count, k.applied, self.partition, body,
-                                               bound))
-        except redis.ResponseError as exc:  # fmt: skip
-            text = str(exc)
-            if not text.startswith("OVERLOADED"):
-                raise
-            raise Overloaded(self.partition, int(text.split()[-1])) from None
+            cmd_id = int(self.connections.call(*self.append_args(command)))
+        except redis.ResponseError as exc:
+            raise _overloaded(self.partition, exc) or exc from None
         command["id"] = cmd_id
         return cmd_id
 
@@ -462,11 +454,16 @@ def append_all(connections: DirectConnections, items: list[tuple[Journal, dict[s
     out: list[int | Exception] = []
     for (journal, command), reply in zip(items, replies, strict=True):
         if isinstance(reply, Exception):
-            text = str(reply)
-            if text.startswith("OVERLOADED"):
-                reply = Overloaded(journal.partition, int(text.split()[-1]))
-            out.append(reply)
+            out.append(_overloaded(journal.partition, reply) or reply)
             continue
         command["id"] = int(reply)
         out.append(command["id"])
     return out
+
+
+def _overloaded(partition: int, exc: Exception) -> Overloaded | None:
+    """The append script's ``OVERLOADED <backlog>`` error reply as :class:`Overloaded`."""
+    text = str(exc)
+    if isinstance(exc, redis.ResponseError) and text.startswith("OVERLOADED"):
+        return Overloaded(partition, int(text.split()[-1]))
+    return None

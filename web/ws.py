@@ -13,6 +13,7 @@ never close the socket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -20,8 +21,9 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from flask import Flask, current_app, request, send_from_directory
@@ -40,15 +42,12 @@ MAX_CHANNELS_PER_MESSAGE = 100
 MAX_CHANNELS_PER_SOCKET = 200
 SLOW_CONSUMER = 4008
 POLICY_VIOLATION = 1008  # RFC 6455: the socket's API key was revoked, or has too many sockets
+INTERNAL_ERROR = 1011  # RFC 6455: the server failed to handle something for this socket
 #: Retry-After (seconds) of a refused upgrade: a socket of the address must close first
 SOCKET_CAP_RETRY_AFTER = 5
 _WS_IP = "fairbook.ws_ip"  # environ: the address whose socket count this request holds
 
 
-def is_websocket_path(path: str) -> bool:
-    """The native ``/ws`` and the Binance-compatible ``/ws/<streams>``, ``/stream[/<streams>]``,
-    ``/ws-api/v3``: every upgrade gets the same handshake checks, socket caps and socket set-up."""
-    return path in ("/ws", "/stream") or path.startswith(("/ws/", "/ws-api/", "/stream/"))
 OPS = ("subscribe", "unsubscribe", "ping", "auth")
 
 #: name -> (default, help); read from app.config, then the environment.
@@ -68,9 +67,43 @@ SETTINGS: dict[str, tuple[float, str]] = {
 }
 
 
+def is_websocket_path(path: str) -> bool:
+    """The native ``/ws`` and the Binance-compatible ``/ws/<streams>``, ``/stream[/<streams>]``,
+    ``/ws-api/v3``: every upgrade gets the same handshake checks, socket caps and socket set-up."""
+    return path in ("/ws", "/stream") or path.startswith(("/ws/", "/ws-api/", "/stream/"))
+
+
 def setting(name: str) -> float:
     """A numeric WebSocket setting from app.config or the environment (fail loudly)."""
     return config_float(current_app.config, name, SETTINGS[name][0])
+
+
+C = TypeVar("C", bound="Connection")
+
+
+@contextlib.contextmanager
+def serving(ws: Any, make: Callable[..., C]) -> Iterator[C]:
+    """One socket's set-up and teardown, shared by every WebSocket route: the send lock,
+    ``make(ws, hub, queue_limit=, close_timeout=, max_message=, caps=)`` (a Connection) with
+    this app's settings, its writer; at the end (a closed socket is no error) it leaves the
+    hub, gives back its place in the socket caps, closes and lets the writer finish."""
+    hub = get_hub()
+    if not isinstance(ws.sock, LockedSocket):  # werkzeug dev server: wrap late
+        ws.sock = LockedSocket(ws.sock)
+    conn = make(ws, hub, queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
+                close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
+                max_message=int(setting("FAIRBOOK_WS_MAX_MESSAGE")),
+                caps=socket_caps(current_app))  # fmt: skip
+    conn.start()
+    try:
+        yield conn
+    except ConnectionClosed:
+        pass
+    finally:
+        hub.remove(conn)
+        conn.release()
+        conn.close()
+        conn.done.wait(1.0)
 
 
 class LockedSocket:
@@ -157,6 +190,10 @@ class Connection:
 
     def revoked(self) -> None:
         self.close(POLICY_VIOLATION, "api key revoked")
+
+    def failed(self) -> None:
+        """The hub could not hand this socket a message (a bug): RFC 6455 1011, not 4008."""
+        self.close(INTERNAL_ERROR, "internal error")
 
     # -- replies --------------------------------------------------------------------------------
     def reply(self, body: dict[str, Any]) -> None:
@@ -490,30 +527,11 @@ def init_app(app: Flask) -> None:
     @sock.route("/ws")
     def websocket(ws: Any) -> None:
         """One client socket for its whole life."""
-        hub = get_hub()
-        if not isinstance(ws.sock, LockedSocket):  # werkzeug dev server: wrap late
-            ws.sock = LockedSocket(ws.sock)
-        conn = Connection(
-            ws,
-            hub,
-            queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
-            close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
-            max_message=int(setting("FAIRBOOK_WS_MAX_MESSAGE")),
-            caps=socket_caps(current_app),
-        )
-        conn.start()
-        try:
+        with serving(ws, Connection) as conn:
             while not conn.done.is_set():
                 data = ws.receive(timeout=1.0)
                 if data is not None:
                     conn.handle(data)
-        except ConnectionClosed:
-            pass
-        finally:
-            hub.remove(conn)
-            conn.release()
-            conn.close()
-            conn.done.wait(1.0)
 
     @app.get("/")
     def index():

@@ -399,3 +399,43 @@ def test_resync_after_redis_restart(stack):
     c.send({"op": "ping"})
     assert c.until(lambda m: m.get("type") == "pong")
     c.close()
+
+
+def test_a_failing_listener_is_closed_1011_alone_and_the_reader_goes_on():
+    """Any exception of one raw listener (a bad decimal too) closes that socket 1011, not
+    "slow consumer"; the message still reaches the others and nothing escapes ``dispatch``."""
+    import decimal
+
+    from protocol.keys import Namespace
+    from web.hub import Hub
+    from web.ws import INTERNAL_ERROR, Connection
+
+    class _Listener(Connection):
+        def __init__(self, error: BaseException | None) -> None:
+            super().__init__(type("WS", (), {"sock": None})(), hub, 10, 1.0)
+            self.error_, self.seen = error, 0
+
+        def on_account(self, account: str, body: dict[str, Any]) -> bool:
+            self.seen += 1
+            if self.error_ is not None:
+                raise self.error_
+            return True
+
+        def on_resync(self) -> bool:
+            if self.error_ is not None:
+                raise self.error_
+            return True
+
+    hub = Hub(lambda: None, {}, Namespace("fb"))
+    bad = _Listener(decimal.InvalidOperation([decimal.InvalidOperation]))
+    worse, good = _Listener(IndexError("a bug")), _Listener(None)
+    for listener in (bad, worse, good):
+        hub.listen_account(listener, "7")
+    hub.dispatch({"channel": "fb:acct:7", "data": json.dumps({"account": "7", "events": []})})
+    assert bad.closing == (INTERNAL_ERROR, "internal error") and worse.dying
+    assert good.seen == 1 and not good.dying and hub.stats["poison"] == 0
+    assert hub.stats["listener_errors"] == 2 and hub.account_listeners["7"] == {good}
+    later = _Listener(ZeroDivisionError())
+    hub.listen_account(later, "7")
+    hub.resync_all()  # a failing on_resync is that socket's end too
+    assert later.closing == (INTERNAL_ERROR, "internal error") and not good.dying

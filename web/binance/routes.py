@@ -24,10 +24,12 @@ from web.app import Fairbook, config_float, state
 from web.binance import errors, signing, trading, translate
 from web.binance.errors import BinanceError
 from web.binance.trading import READ, TRADE, symbols
+from web.binance.trading import book as _book
 from web.binance.trading import int_param as _int
 from web.binance.trading import now_ms as _now_ms
 from web.binance.trading import orders as _orders
 from web.binance.trading import rate as _rate
+from web.binance.trading import ticker_24hr as _ticker_24hr
 from web.binance.translate import Symbols
 from web.limits import binance_limits, count_order, order_counts
 
@@ -50,11 +52,6 @@ def _public_params() -> dict[str, str]:
 
 def _market(native: str) -> Market:
     return state().markets[native]
-
-
-def _book(st: Fairbook, native: str) -> dict[str, Any]:
-    raw = st.get(st.namespace.keys_for(native).book(native))
-    return json.loads(raw) if raw else {"sequence": 0, "bids": [], "asks": []}
 
 
 def _recent(st: Fairbook, native: str, count: int) -> list[dict[str, Any]]:
@@ -212,49 +209,6 @@ def klines():
 def ui_klines():
     """As ``klines`` (Binance tunes these for charts; ours are the same candles)."""
     return _kline_rows()
-
-
-def _ticker_24hr(st: Fairbook, native: str, full: bool, minutes: int = candles.TICKER_MINUTES,
-                 rolling: bool = False) -> dict[str, Any]:  # fmt: skip
-    market = _market(native)
-    w = candles.window(st.redis, st.namespace.keys_for(native), market, minutes)
-    zero_p, zero_q, zero_a = market.format_price(0), market.format_qty(0), market.format_quote(0)
-    c = w.candle
-    out: dict[str, Any] = {"symbol": symbols().binance[native]}
-    if c is None:
-        change, pct, wavg = zero_p, "0.000", zero_p
-        opened = high = low = last = zero_p
-        volume, quote, first, last_id, count = zero_q, zero_a, -1, -1, 0
-    else:
-        change, pct = candles.change(market, c["open"], c["close"])
-        wavg = format((Decimal(c["quote_volume"]) / Decimal(c["volume"])).quantize(
-            market.tick_size), "f")  # fmt: skip
-        opened, high, low, last = c["open"], c["high"], c["low"], c["close"]
-        volume, quote = c["volume"], c["quote_volume"]
-        first, last_id, count = c["first_trade_id"], c["last_trade_id"], c["trades"]
-    times = {"openTime": w.open_time or 0, "closeTime": w.close_time or 0, "firstId": first,
-             "lastId": last_id, "count": count}  # fmt: skip
-    if rolling:  # /ticker: no book, no previous close, no last quantity
-        if not full:
-            return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
-                    "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}
-        return {**out, "priceChange": change, "priceChangePercent": pct,
-                "weightedAvgPrice": wavg, "openPrice": opened, "highPrice": high,
-                "lowPrice": low, "lastPrice": last, "volume": volume, "quoteVolume": quote,
-                **times}  # fmt: skip
-    if not full:
-        return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
-                "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}  # fmt: skip
-    book = _book(st, native)
-    bids, asks = book.get("bids") or [], book.get("asks") or []
-    bid = bids[0] if bids else [zero_p, zero_q]
-    ask = asks[0] if asks else [zero_p, zero_q]
-    trade = w.last_trade if isinstance(w.last_trade, dict) else {}
-    return {**out, "priceChange": change, "priceChangePercent": pct, "weightedAvgPrice": wavg,
-            "prevClosePrice": w.prev_close or zero_p, "lastPrice": last,
-            "lastQty": trade.get("quantity", zero_q), "bidPrice": bid[0], "bidQty": bid[1],
-            "askPrice": ask[0], "askQty": ask[1], "openPrice": opened, "highPrice": high,
-            "lowPrice": low, "volume": volume, "quoteVolume": quote, **times}  # fmt: skip
 
 
 @public.get("/ticker/24hr")
@@ -524,7 +478,6 @@ LISTEN_KEY_TTL_S = 3600
 def listen_key_ttl() -> int:
     return max(1, int(config_float(current_app.config, "FAIRBOOK_BINANCE_LISTEN_KEY_TTL",
                                    LISTEN_KEY_TTL_S)))  # fmt: skip
-_LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -555,7 +508,7 @@ def _own_listen_key() -> str:
         raise errors.mandatory("listenKey")
     keys = state().namespace.global_keys
     owner = None
-    if _LISTEN_KEY.fullmatch(listen_key):
+    if trading.LISTEN_KEY.fullmatch(listen_key):
         owner = state().redis.hget(keys.listen_key(listen_key), "key")
     if owner != key.key_hash:
         raise BinanceError(errors.INVALID_LISTEN_KEY, errors.MSG_LISTEN_KEY)

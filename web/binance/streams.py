@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -37,14 +37,15 @@ from protocol.candles import INTERVALS
 from web import candles
 from web.app import error_response, state
 from web.binance import translate
+from web.binance.trading import LISTEN_KEY, now_ms, ticker_24hr
+from web.binance.userdata import serve_listen_key
 from web.books import BookMirror
 from web.hub import ChannelError, Hub, text_frame
-from web.limits import RateLimited, count_request, count_stream_connection, socket_caps
-from web.ws import POLICY_VIOLATION, Connection, LockedSocket, get_hub, setting
+from web.limits import RateLimited, count_request, count_stream_connection
+from web.ws import POLICY_VIOLATION, Connection, get_hub, serving, setting
 
 log = logging.getLogger("fairbook.binance.streams")
 
-LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 _STREAM = re.compile(
     r"(?P<symbol>[a-z0-9]{1,40})@(?:"
     r"(?P<trade>trade)|(?P<agg>aggTrade)|(?P<book>bookTicker)|(?P<ticker>ticker)"
@@ -60,10 +61,6 @@ UNKNOWN_PROPERTY, BAD_VALUE, INVALID_REQUEST, INVALID_JSON = 0, 1, 2, 3
 TOO_MANY_MESSAGES = "too many messages"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True)
 class StreamName:
     """One parsed stream name: ``kind`` is trade|aggTrade|bookTicker|depth|partial|kline|
@@ -75,10 +72,16 @@ class StreamName:
     period: int = 0
     levels: int = 0
     interval: str = ""
+    #: the name as the client spelled it (LIST_SUBSCRIPTIONS, combined ``stream``)
+    given: str = field(default="", compare=False)
 
 
 def parse_stream(name: Any, natives: dict[str, str]) -> StreamName:
     """A stream name (``natives``: lowercase Binance symbol -> native) or ChannelError."""
+    return replace(_parse_stream(name, natives), given=name)
+
+
+def _parse_stream(name: Any, natives: dict[str, str]) -> StreamName:
     match = _STREAM.fullmatch(name) if isinstance(name, str) and len(name) <= 80 else None
     if match is None:
         raise ChannelError("invalid_stream", f"Invalid request: invalid stream {shown(name)}")
@@ -247,6 +250,9 @@ class StreamHub:
 
     def revoked(self) -> None:
         pass
+
+    def failed(self) -> None:
+        self.slow_consumer()
 
     def on_account(self, account: str, body: dict[str, Any]) -> bool:
         return True
@@ -430,10 +436,8 @@ class StreamHub:
                                   st.market, spec.interval, None, None, 2)  # fmt: skip
             self._klines(st, stream, rows)
             return
-        from web.binance.routes import _ticker_24hr  # the REST ticker: one definition
-
         full = spec.kind == "ticker"
-        t = _ticker_24hr(app_state, st.native, full)
+        t = ticker_24hr(app_state, st.native, full)  # the REST ticker: one definition
         now = now_ms()
         if full:
             payload = {"e": "24hrTicker", "E": now, "s": st.binance, "p": t["priceChange"],
@@ -508,13 +512,17 @@ def _fanout(stream: Stream, payload: Any, slow: list[StreamConnection],
             only: Iterable[StreamConnection] | None = None) -> None:  # fmt: skip
     """Encode ``payload`` once per form (raw, combined) and offer it to the subscribers."""
     data = wire.dumps(payload)
-    raw = combined = None
+    raw = None
+    combined: dict[str, bytes] = {}  # per spelling of the stream's name (``@1000ms`` or not)
+    name = stream.spec.name
     for conn in list(only if only is not None else stream.subs):
         if conn.combined:
-            if combined is None:
-                combined = text_frame(b'{"stream":"%s","data":%s}'
-                                      % (stream.spec.name.encode(), data))  # fmt: skip
-            frame = combined
+            spec = conn.streams.get(name)
+            given = spec.given or name if spec is not None else name
+            frame = combined.get(given)
+            if frame is None:
+                frame = combined[given] = text_frame(b'{"stream":"%s","data":%s}'
+                                                     % (given.encode(), data))  # fmt: skip
         else:
             if raw is None:
                 raw = text_frame(data)
@@ -585,8 +593,8 @@ class StreamConnection(Connection):
             return
         msg_id = msg.get("id")
         if not _valid_id(msg_id):
-            self.error(INVALID_REQUEST, "Invalid request: request ID must be an unsigned "
-                       "integer (or an alphanumeric string of at most 36 characters, or null)")
+            self.error(INVALID_REQUEST, "Invalid request: request ID must be a 64-bit signed "
+                       "integer, an alphanumeric string of at most 36 characters, or null")
             return
         method = msg.get("method")
         if "method" not in msg:
@@ -650,7 +658,7 @@ class StreamConnection(Connection):
         if params:
             self.error(INVALID_REQUEST, "Invalid request: too many parameters", msg_id)
             return
-        self.answer(msg_id, list(self.streams))
+        self.answer(msg_id, [s.given or s.name for s in self.streams.values()])
 
     def _property(self, params: list[Any], msg_id: Any, count: int) -> bool:
         if len(params) > count:
@@ -729,53 +737,35 @@ def _url_specs(names: list[str], natives: dict[str, str]) -> tuple[list[StreamNa
 
 def serve(ws: Any, names: list[str], combined: bool) -> None:
     """One stream socket for its whole life."""
-    hub = get_hub()
     registry = get_streams()
-    if not isinstance(ws.sock, LockedSocket):  # werkzeug dev server: wrap late
-        ws.sock = LockedSocket(ws.sock)
-    conn = StreamConnection(
-        ws, hub, registry, combined,
-        max_streams=max(1, int(setting("FAIRBOOK_BINANCE_WS_MAX_STREAMS"))),
-        max_rate=int(setting("FAIRBOOK_BINANCE_WS_MESSAGES_PER_S")),
-        queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
-        close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
-        max_message=int(setting("FAIRBOOK_WS_MAX_MESSAGE")),
-        caps=socket_caps(current_app),
-    )  # fmt: skip
-    conn.start()
-    try:
-        specs, bad = _url_specs(names, registry.natives)
-        for name in bad:
-            if "@" in name:  # a stream name that is wrong, not a placeholder like ccxt's "0"
-                conn.error(INVALID_REQUEST, f"Invalid request: invalid stream {shown(name)}")
-        if specs:
-            try:
-                conn.subscribe(specs, None, reply=False)
-            except (ChannelError, redis.exceptions.RedisError) as exc:
-                msg = exc.message if isinstance(exc, ChannelError) else "market data unavailable"
-                conn.error(INVALID_REQUEST, msg)
-        while not conn.done.is_set():
-            data = ws.receive(timeout=1.0)
-            if data is not None:
-                conn.handle(data)
-    except Exception as exc:  # ConnectionClosed, or a bug: the socket ends, the process goes on
-        if type(exc).__name__ != "ConnectionClosed":
-            log.exception("binance stream socket failed")
-    finally:
-        registry.remove(conn)
-        hub.remove(conn)
-        conn.close()
-        conn.done.wait(1.0)
 
+    def make(ws: Any, hub: Hub, **kwargs: Any) -> StreamConnection:
+        return StreamConnection(
+            ws, hub, registry, combined,
+            max_streams=max(1, int(setting("FAIRBOOK_BINANCE_WS_MAX_STREAMS"))),
+            max_rate=int(setting("FAIRBOOK_BINANCE_WS_MESSAGES_PER_S")), **kwargs)  # fmt: skip
 
-def _serve_listen_key(ws: Any, listen_key: str) -> None:
-    """The legacy user data stream: helper module ``web.binance.userdata`` serves it."""
-    try:
-        from web.binance import userdata
-    except ImportError:
-        ws.close(1011, "user data streams are not available on this server")
-        return
-    userdata.serve_listen_key(ws, listen_key)
+    with serving(ws, make) as conn:
+        try:
+            specs, bad = _url_specs(names, registry.natives)
+            for name in bad:
+                if "@" in name:  # a stream name that is wrong, not a placeholder like ccxt's "0"
+                    conn.error(INVALID_REQUEST, f"Invalid request: invalid stream {shown(name)}")
+            if specs:
+                try:
+                    conn.subscribe(specs, None, reply=False)
+                except (ChannelError, redis.exceptions.RedisError) as exc:
+                    conn.error(INVALID_REQUEST, exc.message if isinstance(exc, ChannelError)
+                               else "market data unavailable")  # fmt: skip
+            while not conn.done.is_set():
+                data = ws.receive(timeout=1.0)
+                if data is not None:
+                    conn.handle(data)
+        except Exception as exc:  # ConnectionClosed, or a bug: the socket ends, the process on
+            if type(exc).__name__ != "ConnectionClosed":
+                log.exception("binance stream socket failed")
+        finally:
+            registry.remove(conn)
 
 
 def init_app(app: Flask) -> None:
@@ -807,7 +797,7 @@ def init_app(app: Flask) -> None:
     def binance_raw_stream(ws: Any, path: str) -> None:
         """Raw streams (``/ws/btcusdt@trade/...``), or a listen key's user data stream."""
         if LISTEN_KEY.fullmatch(path):
-            _serve_listen_key(ws, path)
+            serve_listen_key(ws, path)
             return
         serve(ws, _url_streams(path, None), combined=False)
 

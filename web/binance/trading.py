@@ -11,6 +11,7 @@ WebSocket API can call it from the inbox's reader when the reply comes.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from engine.markets import Market, assets_of
 from engine.units import SchemaError
 from engine.validation import validate_order_request
 from protocol.wire import parse_balances, parse_order_record
+from web import candles
 from web.app import Fairbook, state
 from web.binance import errors, translate
 from web.binance.errors import BinanceError
@@ -35,6 +37,8 @@ TRADE = "trade"
 #: open orders read per partition at most for one answer (the closed index is trimmed to 1,000)
 MAX_SCAN = 5000
 _INTEGER = re.compile(r"[0-9]{1,19}")
+#: a listen key: 60 letters and digits (REST's listenKey, the streams' ``/ws/<listenKey>``)
+LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 
 
 def symbols() -> Symbols:
@@ -43,6 +47,57 @@ def symbols() -> Symbols:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def book(st: Fairbook, native: str) -> dict[str, Any]:
+    """The symbol's book key (the worker's top 500 levels and ``sequence``)."""
+    raw = st.get(st.namespace.keys_for(native).book(native))
+    return json.loads(raw) if raw else {"sequence": 0, "bids": [], "asks": []}
+
+
+def ticker_24hr(st: Fairbook, native: str, full: bool, minutes: int = candles.TICKER_MINUTES,
+                rolling: bool = False) -> dict[str, Any]:  # fmt: skip
+    """``GET /api/v3/ticker/24hr``'s (``/ticker``'s with ``rolling``) statistics of one symbol:
+    the REST routes and the ``@ticker`` streams share this one definition."""
+    market = st.markets[native]
+    w = candles.window(st.redis, st.namespace.keys_for(native), market, minutes)
+    zero_p, zero_q, zero_a = market.format_price(0), market.format_qty(0), market.format_quote(0)
+    c = w.candle
+    out: dict[str, Any] = {"symbol": symbols().binance[native]}
+    if c is None:
+        change, pct, wavg = zero_p, "0.000", zero_p
+        opened = high = low = last = zero_p
+        volume, quote, first, last_id, count = zero_q, zero_a, -1, -1, 0
+    else:
+        change, pct = candles.change(market, c["open"], c["close"])
+        wavg = format((Decimal(c["quote_volume"]) / Decimal(c["volume"])).quantize(
+            market.tick_size), "f")  # fmt: skip
+        opened, high, low, last = c["open"], c["high"], c["low"], c["close"]
+        volume, quote = c["volume"], c["quote_volume"]
+        first, last_id, count = c["first_trade_id"], c["last_trade_id"], c["trades"]
+    times = {"openTime": w.open_time or 0, "closeTime": w.close_time or 0, "firstId": first,
+             "lastId": last_id, "count": count}  # fmt: skip
+    if rolling:  # /ticker: no book, no previous close, no last quantity
+        if not full:
+            return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
+                    "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}
+        return {**out, "priceChange": change, "priceChangePercent": pct,
+                "weightedAvgPrice": wavg, "openPrice": opened, "highPrice": high,
+                "lowPrice": low, "lastPrice": last, "volume": volume, "quoteVolume": quote,
+                **times}  # fmt: skip
+    if not full:
+        return {**out, "openPrice": opened, "highPrice": high, "lowPrice": low,
+                "lastPrice": last, "volume": volume, "quoteVolume": quote, **times}  # fmt: skip
+    book_ = book(st, native)
+    bids, asks = book_.get("bids") or [], book_.get("asks") or []
+    bid = bids[0] if bids else [zero_p, zero_q]
+    ask = asks[0] if asks else [zero_p, zero_q]
+    trade = w.last_trade if isinstance(w.last_trade, dict) else {}
+    return {**out, "priceChange": change, "priceChangePercent": pct, "weightedAvgPrice": wavg,
+            "prevClosePrice": w.prev_close or zero_p, "lastPrice": last,
+            "lastQty": trade.get("quantity", zero_q), "bidPrice": bid[0], "bidQty": bid[1],
+            "askPrice": ask[0], "askQty": ask[1], "openPrice": opened, "highPrice": high,
+            "lowPrice": low, "volume": volume, "quoteVolume": quote, **times}  # fmt: skip
 
 
 def int_param(params: dict[str, str], name: str, default: int | None, low: int = 1,

@@ -18,29 +18,26 @@ sends ``{"e": "listenKeyExpired", ...}`` and closes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-import re
 import time
 from decimal import Decimal
 from typing import Any
 
 import redis
-from flask import current_app, request
-from simple_websocket import ConnectionClosed
+from flask import request
 
 from engine.markets import Asset, Market
 from protocol.wire import parse_balances
 from web.app import state
 from web.binance import translate
-from web.binance.trading import amount, symbols
+from web.binance.trading import LISTEN_KEY, amount, now_ms, symbols
 from web.hub import frame
-from web.limits import socket_caps
-from web.ws import POLICY_VIOLATION, Connection, LockedSocket, get_hub, setting
+from web.ws import INTERNAL_ERROR, POLICY_VIOLATION, Connection, serving, setting
 
 log = logging.getLogger("fairbook.binance.userdata")
 
-LISTEN_KEY = re.compile(r"[A-Za-z0-9]{60}")
 #: seconds between liveness checks of a listen-key stream at most (its expiry is checked when
 #: its TTL runs out, whatever this says); ``FAIRBOOK_BINANCE_WS_LISTEN_KEY_CHECK``, 0 = this
 LISTEN_KEY_CHECK_S = 60.0
@@ -48,10 +45,6 @@ LISTEN_KEY_CHECK_S = 60.0
 RESTART = 1012
 _CLOSED = ("cancelled",)
 _EXECUTION = {"CANCELED": "CANCELED", "EXPIRED": "EXPIRED", "EXPIRED_IN_MATCH": "TRADE_PREVENTION"}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _dec(text: Any) -> Decimal:
@@ -76,15 +69,20 @@ class AccountEvents:
         self.balances: dict[tuple[int, str], tuple[Decimal, Decimal]] = {}
         self._execution = itertools.count(1)
 
-    def seed(self, client: Any, keys_of: Any, partitions: list[int], account: str) -> None:
-        """Every partition's balances of ``account`` (one round trip), when there are several."""
+    def seed(self, client: Any, keys_of: Any, partitions: list[int], account: str,
+             lock: Any = None) -> None:  # fmt: skip
+        """Every partition's balances of ``account`` (one round trip), when there are several.
+        Call it after the encoder listens: a balance an event set meanwhile is newer and kept
+        (``setdefault``); applied under ``lock`` (the hub's, whose thread runs :meth:`events`)."""
         if not self.several:
             return
         pipe = client.pipeline(transaction=False)
         for p in partitions:
             pipe.hgetall(keys_of(p).balances(account))
-        for p, raw in zip(partitions, pipe.execute(), strict=True):
-            for row in parse_balances(raw):
+        rows = [(p, row) for p, raw in zip(partitions, pipe.execute(), strict=True)
+                for row in parse_balances(raw)]  # fmt: skip
+        with lock if lock is not None else contextlib.nullcontext():
+            for p, row in rows:
                 self.balances.setdefault((p, row["asset"]),
                                          (_dec(row["available"]), _dec(row["locked"])))
 
@@ -245,11 +243,17 @@ def _finish(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def account_events(account: str) -> AccountEvents:
-    """An encoder for ``account`` with this app's markets (in an app context)."""
+    """An encoder for ``account`` with this app's markets (in an app context), not seeded:
+    listen with it first, then :func:`seed` it (an event between the two is never lost)."""
     st = state()
-    enc = AccountEvents(st.markets, symbols().binance, st.assets, st.partitions)
-    enc.seed(st.redis, st.keys, st.partitions, account)
-    return enc
+    return AccountEvents(st.markets, symbols().binance, st.assets, st.partitions)
+
+
+def seed(enc: AccountEvents, account: str, lock: Any) -> None:
+    """``enc``'s balances of every partition, once it listens (in an app context; ``lock``:
+    the hub's)."""
+    st = state()
+    enc.seed(st.redis, st.keys, st.partitions, account, lock)
 
 
 # -- the legacy listenKey stream ----------------------------------------------------------------
@@ -276,8 +280,9 @@ class ListenKeyStream(Connection):
         self.close(RESTART, "events may have been lost; reconnect")
         return True
 
-    def _handle(self, raw: str | bytes) -> None:
-        """Client messages on a user data stream are ignored, as Binance does."""
+    def handle(self, raw: str | bytes) -> None:
+        """Client messages on a user data stream are ignored, as Binance does (an oversized
+        one too: no native error frame here)."""
 
 
 def listen_key_check_s() -> float:
@@ -294,77 +299,80 @@ def close_after(conn: Connection, code: int, reason: str, wait_s: float = 2.0) -
 
 def serve_listen_key(ws: Any, listen_key: str) -> None:
     """Serve ``/ws/<listenKey>`` for the socket's life (called by the stream route)."""
-    hub = get_hub()
-    if not isinstance(ws.sock, LockedSocket):  # werkzeug dev server: wrap late
-        ws.sock = LockedSocket(ws.sock)
-    conn = ListenKeyStream(
-        ws, hub, queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
-        close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
-        max_message=int(setting("FAIRBOOK_WS_MAX_MESSAGE")), caps=socket_caps(current_app),
-    )  # fmt: skip
-    conn.start()
+    with serving(ws, ListenKeyStream) as conn:
+        try:
+            _serve_listen_key(ws, conn, listen_key)
+        except redis.RedisError as exc:  # Redis down when the stream starts: the client retries
+            log.warning("listen key stream ended, redis unavailable: %s", exc)
+            conn.close(INTERNAL_ERROR, "retry")
+
+
+def _open(conn: ListenKeyStream, listen_key: str) -> str | None:
+    """Check the listen key and its API key, then listen: the API key's hash (None: closed)."""
     st = state()
+    hub = conn.hub
+    keys = st.namespace.global_keys
+    owner = st.redis.hgetall(keys.listen_key(listen_key)) if LISTEN_KEY.fullmatch(
+        listen_key) else {}  # fmt: skip
+    key_hash, account = owner.get("key"), owner.get("account")
+    if not key_hash or not account:
+        conn.close(POLICY_VIOLATION, "This listenKey does not exist.")
+        return None
+    # registered before the key is re-read: a revocation after the read finds the socket
+    hub.register_key(conn, key_hash)
+    conn.account = account
+    conn.key_hashes.add(key_hash)
+    if not st.redis.exists(keys.api_key(key_hash)):
+        hub.remove(conn)
+        conn.close(POLICY_VIOLATION, "api key revoked")
+        return key_hash
+    # listening first, then the balances are read: an event between the two is never lost
+    conn.encoder = account_events(account)
+    hub.listen_account(conn, account)
+    seed(conn.encoder, account, hub.lock)
+    log.debug("listen key stream of account %s from %s", account, request.remote_addr)
+    return key_hash
+
+
+def _serve_listen_key(ws: Any, conn: ListenKeyStream, listen_key: str) -> None:
+    st = state()
+    hub = conn.hub
     keys = st.namespace.global_keys
     check_s = listen_key_check_s()
-    try:
-        owner = st.redis.hgetall(keys.listen_key(listen_key)) if LISTEN_KEY.fullmatch(
-            listen_key) else {}  # fmt: skip
-        key_hash, account = owner.get("key"), owner.get("account")
-        if not key_hash or not account:
-            conn.close(POLICY_VIOLATION, "This listenKey does not exist.")
+    key_hash = _open(conn, listen_key)
+    ttl_s = _ttl_s(st.redis, keys.listen_key(listen_key))
+    # when the TTL last read runs out (a key gone before that was deleted, not expired)
+    expires = time.monotonic() + ttl_s
+    next_check = time.monotonic() + min(check_s, ttl_s + 0.05)
+    while not conn.done.is_set():
+        data = ws.receive(timeout=1.0)
+        if data is not None:
+            conn.handle(data)
+        if conn.dying or time.monotonic() < next_check:
+            continue
+        try:
+            pipe = st.redis.pipeline(transaction=False)
+            pipe.pttl(keys.listen_key(listen_key))
+            pipe.exists(keys.api_key(key_hash or ""))
+            ttl_ms, key_alive = pipe.execute()
+        except redis.RedisError as exc:  # Redis down: look again later, keep the socket
+            log.warning("listen key check failed: %s", exc)
+            next_check = time.monotonic() + 1.0
+            continue
+        if not key_alive:
+            hub.remove(conn)
+            conn.revoked()
+        elif ttl_ms is None or ttl_ms < 0:
+            hub.remove(conn)
+            if time.monotonic() >= expires - 0.5:  # expired without a keep-alive
+                conn.offer(frame({"e": "listenKeyExpired", "E": now_ms(),
+                                  "listenKey": listen_key}))  # fmt: skip
+                close_after(conn, 1000, "listen key expired")
+            else:  # closed by its owner (DELETE): no event, as Binance
+                conn.close(1000, "listen key closed")
         else:
-            # registered before the key is re-read: a revocation after the read finds the socket
-            hub.register_key(conn, key_hash)
-            conn.account = account
-            conn.key_hashes.add(key_hash)
-            if not st.redis.exists(keys.api_key(key_hash)):
-                hub.remove(conn)
-                conn.close(POLICY_VIOLATION, "api key revoked")
-            else:
-                conn.encoder = account_events(account)
-                hub.listen_account(conn, account)
-                log.debug("listen key stream of account %s from %s", account,
-                          request.remote_addr)  # fmt: skip
-        ttl_s = _ttl_s(st.redis, keys.listen_key(listen_key))
-        # when the TTL last read runs out (a key gone before that was deleted, not expired)
-        expires = time.monotonic() + ttl_s
-        next_check = time.monotonic() + min(check_s, ttl_s + 0.05)
-        while not conn.done.is_set():
-            data = ws.receive(timeout=1.0)
-            if data is not None:
-                conn.handle(data)
-            if conn.dying or time.monotonic() < next_check:
-                continue
-            try:
-                pipe = st.redis.pipeline(transaction=False)
-                pipe.pttl(keys.listen_key(listen_key))
-                pipe.exists(keys.api_key(key_hash or ""))
-                ttl_ms, key_alive = pipe.execute()
-            except redis.RedisError as exc:  # Redis down: look again later, keep the socket
-                log.warning("listen key check failed: %s", exc)
-                next_check = time.monotonic() + 1.0
-                continue
-            if not key_alive:
-                hub.remove(conn)
-                conn.revoked()
-            elif ttl_ms is None or ttl_ms < 0:
-                hub.remove(conn)
-                if time.monotonic() >= expires - 0.5:  # expired without a keep-alive
-                    conn.offer(frame({"e": "listenKeyExpired", "E": now_ms(),
-                                      "listenKey": listen_key}))  # fmt: skip
-                    close_after(conn, 1000, "listen key expired")
-                else:  # closed by its owner (DELETE): no event, as Binance
-                    conn.close(1000, "listen key closed")
-            else:
-                expires = time.monotonic() + ttl_ms / 1000.0
-                next_check = time.monotonic() + min(check_s, ttl_ms / 1000.0 + 0.05)
-    except ConnectionClosed:
-        pass
-    finally:
-        hub.remove(conn)
-        conn.release()
-        conn.close()
-        conn.done.wait(1.0)
+            expires = time.monotonic() + ttl_ms / 1000.0
+            next_check = time.monotonic() + min(check_s, ttl_ms / 1000.0 + 0.05)
 
 
 def _ttl_s(client: Any, name: str) -> float:
@@ -376,16 +384,3 @@ def _ttl_s(client: Any, name: str) -> float:
     if ttl_ms is None or ttl_ms < 0:
         return 0.0
     return ttl_ms / 1000.0
-
-
-def init_fallback(app: Any) -> None:
-    """``/ws/<listenKey>`` alone, for a tree without the market streams' ``/ws/<path>`` route
-    (which serves listen keys itself through :func:`serve_listen_key`)."""
-    from flask_sock import Sock
-
-    sock = Sock(app)
-
-    @sock.route("/ws/<path:path>")
-    def listen_key_stream(ws: Any, path: str) -> None:
-        """A listen key's user data stream."""
-        serve_listen_key(ws, path)

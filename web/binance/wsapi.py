@@ -36,7 +36,6 @@ import orjson
 import redis
 from flask import Flask, current_app, request
 from flask_sock import Sock
-from simple_websocket import ConnectionClosed
 
 from web import limits as lim
 from web.accounts import hash_key, valid_api_key
@@ -44,10 +43,10 @@ from web.app import Fairbook, state
 from web.binance import errors, signing, trading
 from web.binance.errors import BinanceError
 from web.binance.keys import ApiKey, parse_record, record_fields, vault_of
-from web.binance.userdata import AccountEvents, account_events, close_after, now_ms
+from web.binance.userdata import AccountEvents, account_events, close_after, now_ms, seed
 from web.hub import Hub, frame
 from web.journal import Overloaded, append_all
-from web.ws import POLICY_VIOLATION, Connection, LockedSocket, get_hub, setting
+from web.ws import INTERNAL_ERROR, POLICY_VIOLATION, Connection, serving
 
 log = logging.getLogger("fairbook.binance.wsapi")
 
@@ -143,6 +142,8 @@ class Request:
 
 BUSY = BinanceError(errors.SERVER_BUSY, errors.MSG_BUSY, 503)
 UNAVAILABLE = BinanceError(errors.DISCONNECTED, errors.MSG_INTERNAL, 503)
+INTERNAL = BinanceError(errors.UNKNOWN, errors.MSG_UNKNOWN_ERROR, 500)
+REVOKED = BinanceError(errors.REJECTED_MBX_KEY, errors.MSG_KEY_REJECTED, 401)
 
 
 class Limited(Exception):
@@ -227,8 +228,7 @@ class ApiConnection(Connection):
             return
         except Exception:  # a bug costs this request an error reply, not the socket
             log.exception("ws-api answer failed")
-            self.fail(msg_id, BinanceError(errors.UNKNOWN, errors.MSG_UNKNOWN_ERROR, 500),
-                      rate_limits)  # fmt: skip
+            self.fail(msg_id, INTERNAL, rate_limits)
             return
         self.send(msg_id, 200, result, rate_limits=rate_limits)
 
@@ -271,71 +271,71 @@ class ApiConnection(Connection):
         run before it."""
         run: list[Request] = []
         for raw in frames:
+            if self.dying:  # revoked (or closing): nothing more of this socket is handled
+                return
             try:
                 req = self._parse(raw)
-                if req is None:
-                    continue
-                if req.method == "order.place" and self._known_key(req.params) is not None:
-                    run.append(req)
-                    continue
-                if run:
-                    self._place_run(run)
-                    run = []
-                self._run(req)
             except Exception:  # a bug must cost this message an error reply, not the socket
                 log.exception("ws-api request failed")
-                self.fail(None, BinanceError(errors.UNKNOWN, errors.MSG_UNKNOWN_ERROR, 500),
-                          None)  # fmt: skip
+                self.fail(None, INTERNAL, None)
+                continue
+            if req is None:
+                continue
+            if req.method == "order.place" and self._known_key(req.params) is not None:
+                run.append(req)
+                continue
+            if run:
+                self._guarded_run(run)
+                run = []
+                if self.dying:
+                    return
+            self._run(req)
         if run:
-            try:
-                self._place_run(run)
-            except Exception:
-                log.exception("ws-api requests failed")
-                for req in run:
-                    self.fail(req.msg_id, BinanceError(errors.UNKNOWN, errors.MSG_UNKNOWN_ERROR,
-                                                       500), None)  # fmt: skip
+            self._guarded_run(run)
+
+    def _guarded_run(self, run: list[Request]) -> None:
+        """:meth:`_place_run`; a bug answers each request of the run 500 with its own id."""
+        try:
+            self._place_run(run)
+        except Exception:
+            log.exception("ws-api requests failed")
+            for req in run:
+                self.fail(req.msg_id, INTERNAL, None)
 
     def _parse(self, raw: str | bytes) -> Request | None:
         """The request of a frame; None (answered) when it is not a usable one."""
         if self.max_message and len(raw) > self.max_message:
-            self.fail(None, BinanceError(errors.INVALID_JSON, f"{MSG_INVALID_JSON}: a request "
-                                         f"may hold at most {self.max_message} characters"),
-                      None)  # fmt: skip
-            return None
+            return self._refuse(None, BinanceError(
+                errors.INVALID_JSON, f"{MSG_INVALID_JSON}: a request may hold at most "
+                f"{self.max_message} characters"))  # fmt: skip
         try:
             msg = parse_request(raw)
         except (ValueError, RecursionError):
             msg = None
         if not isinstance(msg, dict):
-            self.fail(None, BinanceError(errors.INVALID_JSON, MSG_INVALID_JSON), None)
-            return None
+            return self._refuse(None, BinanceError(errors.INVALID_JSON, MSG_INVALID_JSON))
         msg_id = msg.get("id")
         if not _valid_id(msg_id):
-            self.fail(None, errors.invalid_parameter("id"), None)
-            return None
+            return self._refuse(None, errors.invalid_parameter("id"))
         method = msg.get("method")
         if not isinstance(method, str) or not method:
-            self.fail(msg_id, errors.mandatory("method"), None)
-            return None
+            return self._refuse(msg_id, errors.mandatory("method"))
         if method.startswith("v3/"):
             method = method[3:]
         if method not in WEIGHTS:
-            self.fail(msg_id, BinanceError(errors.UNSUPPORTED_OPERATION,
-                                           errors.MSG_UNSUPPORTED), None)  # fmt: skip
-            return None
+            return self._refuse(msg_id, BinanceError(errors.UNSUPPORTED_OPERATION,
+                                                     errors.MSG_UNSUPPORTED))  # fmt: skip
         raw_params = msg.get("params", {})
         if raw_params is None:
             raw_params = {}
         if not isinstance(raw_params, dict):
-            self.fail(msg_id, errors.invalid_parameter("params"), None)
-            return None
+            return self._refuse(msg_id, errors.invalid_parameter("params"))
         params: dict[str, str] = {}
         for name, value in raw_params.items():
             try:
                 text = _text(value)
             except ValueError:
-                self.fail(msg_id, errors.invalid_parameter(name), None)
-                return None
+                return self._refuse(msg_id, errors.invalid_parameter(name))
             if text is not None:
                 params[name] = text
         show = self.return_rate_limits
@@ -344,6 +344,19 @@ class ApiConnection(Connection):
         weight = WEIGHTS[method]
         cost = weight(params) if callable(weight) else weight
         return Request(msg_id, method, params, cost, show)
+
+    def _refuse(self, msg_id: Any, exc: BinanceError) -> None:
+        """A frame that is no usable request still weighs 1 (as Binance weighs every request)
+        on the address's limits; beyond them it gets the 429 (418) instead of its error."""
+        try:
+            self.count(1)
+        except Limited as limited:
+            self._limited(msg_id, limited, False)
+            return None
+        except (redis.RedisError, OSError):  # not counted: its error is still its answer
+            pass
+        self.fail(msg_id, exc, None)
+        return None
 
     def _run(self, req: Request) -> None:
         """One request, alone."""
@@ -364,6 +377,9 @@ class ApiConnection(Connection):
         except (redis.RedisError, OSError) as exc:
             log.warning("redis unavailable for a ws-api request: %s", exc)
             self.fail(msg_id, UNAVAILABLE, limits if show else None)
+        except Exception:  # a bug costs this request a 500 with its id, not the socket
+            log.exception("ws-api request failed")
+            self.fail(msg_id, INTERNAL, limits if show else None)
 
     def _place_run(self, run: list[Request]) -> None:
         """``order.place`` requests of known keys: checked here, counted in one round trip,
@@ -405,14 +421,21 @@ class ApiConnection(Connection):
             except BinanceError as exc:
                 self.fail(req.msg_id, exc, limits)
                 continue
+            except Exception:  # a bug: this request's 500, the others go on
+                log.exception("ws-api order.place failed")
+                self.fail(req.msg_id, INTERNAL, limits)
+                continue
+            items.append((st.journal(placed.partition), placed.wire))
+            waiting.append((req, placed, None, None, limits))
+        if not items or self.dying:  # revoked during the round trip: nothing is journaled
+            return
+        # the reply callbacks only now: nothing above can leave one in the inbox for ever
+        for i, (req, placed, _, _, limits) in enumerate(waiting):
             replied, unanswered = self._answers(req.msg_id, limits, placed)
             token = inbox.expect_call(replied) if ready else None
             if token is not None:
                 placed.wire["reply_to"] = token
-            items.append((st.journal(placed.partition), placed.wire))
-            waiting.append((req, placed, token, unanswered, limits))
-        if not items:
-            return
+            waiting[i] = (req, placed, token, unanswered, limits)
         try:
             results = append_all(st.connections, items)  # type: ignore[arg-type]
         except (redis.RedisError, OSError) as exc:
@@ -435,7 +458,10 @@ class ApiConnection(Connection):
                 self.pending.append((deadline, token, unanswered))
 
     def _known_key(self, params: dict[str, str]) -> tuple[ApiKey, bool] | None:
-        """(the key, signed?) of a request whose key this socket has read already."""
+        """(the key, signed?) of a request whose key this socket has read already (None once
+        the socket is dying: a revoked key's requests go no further)."""
+        if self.dying:
+            return None
         api_key = params.get("apiKey")
         if api_key is None:
             if self.session is not None and "signature" not in params:
@@ -540,6 +566,8 @@ class ApiConnection(Connection):
                   ) -> tuple[ApiKey, list[dict[str, Any]]]:  # fmt: skip
         """The request's key, checked as Binance checks a signed request, and the counts."""
         permission = SIGNED[method]
+        if self.dying:  # a key of this socket was revoked: nothing more runs on it
+            raise REVOKED
         api_key = params.get("apiKey")
         if api_key is None and self.session is not None and "signature" not in params:
             api_key = self.session[0]  # the session's key: no signature needed
@@ -557,6 +585,8 @@ class ApiConnection(Connection):
                                 else None)  # fmt: skip
             if problem is not None:
                 raise problem
+            if self.dying:  # revoked during the round trip
+                raise REVOKED
             return key, limits
         key_hash = hash_key(api_key)
         # registered before the record is read: a revocation after the read finds the socket
@@ -574,7 +604,7 @@ class ApiConnection(Connection):
             if not found and key_hash not in self.key_hashes:
                 self.hub.forget_key(self, key_hash)
         if self.dying:  # revoked while we read it
-            raise BinanceError(errors.REJECTED_MBX_KEY, errors.MSG_KEY_REJECTED, 401)
+            raise REVOKED
         self.keys[api_key] = key
         self.key_hashes.add(key_hash)
         problem = self._check(key, params, permission, signed)
@@ -632,7 +662,10 @@ class ApiConnection(Connection):
             self.send(msg_id, 200, {"serverTime": now_ms()}, rate_limits=limits)
         elif method == "session.logon":
             assert key is not None
-            self.session = (params["apiKey"], key, now_ms())
+            # without apiKey the request ran as the session's key (authorize): keep its text
+            api_key = params.get("apiKey") or (self.session[0] if self.session else None)
+            assert api_key is not None
+            self.session = (api_key, key, now_ms())
             self.send(msg_id, 200, self._session(), rate_limits=limits)
         elif method == "session.status":
             self.send(msg_id, 200, self._session(), rate_limits=limits)
@@ -652,9 +685,12 @@ class ApiConnection(Connection):
                       rate_limits=limits)  # fmt: skip
         elif method == "userDataStream.unsubscribe":
             wanted = args.get("subscriptionId")
-            for sid, (account, _) in list(self.subscriptions.items()):
-                if wanted is None or wanted == str(sid):
-                    self._end_subscription(sid, account)
+            ended = [(sid, account) for sid, (account, _) in self.subscriptions.items()
+                     if wanted is None or wanted == str(sid)]  # fmt: skip
+            if wanted is not None and not ended:  # str(sid): ASCII digits only, as sent
+                raise errors.invalid_parameter("subscriptionId")
+            for sid, account in ended:
+                self._end_subscription(sid, account)
             self.send(msg_id, 200, {}, rate_limits=limits)
 
     def _session(self) -> dict[str, Any]:
@@ -672,10 +708,19 @@ class ApiConnection(Connection):
             raise BinanceError(errors.INVALID_PARAMETER,
                                f"At most {MAX_SUBSCRIPTIONS} subscriptions per connection.")
         sid = next(self._subscription_ids)
-        # the encoder first (it reads the balances once), then events flow to it
-        self.subscriptions[sid] = (account, account_events(account))
+        # listening first, then the balances are read (seed keeps what an event set first):
+        # an event between the two is never lost
+        enc = account_events(account)
+        self.subscriptions[sid] = (account, enc)
         self.subscribed[account] = sid
         self.hub.listen_account(self, account)
+        try:
+            seed(enc, account, self.hub.lock)
+        except BaseException:
+            self.subscriptions.pop(sid, None)
+            self.subscribed.pop(account, None)
+            self.hub.unlisten_account(self, account)
+            raise
         return sid
 
     def _end_subscription(self, sid: int, account: str) -> None:
@@ -708,6 +753,8 @@ class ApiConnection(Connection):
     def _journaled(self, op: Any, msg_id: Any, limits: list[dict[str, Any]] | None) -> None:
         """Append ``op``'s wire command; its reply (or its absence, after the reply timeout)
         is answered without this greenlet waiting for it."""
+        if self.dying:  # revoked after its check: nothing more is journaled for this socket
+            return
         replied, unanswered = self._answers(msg_id, limits, op)
         st = self.st
         _, token = st.journal(op.partition).send_call(op.wire, replied)
@@ -719,40 +766,33 @@ class ApiConnection(Connection):
 
 def serve(ws: Any) -> None:
     """One ``/ws-api/v3`` socket for its whole life."""
-    hub = get_hub()
-    if not isinstance(ws.sock, LockedSocket):  # werkzeug dev server: wrap late
-        ws.sock = LockedSocket(ws.sock)
-    conn = ApiConnection(
-        ws, hub, queue_limit=max(1, int(setting("FAIRBOOK_WS_QUEUE"))),
-        close_timeout=setting("FAIRBOOK_WS_CLOSE_TIMEOUT"),
-        max_message=int(setting("FAIRBOOK_WS_MAX_MESSAGE")), caps=lim.socket_caps(current_app),
-    )  # fmt: skip
-    conn.start()
-    try:
-        if conn.opened():
-            while not conn.done.is_set():
-                data = ws.receive(timeout=conn.next_wait())
-                if data is not None:
-                    frames = [data]
-                    while len(frames) < BATCH:  # what else has arrived: handled together
-                        more = ws.receive(timeout=0)
-                        if more is None:
-                            break
-                        frames.append(more)
-                    conn.handle_many(frames)
-                if conn.pending:
-                    conn.sweep()
-    except ConnectionClosed:
-        pass
-    finally:
-        hub.remove(conn)
-        inbox = conn.st.inbox
-        for _, token, _ in conn.pending:  # nobody will read their replies
-            if inbox is not None:
-                inbox.forget(token)
-        conn.release()
-        conn.close()
-        conn.done.wait(1.0)
+    with serving(ws, ApiConnection) as conn:
+        try:
+            if conn.opened():
+                _loop(ws, conn)
+        except redis.RedisError as exc:  # Redis down at the opening: the client retries
+            log.warning("ws-api socket ended, redis unavailable: %s", exc)
+            conn.close(INTERNAL_ERROR, "retry")
+        finally:
+            inbox = conn.st.inbox
+            for _, token, _ in conn.pending:  # nobody will read their replies
+                if inbox is not None:
+                    inbox.forget(token)
+
+
+def _loop(ws: Any, conn: ApiConnection) -> None:
+    while not conn.done.is_set():
+        data = ws.receive(timeout=conn.next_wait())
+        if data is not None:
+            frames = [data]
+            while len(frames) < BATCH:  # what else has arrived: handled together
+                more = ws.receive(timeout=0)
+                if more is None:
+                    break
+                frames.append(more)
+            conn.handle_many(frames)
+        if conn.pending:
+            conn.sweep()
 
 
 def init_app(app: Flask) -> None:

@@ -27,7 +27,7 @@ import websocket
 
 from bench.stack import Stack
 from tests.web.funding import fund
-from web.binance.streams import StreamHub, parse_stream
+from web.binance.streams import StreamConnection, StreamHub, parse_stream
 from web.hub import ChannelError, Hub
 from web.journal import Journal
 
@@ -426,7 +426,8 @@ def test_requests_and_error_replies_keep_the_socket_usable(stack):
     s.send(json.dumps([1, 2]))
     assert error(None)["code"] == 2
     s.send({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": -1.5})
-    assert "request ID" in error(None)["msg"]
+    msg = error(None)["msg"]  # Binance takes negative ids: the text must not say "unsigned"
+    assert "request ID" in msg and "unsigned" not in msg
     s.send({"params": ["btcusdt@trade"], "id": 8})
     assert error(8) == {"code": 2, "msg": "Invalid request: missing field `method`"}
     s.send({"method": "subscribe", "params": ["btcusdt@trade"], "id": 9})
@@ -681,3 +682,23 @@ def test_a_full_queue_closes_that_socket_alone(registry):
     assert combined.frames[0]["data"] == fast.frames[0]
     registry.on_market(SYMBOL, {"symbol": SYMBOL, "trades": trades[:1]})
     assert len(slow.frames) == 2 and len(fast.frames) == 5  # the slow one is gone
+
+
+class ListConn(FakeConn):
+    def answer(self, msg_id: Any, result: Any = None) -> None:
+        self.frames.append({"result": result, "id": msg_id})
+
+
+def test_replies_and_combined_events_keep_the_clients_spelling(registry):
+    """``@1000ms`` is the default speed; a client that wrote it sees its own name back."""
+    given, short = ListConn(combined=True), ListConn(combined=True)
+    _sub(registry, given, "btcusdt@depth@1000ms", "btcusdt@trade")
+    _sub(registry, short, "btcusdt@depth")
+    StreamConnection.m_list_subscriptions(given, [], 7)  # type: ignore[arg-type]
+    assert given.frames.pop() == {"result": ["btcusdt@depth@1000ms", "btcusdt@trade"], "id": 7}
+    registry.on_market(SYMBOL, _inc(10, 12, bids=[("100.00", "1.00000")]))
+    with registry.app.app_context():
+        registry._tick(time.monotonic() + 10)
+    assert [f["stream"] for f in given.frames] == ["btcusdt@depth@1000ms"]
+    assert [f["stream"] for f in short.frames] == ["btcusdt@depth"]
+    assert given.frames[0]["data"] == short.frames[0]["data"]

@@ -6,6 +6,7 @@ a revoked API key (1008), and two accounts' streams kept apart."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,12 +15,14 @@ import pytest
 import redis
 import requests
 import websocket
-from wsapi_client import key_factory, rest
+from wsapi_client import FakeSocket, key_factory, rest
 
+import web.ws as ws_module
 from bench.stack import Stack
 from protocol.config import load_markets
 from web.accounts import revoke_key
-from web.binance.userdata import AccountEvents
+from web.binance import userdata
+from web.binance.userdata import AccountEvents, ListenKeyStream
 from web.binance.vault import new_key_text
 
 SERVER_KEY = new_key_text()
@@ -154,6 +157,62 @@ def test_recheck_keys_keeps_live_signed_keys_and_closes_dead_ones(redis_url, red
     redis_client.delete(ns.global_keys.api_key(signed))
     hub.recheck_keys()
     assert socks[signed].closed and not socks[native].closed
+
+
+class _Hub:
+    """What a listen-key stream asks of the hub, recorded."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.calls: list[str] = []
+
+    def register_key(self, *_: Any) -> None:
+        pass
+
+    def remove(self, *_: Any) -> None:
+        pass
+
+    def listen_account(self, *_: Any) -> None:
+        self.calls.append("listen")
+
+
+def test_a_listen_key_stream_listens_before_it_reads_the_balances(bn_app, monkeypatch):
+    """A balance event between the read and the listen would be lost: listen first."""
+    st = bn_app.extensions["fairbook"]
+    keys = st.namespace.global_keys
+    listen_key, key_hash = "k" * 60, "ab" * 32
+    st.redis.hset(keys.listen_key(listen_key), mapping={"account": "3", "key": key_hash})
+    st.redis.hset(keys.api_key(key_hash), mapping={"account": "3", "kind": "hmac"})
+    hub = _Hub()
+    seed = AccountEvents.seed
+    monkeypatch.setattr(AccountEvents, "seed",
+                        lambda self, *a, **k: (hub.calls.append("seed"), seed(self, *a, **k)))
+    with bn_app.test_request_context("/ws/" + listen_key):
+        conn = ListenKeyStream(FakeSocket(), hub, 10, 1.0)
+        assert userdata._open(conn, listen_key) == key_hash
+    assert hub.calls == ["listen", "seed"] and conn.account == "3"
+
+
+def test_a_listen_key_stream_ignores_client_messages_even_oversized_ones(bn_app):
+    with bn_app.test_request_context("/ws/" + "k" * 60):
+        conn = ListenKeyStream(FakeSocket(), _Hub(), 10, 1.0, max_message=10)
+        for raw in ("x" * 100, "{}", "not json"):
+            conn.handle(raw)
+        assert not conn.queue and not conn.dying
+
+
+def test_redis_down_when_a_listen_key_stream_starts_closes_1011(bn_app, monkeypatch):
+    st = bn_app.extensions["fairbook"]
+    monkeypatch.setattr(ws_module, "get_hub", lambda: _Hub())
+
+    def down(*_: Any) -> Any:
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(st.redis, "hgetall", down)
+    ws = FakeSocket()
+    with bn_app.test_request_context("/ws/" + "k" * 60):
+        userdata.serve_listen_key(ws, "k" * 60)
+    assert ws.closed == (1011, "retry")
 
 
 def test_the_upgrade_routes_refuse_a_request_that_is_no_websocket_handshake(bn_client):

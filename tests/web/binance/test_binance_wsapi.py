@@ -6,16 +6,23 @@ account, and the ORDERS rate limit with Binance's 429 shape."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from wsapi_client import WsApi, key_factory, rest
+import redis
+from wsapi_client import FakeSocket, WsApi, key_factory, rest, sign
 
+import web.ws as ws_module
 from bench.stack import Stack
-from web.accounts import revoke_key
-from web.binance.keys import ED25519
+from web.accounts import create_account, revoke_key
+from web.binance import trading
+from web.binance.keys import ED25519, create_api_key, vault_of
+from web.binance.userdata import AccountEvents
 from web.binance.vault import new_key_text
+from web.binance.wsapi import PATH, ApiConnection, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -324,3 +331,200 @@ def test_orders_rate_limit_answers_binances_429(stack, make_key, sockets):
     orders = {(r["rateLimitType"], r["interval"]): r for r in first["rateLimits"]}
     assert orders[("ORDERS", "SECOND")]["count"] > ORDERS_10S
     ws.call("openOrders.cancelAll", {"symbol": "BTCUSDT"}, signed=True)
+
+
+# -- in-process: one ApiConnection in a request context, Redis without a worker ----------------
+
+
+class _Hub:
+    """What an ApiConnection asks of the hub, recorded."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.calls: list[str] = []
+
+    def register_key(self, *_: Any) -> None:
+        pass
+
+    def forget_key(self, *_: Any) -> None:
+        pass
+
+    def remove(self, *_: Any) -> None:
+        pass
+
+    def listen_account(self, *_: Any) -> None:
+        self.calls.append("listen")
+
+    def unlisten_account(self, *_: Any) -> None:
+        self.calls.append("unlisten")
+
+
+class _WS:
+    sock = None
+
+
+def _frames(conn: Any) -> list[dict[str, Any]]:
+    """The JSON of the frames queued on ``conn`` (its writer is not running), emptied."""
+    out = []
+    while conn.queue:
+        data = conn.queue.popleft()
+        n = data[1] & 0x7F
+        start = 2 if n < 126 else 4 if n == 126 else 10
+        out.append(json.loads(data[start:]))
+    return out
+
+
+@pytest.fixture
+def local(bn_app):
+    """(app state, issued key of a new account, make_connection) in a ws-api request context."""
+    st = bn_app.extensions["fairbook"]
+    account = create_account(st.redis, "ws")["account_id"]
+    with bn_app.app_context():
+        issued = create_api_key(st.redis, vault_of(bn_app), account, st.namespace.global_keys,
+                                kind=ED25519, permissions=("read", "trade"))  # fmt: skip
+    issued["account_id"] = account
+    with bn_app.test_request_context(PATH):
+        yield st, issued, lambda: ApiConnection(_WS(), _Hub(), 1000, 1.0, 65536)
+
+
+def _signed(issued: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    p = {**params, "apiKey": issued["api_key"], "timestamp": int(time.time() * 1000)}
+    p["signature"] = sign(issued, "&".join(f"{k}={v}" for k, v in sorted(p.items())))
+    return p
+
+
+def _req(msg_id: Any, method: str, params: dict[str, Any] | None = None) -> str:
+    return json.dumps({"id": msg_id, "method": method, "params": params or {}})
+
+
+def _place(issued: dict[str, Any], msg_id: int) -> str:
+    return _req(msg_id, "order.place", _signed(issued, limit_order()))
+
+
+def test_a_revoked_socket_journals_nothing_more(local, monkeypatch):
+    """A revocation (the hub calls ``revoked``) stops the socket's requests at once: a key it
+    has read already, in a later frame, a batch, or during a batch's counting round trip."""
+    st, issued, make = local
+    stream = st.journal(0).keys.stream
+    conn = make()
+    n0 = st.redis.xlen(stream)
+    conn.handle_many([_place(issued, 1)])
+    assert st.redis.xlen(stream) == n0 + 1
+    conn.revoked()
+    conn.handle_many([_place(issued, 2)])
+    conn.handle_many([_place(issued, 3), _place(issued, 4), _place(issued, 5)])
+    assert st.redis.xlen(stream) == n0 + 1
+    # revoked while a batch is being counted: nothing of it is appended
+    first, conn = conn, make()
+    conn.handle_many([_place(issued, 6)])  # the key is read
+    count_all = conn._count_all
+
+    def revoked_meanwhile(plans: Any) -> Any:
+        conn.revoked()
+        return count_all(plans)
+
+    monkeypatch.setattr(conn, "_count_all", revoked_meanwhile)
+    n1 = st.redis.xlen(stream)
+    conn.handle_many([_place(issued, 7), _place(issued, 8)])
+    assert st.redis.xlen(stream) == n1
+    assert set(st.inbox.waiting) == {token for c in (first, conn) for _, token, _ in c.pending}
+
+
+def test_a_second_logon_without_api_key_keeps_the_sessions_key(local):
+    st, issued, make = local
+    conn = make()
+    conn.handle_many([_req(1, "session.logon", _signed(issued, {}))])
+    conn.handle_many([_req(2, "session.logon", {"timestamp": int(time.time() * 1000)})])
+    first, second = _frames(conn)
+    assert first["status"] == 200 and first["result"]["apiKey"] == issued["api_key"]
+    assert second["id"] == 2 and second["status"] == 200
+    assert second["result"]["apiKey"] == issued["api_key"]
+
+
+def test_a_bug_answers_500_with_the_requests_own_id(local, monkeypatch):
+    """An unexpected exception costs its request a 500 with its id (alone or in a run of
+    orders), never an id-less answer; the frames after it are handled."""
+    st, issued, make = local
+    conn = make()
+    monkeypatch.setattr(trading, "test_order", lambda params: 1 / 0)
+    conn.handle_many([_req("t", "order.test", _signed(issued, limit_order()))])
+    assert [(f["id"], f["status"]) for f in _frames(conn)] == [("t", 500)]
+    conn.handle_many([_place(issued, 1)])  # the key is read: the next orders are a run
+    _frames(conn)
+    monkeypatch.setattr(trading, "place", lambda account, params: [][0])
+    conn.handle_many([_place(issued, 2), _place(issued, 3), _req(4, "ping")])
+    assert [(f["id"], f["status"]) for f in _frames(conn)] == [(2, 500), (3, 500), (4, 200)]
+
+
+def test_a_failing_order_of_a_run_leaves_no_reply_callback_behind(local, monkeypatch):
+    st, issued, make = local
+    conn = make()
+    conn.handle_many([_place(issued, 1)])
+    place = trading.place
+    calls = []
+
+    def second_fails(account: str, params: dict[str, str]) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        return place(account, params)
+
+    monkeypatch.setattr(trading, "place", second_fails)
+    conn.handle_many([_place(issued, 2), _place(issued, 3)])
+    assert len(conn.pending) == 2  # orders 1 and 2 wait for their replies, nothing else does
+    assert set(st.inbox.waiting) == {token for _, token, _ in conn.pending}
+
+
+def test_unsubscribe_of_an_unknown_subscription_is_refused(local):
+    st, issued, make = local
+    conn = make()
+    conn.handle_many([_req(1, "userDataStream.subscribe.signature", _signed(issued, {}))])
+    for msg_id, sid in ((2, "7"), (3, "\u0660"), (4, "x")):
+        conn.handle_many([_req(msg_id, "userDataStream.unsubscribe", {"subscriptionId": sid})])
+    conn.handle_many([_req(5, "userDataStream.unsubscribe", {"subscriptionId": 0})])
+    frames = _frames(conn)
+    assert frames[0]["result"] == {"subscriptionId": 0}
+    assert [(f["id"], f["status"], f["error"]["code"]) for f in frames[1:4]] == [
+        (2, 400, -1130), (3, 400, -1130), (4, 400, -1130)]  # fmt: skip
+    assert frames[4]["event"]["e"] == "eventStreamTerminated" and frames[5]["status"] == 200
+
+
+def test_the_subscription_listens_before_it_reads_the_balances(local, monkeypatch):
+    """A balance event between the read and the listen would be lost: listen first."""
+    st, issued, make = local
+    conn = make()
+    seed = AccountEvents.seed
+    monkeypatch.setattr(AccountEvents, "seed",
+                        lambda self, *a, **k: (conn.hub.calls.append("seed"), seed(self, *a, **k)))
+    conn.handle_many([_req(1, "userDataStream.subscribe.signature", _signed(issued, {}))])
+    assert _frames(conn)[0]["status"] == 200
+    assert conn.hub.calls == ["listen", "seed"]
+
+
+def test_every_frame_weighs_one_even_when_it_is_no_request(local):
+    st, issued, make = local
+    conn = make()
+
+    def weight() -> int:
+        conn.handle_many([_req("w", "ping")])
+        return next(x["count"] for x in _frames(conn)[-1]["rateLimits"]
+                    if x["rateLimitType"] == "REQUEST_WEIGHT")  # fmt: skip
+
+    before = weight()
+    conn.handle_many(["{not json", "[1]", _req(-1.5, "ping"), _req(1, "no.such"),
+                      _req(2, "ping", {"a": [1]}), "x" * 70000])  # fmt: skip
+    assert [f["status"] for f in _frames(conn)] == [400] * 6
+    assert weight() == before + 6 + 1
+
+
+def test_redis_down_at_the_opening_closes_1011(local, monkeypatch):
+    st, issued, make = local
+    ws = FakeSocket()
+    monkeypatch.setattr(ws_module, "get_hub", lambda: _Hub())
+
+    def down(self: Any) -> bool:
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(ApiConnection, "opened", down)
+    serve(ws)
+    assert ws.closed == (1011, "retry")

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
+import threading
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -18,6 +20,7 @@ from bench.stack import Stack
 from redis_server import wait_until
 from web.app import create_app
 from web.binance.keys import HMAC, create_api_key, vault_of
+from web.ws import LockedSocket
 
 
 def key_factory(stack: Stack, server_key: str):
@@ -158,3 +161,24 @@ def rest(stack: Stack, issued: dict[str, Any], method: str, path: str, **params:
     resp = requests.request(method, url, headers={"X-MBX-APIKEY": issued["api_key"]}, timeout=10)
     assert resp.status_code == 200, resp.text
     return resp.json()
+
+
+class FakeSocket:
+    """A flask-sock socket for in-process ``serve`` tests: nothing to receive; records the
+    close code and reason the server's writer sends."""
+
+    def __init__(self) -> None:
+        self._ends = socket.socketpair()
+        self.sock = LockedSocket(self._ends[0])
+        self.closed: tuple[Any, Any] | None = None
+        self.connected = True
+        self.event = threading.Event()
+
+    def receive(self, timeout: float | None = None) -> None:
+        self.event.wait(timeout)
+        return None
+
+    def close(self, code: Any = None, reason: Any = None) -> None:
+        self.closed = (code, reason)
+        for end in self._ends:
+            end.close()
