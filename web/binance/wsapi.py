@@ -84,6 +84,8 @@ ENVELOPE = ("apiKey", "signature", "timestamp", "recvWindow", "returnRateLimits"
 MAX_SUBSCRIPTIONS = 1000
 #: frames that arrived together handled as one batch at most (orders: two round trips a batch)
 BATCH = 64
+#: methods of a run (:meth:`ApiConnection.handle_many`): counted together, journaled together
+RUN_METHODS = frozenset(("order.place", "order.cancel"))
 MSG_INVALID_JSON = "Invalid JSON Request"
 _MSG_ID = re.compile(r"[\x20-\x7e]{1,64}")
 
@@ -265,10 +267,10 @@ class ApiConnection(Connection):
         self.handle_many([raw])
 
     def handle_many(self, frames: list[str | bytes]) -> None:
-        """Frames that arrived together, in order. A run of ``order.place`` requests of keys
-        already read is counted in one round trip and journaled in one more (in order, so
-        journal order is still the frames' order); anything else is handled alone, after the
-        run before it."""
+        """Frames that arrived together, in order. A run of ``order.place`` / ``order.cancel``
+        requests of keys already read is counted in one round trip and journaled in one more
+        (in order, so journal order is still the frames' order); anything else is handled
+        alone, after the run before it."""
         run: list[Request] = []
         for raw in frames:
             if self.dying:  # revoked (or closing): nothing more of this socket is handled
@@ -281,7 +283,7 @@ class ApiConnection(Connection):
                 continue
             if req is None:
                 continue
-            if req.method == "order.place" and self._known_key(req.params) is not None:
+            if req.method in RUN_METHODS and self._known_key(req.params) is not None:
                 run.append(req)
                 continue
             if run:
@@ -382,8 +384,9 @@ class ApiConnection(Connection):
             self.fail(msg_id, INTERNAL, limits if show else None)
 
     def _place_run(self, run: list[Request]) -> None:
-        """``order.place`` requests of known keys: checked here, counted in one round trip,
-        journaled in one more; each answered as :meth:`_run` would."""
+        """``order.place`` / ``order.cancel`` requests of known keys: checked here, counted in
+        one round trip, journaled in one more; each answered as :meth:`_run` would (a cancel
+        counts as in :meth:`authorize`: no ORDERS)."""
         if len(run) == 1:
             self._run(run[0])
             return
@@ -391,8 +394,9 @@ class ApiConnection(Connection):
         for req in run:
             key, signed = self._known_key(req.params)  # type: ignore[misc]
             problem = self._check(key, req.params, TRADE, signed)
+            orders = problem is None and req.method == "order.place"
             plan = None if self.limiter is None else self._checks(
-                req.cost, key.key_hash, key.account if problem is None else None)  # fmt: skip
+                req.cost, key.key_hash, key.account if orders else None)  # fmt: skip
             keyed.append((req, key, problem, plan))
         try:
             judged = self._count_all([plan for *_, plan in keyed])
@@ -415,14 +419,19 @@ class ApiConnection(Connection):
             if problem is not None:
                 self.fail(req.msg_id, problem, limits)
                 continue
+            op = trading.place if req.method == "order.place" else trading.cancel
             try:
-                placed = trading.place(key.account, {k: v for k, v in req.params.items()
-                                                     if k not in ENVELOPE})  # fmt: skip
+                placed = op(key.account, {k: v for k, v in req.params.items()
+                                          if k not in ENVELOPE})  # fmt: skip
             except BinanceError as exc:
                 self.fail(req.msg_id, exc, limits)
                 continue
+            except (redis.RedisError, OSError) as exc:  # the cancel's order lookup, as in _run
+                log.warning("redis unavailable for a ws-api request: %s", exc)
+                self.fail(req.msg_id, UNAVAILABLE, limits)
+                continue
             except Exception:  # a bug: this request's 500, the others go on
-                log.exception("ws-api order.place failed")
+                log.exception("ws-api %s failed", req.method)
                 self.fail(req.msg_id, INTERNAL, limits)
                 continue
             items.append((st.journal(placed.partition), placed.wire))

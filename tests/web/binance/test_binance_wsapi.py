@@ -205,6 +205,33 @@ def test_a_pipelined_batch_answers_each_request_as_alone(stack, make_key, socket
     assert sorted(o["orderId"] for o in replies[6]["result"]) == ids
 
 
+def test_cancels_in_a_pipelined_batch_answer_as_alone(stack, make_key, sockets):
+    """``order.cancel`` requests among orders are a run's too: each answered as alone (its own
+    id, -2011 for an order that is not open, no ORDERS in its rateLimits), in journal order."""
+    issued = make_key()
+    ws = sockets(issued)
+    resting = [ws.call("order.place", limit_order(f"{60 + i}.00"), signed=True)["result"]
+               for i in range(2)]  # fmt: skip
+    alone = ws.call("order.cancel", {"symbol": "BTCUSDT", "orderId": resting[0]["orderId"]},
+                    signed=True)  # fmt: skip
+    assert alone["status"] == 200
+    sequence = [("order.place", limit_order("65.00")),
+                ("order.cancel", {"symbol": "BTCUSDT", "orderId": resting[1]["orderId"]}),
+                ("order.cancel", {"symbol": "BTCUSDT", "orderId": resting[0]["orderId"]}),
+                ("order.place", limit_order("66.00"))]  # fmt: skip
+    for n, (method, params) in enumerate(sequence):
+        ws.ws.send(json.dumps({"id": n, "method": method, "params": ws.signed(params)}))
+    replies = [ws.recv() for _ in sequence]
+    assert [(r["id"], r["status"]) for r in replies] == [(0, 200), (1, 200), (2, 400), (3, 200)]
+    assert replies[1]["result"]["orderId"] == resting[1]["orderId"]
+    assert replies[1]["result"]["status"] == "CANCELED"
+    assert replies[2]["error"]["code"] == -2011
+    kinds = [[x["rateLimitType"] for x in r["rateLimits"]] for r in replies]
+    assert kinds[1] == kinds[2] == [x["rateLimitType"] for x in alone["rateLimits"]]
+    assert "ORDERS" not in kinds[1] and "ORDERS" in kinds[0]
+    assert replies[0]["result"]["orderId"] < replies[3]["result"]["orderId"]
+
+
 def test_bad_signatures_stale_timestamps_and_keys(stack, make_key, sockets):
     issued = make_key()
     ws = sockets(issued)
@@ -454,6 +481,30 @@ def test_a_bug_answers_500_with_the_requests_own_id(local, monkeypatch):
     monkeypatch.setattr(trading, "place", lambda account, params: [][0])
     conn.handle_many([_place(issued, 2), _place(issued, 3), _req(4, "ping")])
     assert [(f["id"], f["status"]) for f in _frames(conn)] == [(2, 500), (3, 500), (4, 200)]
+
+
+def test_a_run_of_orders_and_cancels_is_counted_in_one_round_trip(local, monkeypatch):
+    """Cancels do not break a run: one counting round trip for the lot, each answered with its
+    own id (here -2011: the order is not open)."""
+    st, issued, make = local
+    conn = make()
+    conn.handle_many([_place(issued, 1)])  # the key is read
+    _frames(conn)
+    rounds = []
+    count_all = conn._count_all
+
+    def counted(plans: Any) -> Any:
+        rounds.append(len(plans))
+        return count_all(plans)
+
+    monkeypatch.setattr(conn, "_count_all", counted)
+    monkeypatch.setattr(conn, "count", lambda *a, **k: pytest.fail("counted alone"))
+    cancel = _req(3, "order.cancel", _signed(issued, {"symbol": "BTCUSDT", "orderId": 99999}))
+    conn.handle_many([_place(issued, 2), cancel, _place(issued, 4)])
+    assert rounds == [3]
+    [refused] = _frames(conn)  # the orders wait for the worker's replies
+    assert refused["id"] == 3 and refused["error"]["code"] == -2011
+    assert len(conn.pending) == 3  # order 1 and the run's two orders wait for replies
 
 
 def test_a_failing_order_of_a_run_leaves_no_reply_callback_behind(local, monkeypatch):
