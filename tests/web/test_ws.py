@@ -21,6 +21,7 @@ import websocket
 
 from bench.stack import Stack
 from tests.web.funding import fund
+from tests.web.live_socket import LiveSocket, wait_idle
 from web.journal import Journal
 
 pytestmark = pytest.mark.e2e
@@ -50,48 +51,8 @@ def stack(tmp_path_factory):
     st.stop()
 
 
-class Client:
-    """A websocket-client socket with JSON helpers."""
-
-    def __init__(self, stack: Stack, **kwargs: Any) -> None:
-        self.ws = websocket.create_connection(
-            stack.url.replace("http", "ws", 1) + "/ws", timeout=10, **kwargs
-        )
-        self.seen: list[dict[str, Any]] = []
-
-    def send(self, msg: Any) -> None:
-        self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
-
-    def recv(self, timeout: float = 10.0) -> dict[str, Any]:
-        self.ws.settimeout(timeout)
-        return json.loads(self.ws.recv())
-
-    def until(self, pred, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"expected message did not arrive; got {self.seen[-5:]}")
-            try:  # short reads: server pings would otherwise keep one read alive forever
-                msg = self.recv(min(left, 0.5))
-            except websocket.WebSocketTimeoutException:
-                continue
-            self.seen.append(msg)
-            if pred(msg):
-                return msg
-
-    def drain(self, seconds: float) -> list[dict[str, Any]]:
-        out = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                out.append(self.recv(min(left, 0.5)))
-            except websocket.WebSocketTimeoutException:
-                continue
-        return out
-
-    def close(self) -> None:
-        self.ws.close()
+class Client(LiveSocket):
+    """A ``/ws`` socket with JSON helpers (``tests.web.live_socket``)."""
 
 
 def post(stack: Stack, key: str, **body: Any) -> dict[str, Any]:
@@ -100,21 +61,6 @@ def post(stack: Stack, key: str, **body: Any) -> dict[str, Any]:
     )
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def wait_idle(stack: Stack, timeout: float = 20.0) -> None:
-    """Until the worker applied every journaled command."""
-    client = stack.redis()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            last = client.xrevrange("fb:{p0}:in", count=1)
-            if not last or client.get("fb:{p0}:applied") == last[0][0]:
-                return
-            time.sleep(0.05)
-        raise AssertionError("worker did not catch up")
-    finally:
-        client.close()
 
 
 def crossing_pairs(journal: Journal, maker: str, taker: str, n: int, symbol: str) -> None:

@@ -27,6 +27,7 @@ import websocket
 
 from bench.stack import Stack
 from tests.web.funding import fund
+from tests.web.live_socket import LiveSocket, wait_idle
 from web.binance.streams import StreamConnection, StreamHub, parse_stream
 from web.hub import ChannelError, Hub
 from web.journal import Journal
@@ -58,42 +59,8 @@ def journal(stack) -> Journal:
     return Journal(stack.redis(), 0)
 
 
-class Socket:
-    """A websocket-client socket on a Binance stream path, with JSON helpers."""
-
-    def __init__(self, stack: Stack, path: str, **kwargs: Any) -> None:
-        self.ws = websocket.create_connection(stack.url.replace("http", "ws", 1) + path,
-                                              timeout=10, **kwargs)  # fmt: skip
-
-    def send(self, msg: Any) -> None:
-        self.ws.send(msg if isinstance(msg, str) else json.dumps(msg))
-
-    def recv(self, timeout: float = 10.0) -> Any:
-        self.ws.settimeout(timeout)
-        return json.loads(self.ws.recv())
-
-    def until(self, pred, timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
-        seen = []
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = self.recv(min(left, 0.5))
-            except websocket.WebSocketTimeoutException:
-                continue
-            seen.append(msg)
-            if pred(msg):
-                return msg
-        raise AssertionError(f"expected message did not arrive; got {seen[-5:]}")
-
-    def drain(self, seconds: float) -> list[Any]:
-        out = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                out.append(self.recv(min(left, 0.5)))
-            except websocket.WebSocketTimeoutException:
-                continue
-        return out
+class Socket(LiveSocket):
+    """A socket on a Binance stream path (``tests.web.live_socket``) with its requests."""
 
     def request(self, method: str, params: Any = None, msg_id: Any = 1) -> Any:
         msg: dict[str, Any] = {"method": method, "id": msg_id}
@@ -103,49 +70,12 @@ class Socket:
         return self.until(lambda m: isinstance(m, dict) and m.get("id") == msg_id
                           and ("result" in m or "error" in m))  # fmt: skip
 
-    def close_frame(self, timeout: float = 10.0) -> tuple[int, str]:
-        """The server's close frame as (code, reason), read frame by frame with ``recv_frame``.
-
-        Why not ``recv_data_frame``: it answers a close frame with one of its own *before*
-        returning it, and the server may already have torn the connection down (it does not wait
-        for the answer; data it never read, such as messages sent past a cap, makes its kernel
-        reset the connection): that send then fails with EPIPE although the close frame arrived.
-        """
-        self.ws.settimeout(timeout)
-        while True:
-            frame = self.ws.recv_frame()
-            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
-                return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode()
-            if frame.opcode == websocket.ABNF.OPCODE_PING:  # the server's keepalive, as before
-                try:
-                    self.ws.pong(frame.data)
-                except (OSError, websocket.WebSocketConnectionClosedException):
-                    pass  # the connection is going: the close frame may still be buffered
-
-    def close(self) -> None:
-        self.ws.close()
-
 
 def order(account: str, side: str, price: str, qty: str, symbol: str = SYMBOL) -> dict[str, Any]:
     return {"op": "new", "account": account, "symbol": symbol, "side": side, "type": "limit",
             "time_in_force": "GTC", "post_only": False, "price": price, "quantity": qty,
             "quote_quantity": None, "stop_price": None, "client_order_id": None,
             "stp": "cancel_maker"}  # fmt: skip
-
-
-def wait_idle(stack: Stack, timeout: float = 20.0) -> None:
-    """Until the worker applied every journaled command."""
-    client = stack.redis()
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            last = client.xrevrange("fb:{p0}:in", count=1)
-            if not last or client.get("fb:{p0}:applied") == last[0][0]:
-                return
-            time.sleep(0.05)
-        raise AssertionError("worker did not catch up")
-    finally:
-        client.close()
 
 
 def rest(stack: Stack, path: str, **params: Any) -> Any:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bench.stack import Stack
 from redis_server import wait_until
+from tests.web.live_socket import LiveSocket
 from web.app import create_app
 from web.binance.keys import HMAC, create_api_key, vault_of
 from web.ws import LockedSocket
@@ -58,14 +59,13 @@ def sign(issued: dict[str, Any], payload: str) -> str:
     return base64.b64encode(private.sign(payload.encode())).decode()  # type: ignore[union-attr]
 
 
-class WsApi:
-    """One ``/ws-api/v3`` connection signing with ``issued`` (Binance's payload rules)."""
+class WsApi(LiveSocket):
+    """One ``/ws-api/v3`` connection signing with ``issued`` (Binance's payload rules); its
+    :meth:`send` takes a method and params (``LiveSocket.send`` sends a raw message)."""
 
     def __init__(self, stack: Stack, issued: dict[str, Any] | None = None, query: str = "") -> None:
+        super().__init__(stack, "/ws-api/v3" + query)
         self.issued = issued
-        self.ws = websocket.create_connection(
-            stack.url.replace("http", "ws", 1) + "/ws-api/v3" + query, timeout=10
-        )
         self._ids = 0
         self.events: list[dict[str, Any]] = []  # user data events seen while waiting for replies
 
@@ -92,10 +92,6 @@ class WsApi:
             body["params"] = params
         self.ws.send(json.dumps(body))
         return msg_id
-
-    def recv(self, timeout: float = 10.0) -> dict[str, Any]:
-        self.ws.settimeout(timeout)
-        return json.loads(self.ws.recv())
 
     def reply(self, msg_id: Any, timeout: float = 10.0) -> dict[str, Any]:
         """The reply to ``msg_id`` (events on the way are kept in :attr:`events`)."""
@@ -130,27 +126,6 @@ class WsApi:
             self.events.append(msg)
         raise AssertionError("expected event did not arrive")
 
-    def drain(self, seconds: float) -> list[dict[str, Any]]:
-        """Every frame of the next ``seconds``."""
-        out = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                out.append(self.recv(min(left, 0.5)))
-            except websocket.WebSocketTimeoutException:
-                continue
-        return out
-
-    def close_frame(self, timeout: float = 10.0) -> tuple[int, str]:
-        """Skip data frames up to the close frame: its code and reason."""
-        self.ws.settimeout(timeout)
-        while True:
-            opcode, frame = self.ws.recv_data_frame(control_frame=True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode()
-
-    def close(self) -> None:
-        self.ws.close()
 
 
 def rest(stack: Stack, issued: dict[str, Any], method: str, path: str, **params: Any) -> Any:
